@@ -1,0 +1,1 @@
+"""The service runtime: configuration, errors, the gRPC server and its lifecycle."""

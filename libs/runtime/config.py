@@ -1,0 +1,80 @@
+"""Typed settings from the environment (and an optional TOML file), validated at start.
+
+Each service subclasses ServiceSettings with its own env prefix (CATALOG_, ...). A bad or
+missing setting stops the process with a message naming the variable, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ConfigError(Exception):
+    """Raised with one line per bad setting."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every gRPC service can set. Subclasses set `env_prefix`."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    grace_seconds: float = Field(default=10.0, gt=0, description="shutdown grace for in-flight RPCs")
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    keepalive_time_seconds: float = Field(default=30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_concurrent_streams: int = Field(default=1000, ge=1)
+    health_check_interval_seconds: float = Field(default=2.0, gt=0)
+    health_check_timeout_seconds: float = Field(default=1.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    trace_exporter: Literal["none", "console"] = "none"
+    reflection: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(f"{cls._prefix()}CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @classmethod
+    def _prefix(cls) -> str:
+        return str(cls.model_config.get("env_prefix", ""))
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Reads `cls` from the environment; raises ConfigError naming each bad variable."""
+    prefix = cls._prefix()
+    config_file = os.environ.get(f"{prefix}CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{prefix}CONFIG_FILE: no such file: {config_file}")
+    try:
+        return cls()
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = prefix + "_".join(str(part) for part in problem["loc"]).upper()
+            lines.append(f"{name}: {problem['msg']} (got {problem.get('input')!r})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,182 @@
+"""GrpcApp: what turns a servicer into a production gRPC server.
+
+It owns the grpc.aio server, the middleware chain, health (real status from dependency checks),
+reflection, and the lifecycle: start, then on SIGTERM/SIGINT health turns NOT_SERVING, streams are
+told to end, in-flight RPCs get `grace_seconds` to finish, new RPCs get UNAVAILABLE, and the
+process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from libs.runtime.config import ConfigError, ServiceSettings, load_settings
+from libs.runtime.error_handling import ErrorTranslation
+from libs.runtime.middleware import Middleware, register
+from libs.runtime.validation import RequestValidation
+from libs.telemetry.logging import configure_logging
+from libs.telemetry.tracing import ServerTelemetry, configure_tracing
+
+log = logging.getLogger("emporium.runtime")
+
+HealthCheck = Callable[[], Awaitable[object]]
+Hook = Callable[[], Awaitable[None]]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def default_chain(domain: str) -> list[Middleware]:
+    """Outermost first: telemetry sees every outcome; errors become rich statuses; then input
+    validation, whose INVALID_ARGUMENT is itself a DomainError."""
+    return [ServerTelemetry(), ErrorTranslation(domain), RequestValidation()]
+
+
+class GrpcApp:
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        *,
+        domain: str,
+        chain: Sequence[Middleware] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._chain = list(chain) if chain is not None else default_chain(domain)
+        self._server = grpc.aio.server(options=self._channel_options())
+        self._health = health.aio.HealthServicer()
+        self._services: list[str] = []
+        self._checks: dict[str, HealthCheck] = {}
+        self._on_shutdown: list[Hook] = []
+        self._on_stop: list[Hook] = []
+        self._monitor: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+        self._stopped = asyncio.Event()
+        self.port = 0
+
+    def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
+        self._services += register(self._server, add_to_server, servicer, self._chain)
+
+    def add_health_check(self, name: str, check: HealthCheck) -> None:
+        """`check` raises (or times out) while the dependency is unusable."""
+        self._checks[name] = check
+
+    def on_shutdown(self, hook: Hook) -> None:
+        """Runs when shutdown begins, before the grace period: end long-lived streams here."""
+        self._on_shutdown.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Runs after the server has stopped: release connections here."""
+        self._on_stop.append(hook)
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> int:
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if self.settings.reflection:
+            names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, self._server)
+        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise ConfigError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await self._check_health()
+        await self._server.start()
+        self._monitor = asyncio.create_task(self._monitor_health(), name="health-monitor")
+        log.info("serving", extra={"address": self.address, "port": self.port,
+                                   "services": self._services})
+        return self.port
+
+    async def stop(self) -> None:
+        """Graceful shutdown; returns within grace_seconds plus the stop hooks' time."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("shutting down", extra={"grace_seconds": self.settings.grace_seconds})
+        await self._health.enter_graceful_shutdown()
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for hook in self._on_shutdown:
+            await hook()
+        await self._server.stop(self.settings.grace_seconds)
+        for hook in self._on_stop:
+            await hook()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()
+
+    async def _monitor_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval_seconds)
+            await self._check_health()
+
+    async def _check_health(self) -> None:
+        failures = []
+        for name, check in self._checks.items():
+            try:
+                await asyncio.wait_for(check(), self.settings.health_check_timeout_seconds)
+            except Exception as error:  # any failure means the dependency is unusable
+                failures.append(f"{name}: {type(error).__name__}: {error}".strip())
+        serving = not failures
+        if serving != self._serving:
+            self._serving = serving
+            level = logging.INFO if serving else logging.WARNING
+            log.log(level, "health changed", extra={"serving": serving, "failures": failures})
+        status = SERVING if serving else NOT_SERVING
+        for service in ["", *self._services]:
+            await self._health.set(service, status)
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        s = self.settings
+        return [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(s.keepalive_time_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_seconds * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+            # A second process on the same port must be a deliberate choice, not an accident.
+            ("grpc.so_reuseport", 0),
+        ]
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]]) -> None:
+    """Process entry point: settings, logging, tracing, then serve until a signal."""
+    try:
+        settings = load_settings(settings_cls)
+    except ConfigError as error:
+        print(f"{settings_cls.__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    service = settings_cls.__name__.removesuffix("Settings").lower()
+    configure_logging(service, settings.log_level)
+    configure_tracing(service, settings.trace_exporter)
+
+    async def main() -> None:
+        app = await build(settings)
+        await app.run_until_signal()
+
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Storage: one SQLAlchemy (async core) code path over embedded SQLite and PostgreSQL."""

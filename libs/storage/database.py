@@ -1,0 +1,98 @@
+"""Database: an async engine from a URL, a liveness probe, and migrations run at start.
+
+SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) is used when the URL says so.
+Migrations are ordered, numbered steps recorded in `schema_migrations`; each runs in its own
+transaction. (Alembic would add a script directory and env.py per service for what is, here, a
+list of DDL steps applied at start.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("emporium.storage")
+
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[AsyncConnection], Awaitable[None]]
+
+
+class Database:
+    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+        parsed = make_url(url)
+        if parsed.drivername not in SUPPORTED_DRIVERS:
+            raise ValueError(
+                f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
+                f"use one of {', '.join(d + '://' for d in SUPPORTED_DRIVERS)}"
+            )
+        self.url = parsed
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                parsed, connect_args={"timeout": 30}
+            )
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_async_engine(
+                parsed,
+                pool_pre_ping=True,
+                pool_size=10,
+                connect_args={"timeout": connect_timeout},
+            )
+
+    async def ping(self) -> None:
+        """Raises while the database cannot answer a query."""
+        async with self.engine.connect() as connection:
+            await connection.execute(sa.text("SELECT 1"))
+
+    async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        """Applies the migrations not yet recorded; returns the versions applied."""
+        async with self.engine.begin() as connection:
+            await connection.execute(sa.text(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
+            ))
+            rows = await connection.execute(sa.text("SELECT version FROM schema_migrations"))
+            done = {row[0] for row in rows}
+        applied = []
+        for migration in sorted(migrations, key=lambda m: m.version):
+            if migration.version in done:
+                continue
+            async with self.engine.begin() as connection:
+                await migration.apply(connection)
+                await connection.execute(
+                    sa.text("INSERT INTO schema_migrations VALUES (:v, :d)"),
+                    {"v": migration.version, "d": migration.description},
+                )
+            log.info("migrated", extra={"version": migration.version,
+                                        "description": migration.description})
+            applied.append(migration.version)
+        return applied
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
+    # WAL lets readers run beside the writer; busy_timeout makes a writer wait, not fail.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

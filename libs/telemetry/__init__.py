@@ -1,0 +1,1 @@
+"""Telemetry: JSON logs that carry trace and request ids, OpenTelemetry spans."""

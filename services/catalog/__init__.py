@@ -1,0 +1,1 @@
+"""catalog: the products customers can browse and order."""

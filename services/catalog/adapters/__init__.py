@@ -1,0 +1,1 @@
+"""Catalog adapters: storage."""

@@ -1,0 +1,1 @@
+"""Catalog API: the gRPC servicer, mapping protobuf to the domain and back."""

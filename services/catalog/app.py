@@ -1,0 +1,33 @@
+"""Wiring: builds the catalog from its settings with plain constructors."""
+
+from __future__ import annotations
+
+from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from libs.runtime.server import GrpcApp
+from libs.storage.database import Database
+from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
+from services.catalog.api.mapping import validate_draft
+from services.catalog.api.servicer import DOMAIN, CatalogServicer
+from services.catalog.config import CatalogSettings
+from services.catalog.domain.catalog import Catalog
+from services.catalog.domain.change_feed import ChangeFeed
+from services.catalog.seed import seed
+
+
+async def build(settings: CatalogSettings) -> GrpcApp:
+    database = Database(settings.database_url)
+    await database.migrate(MIGRATIONS)
+    repository = SqlProductRepository(database)
+    feed = ChangeFeed(repository, poll_interval=settings.feed_poll_interval_seconds)
+    await feed.start()
+    catalog = Catalog(repository, feed, currency_code=settings.currency_code,
+                      validate_draft=validate_draft)
+    if settings.seed_sample_products:
+        await seed(catalog)
+
+    app = GrpcApp("catalog", settings, domain=DOMAIN)
+    app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog))
+    app.add_health_check("database", database.ping)
+    app.on_shutdown(feed.close)
+    app.on_stop(database.dispose)
+    return app

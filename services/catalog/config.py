@@ -1,0 +1,20 @@
+"""Catalog settings: CATALOG_* environment variables (or the TOML file in CATALOG_CONFIG_FILE)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.runtime.config import ServiceSettings
+
+
+class CatalogSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CATALOG_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///var/catalog.sqlite3",
+        description="sqlite+aiosqlite:///<path> (embedded) or postgresql+asyncpg://...",
+    )
+    currency_code: str = Field(default="USD", pattern="^[A-Z]{3}$")
+    seed_sample_products: bool = False
+    feed_poll_interval_seconds: float = Field(default=1.0, gt=0)

@@ -1,0 +1,1 @@
+"""Catalog domain: entities, use cases and the repository interface. No transport, no SQL."""
