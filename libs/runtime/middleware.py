@@ -66,10 +66,15 @@ def stream_response(
     around: Callable[[Any, Context, Callable[[], AsyncIterator[Any]]], AsyncIterator[Any]],
     behavior: Behavior,
 ) -> Behavior:
-    """Adapts an `around(request, context, call_next)` async generator to a streaming response."""
+    """Adapts an `around(request, context, call_next)` async generator to a streaming response.
 
-    def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-        return around(request, context, lambda: behavior(request, context))
+    grpc.aio recognises streaming handlers by being async generator functions, so the adapter is
+    one too (servicers' streaming methods must be async generators as well).
+    """
+
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+        async for response in around(request, context, lambda: behavior(request, context)):
+            yield response
 
     return wrapped
 

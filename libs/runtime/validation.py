@@ -51,9 +51,10 @@ class RequestValidation:
             return behavior
         if method.response_streaming:
 
-            def validated_stream(request: Any, context: Context) -> Any:
+            async def validated_stream(request: Any, context: Context) -> Any:
                 check(request)
-                return behavior(request, context)
+                async for response in behavior(request, context):
+                    yield response
 
             return validated_stream
 

@@ -97,7 +97,11 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         self, request: pb.WatchProductsRequest, context: Context
     ) -> AsyncIterator[pb.WatchProductsResponse]:
         try:
-            async for change in self._catalog.watch(request.after_revision):
+            after = request.after_revision if request.HasField("after_revision") else None
+            changes = await self._catalog.watch(after)
+            # Headers go out once subscribed: a client that has them cannot miss a change.
+            await context.send_initial_metadata(())
+            async for change in changes:
                 yield change_message(change)
         except FeedClosed as closed:
             raise DomainError(

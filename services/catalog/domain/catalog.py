@@ -111,8 +111,9 @@ class Catalog:
         self._feed.nudge()
         return result
 
-    def watch(self, after_revision: int) -> AsyncIterator[ProductChange]:
-        return self._feed.watch(after_revision)
+    async def watch(self, after_revision: int | None) -> AsyncIterator[ProductChange]:
+        """Subscribes at once; iterate the result for the changes."""
+        return await self._feed.subscribe(after_revision)
 
     def _check_currency(self, draft: ProductDraft, prefix: str) -> None:
         if draft.price.currency_code != self.currency_code:

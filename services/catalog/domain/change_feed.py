@@ -90,13 +90,22 @@ class ChangeFeed:
             watcher.drain()
             watcher.queue.put_nowait(_CLOSED)
 
-    async def watch(self, after_revision: int) -> AsyncIterator[ProductChange]:
-        """Changes with revision > after_revision (0: from now on), in order, until closed."""
+    async def subscribe(self, after_revision: int | None) -> AsyncIterator[ProductChange]:
+        """Registers a watcher now and returns its changes: those with revision > after_revision
+        (None: after the last committed one), in order, until the feed closes (FeedClosed)."""
         if self._closed:
-            raise FeedClosed(after_revision or self.last_revision)
+            raise FeedClosed(self.last_revision if after_revision is None else after_revision)
         watcher = _Watcher(self._queue_size)
         self._watchers.add(watcher)
-        cursor = after_revision if after_revision > 0 else self.last_revision
+        try:
+            cursor = (await self._repository.last_revision() if after_revision is None
+                      else after_revision)
+        except BaseException:
+            self._watchers.discard(watcher)
+            raise
+        return self._follow(watcher, cursor)
+
+    async def _follow(self, watcher: _Watcher, cursor: int) -> AsyncIterator[ProductChange]:
         try:
             while True:
                 watcher.lagging = False
