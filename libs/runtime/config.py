@@ -30,7 +30,9 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
-    grace_seconds: float = Field(default=10.0, gt=0, description="shutdown grace for in-flight RPCs")
+    grace_seconds: float = Field(
+        default=10.0, gt=0, description="shutdown grace for in-flight RPCs"
+    )
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     keepalive_time_seconds: float = Field(default=30.0, gt=0)
     keepalive_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -4,7 +4,7 @@ unexpected -> INTERNAL with a generic message (the details go to the log, not to
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -22,9 +22,14 @@ from libs.runtime.rich_status import abort_with, build_status, status_of
 log = logging.getLogger("emporium.rpc")
 
 
+# Maps an infrastructure exception (a lost database connection, ...) to a DomainError.
+ExceptionTranslator = Callable[[Exception], DomainError | None]
+
+
 class ErrorTranslation:
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str, translators: Sequence[ExceptionTranslator] = ()) -> None:
         self._domain = domain
+        self._translators = list(translators)
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         if method.response_streaming:
@@ -40,8 +45,8 @@ class ErrorTranslation:
             await self._abort(context, error)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
-        except Exception:
-            await self._internal(context)
+        except Exception as error:
+            await self._unexpected(context, error)
 
     async def _around_stream(
         self, request: Any, context: Context, call_next: Callable[[], AsyncIterator[Any]]
@@ -53,14 +58,21 @@ class ErrorTranslation:
             await self._abort(context, error)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
-        except Exception:
-            await self._internal(context)
+        except Exception as error:
+            await self._unexpected(context, error)
 
     async def _abort(self, context: Context, error: DomainError) -> None:
         code, status = status_of(error, self._domain)
         await abort_with(context, code, status)
 
-    async def _internal(self, context: Context) -> None:
+    async def _unexpected(self, context: Context, error: Exception) -> None:
+        for translate in self._translators:
+            translated = translate(error)
+            if translated is not None:
+                log.warning(
+                    "dependency failure", extra={"reason": translated.reason, "error": repr(error)}
+                )
+                await self._abort(context, translated)
         log.exception("unhandled error in RPC handler")
         status = build_status(
             grpc.StatusCode.INTERNAL,

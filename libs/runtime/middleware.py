@@ -83,13 +83,13 @@ class _HandlerCollector:
     """Stands in for grpc.aio.Server while a generated add_*_to_server function registers."""
 
     def __init__(self) -> None:
-        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def add_generic_rpc_handlers(self, handlers: Sequence[object]) -> None:
         """Ignored: add_registered_method_handlers carries the same handlers by name."""
 
     def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         self.handlers[service] = handlers
 
@@ -116,15 +116,18 @@ def register(
     add_to_server(servicer, collector)
     pool = descriptor_pool.Default()
     for service, handlers in collector.handlers.items():
-        service_descriptor = pool.FindServiceByName(service)
-        wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        try:
+            methods = pool.FindServiceByName(service).methods_by_name
+        except KeyError:  # a hand-registered service without a descriptor
+            methods = {}
+        wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for name, handler in handlers.items():
             info = MethodInfo(
                 service=service,
                 name=name,
                 request_streaming=handler.request_streaming,
                 response_streaming=handler.response_streaming,
-                descriptor=service_descriptor.methods_by_name.get(name),
+                descriptor=methods.get(name),
             )
             field = _BEHAVIOR_FIELD[(info.request_streaming, info.response_streaming)]
             behavior: Behavior = getattr(handler, field)
@@ -132,5 +135,6 @@ def register(
                 behavior = middleware.wrap(info, behavior)
             wrapped[name] = handler._replace(**{field: behavior})  # type: ignore[attr-defined]
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
-        server.add_registered_method_handlers(service, wrapped)
+        # grpc-stubs predates add_registered_method_handlers (grpcio >= 1.62).
+        server.add_registered_method_handlers(service, wrapped)  # type: ignore[attr-defined]
     return list(collector.handlers)

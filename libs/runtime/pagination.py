@@ -52,14 +52,19 @@ def decode_token(token: str, fingerprint: str) -> int:
         payload = json.loads(raw)
         offset, token_fingerprint = payload["o"], payload["q"]
     except (binascii.Error, ValueError, KeyError, TypeError):
-        raise invalid_field("page_token", "is not a token this service issued",
-                            "INVALID_PAGE_TOKEN") from None
+        raise invalid_field(
+            "page_token", "is not a token this service issued", "INVALID_PAGE_TOKEN"
+        ) from None
     if not isinstance(offset, int) or offset < 0:
-        raise invalid_field("page_token", "is not a token this service issued",
-                            "INVALID_PAGE_TOKEN")
+        raise invalid_field(
+            "page_token", "is not a token this service issued", "INVALID_PAGE_TOKEN"
+        )
     if token_fingerprint != fingerprint:
-        raise invalid_field("page_token", "belongs to a query with another filter or order_by",
-                            "PAGE_TOKEN_QUERY_MISMATCH")
+        raise invalid_field(
+            "page_token",
+            "belongs to a query with another filter or order_by",
+            "PAGE_TOKEN_QUERY_MISMATCH",
+        )
     return offset
 
 

@@ -21,8 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
-from libs.runtime.error_handling import ErrorTranslation
-from libs.runtime.middleware import Middleware, register
+from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
+from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
 from libs.runtime.validation import RequestValidation
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.tracing import ServerTelemetry, configure_tracing
@@ -35,10 +35,40 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def default_chain(domain: str) -> list[Middleware]:
+class ShutdownGate:
+    """Middleware: once shutdown begins, new RPCs get UNAVAILABLE at once (in-flight ones go on)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        gate = self
+        if method.response_streaming:
+
+            async def gated_stream(request: Any, context: Context) -> Any:
+                if gate.closed:
+                    await _refuse(context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return gated_stream
+
+        async def gated(request: Any, context: Context) -> Any:
+            if gate.closed:
+                await _refuse(context)
+            return await behavior(request, context)
+
+        return gated
+
+
+async def _refuse(context: Context) -> None:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+
+def default_chain(domain: str, translators: Sequence[ExceptionTranslator] = ()) -> list[Middleware]:
     """Outermost first: telemetry sees every outcome; errors become rich statuses; then input
     validation, whose INVALID_ARGUMENT is itself a DomainError."""
-    return [ServerTelemetry(), ErrorTranslation(domain), RequestValidation()]
+    return [ServerTelemetry(), ErrorTranslation(domain, translators), RequestValidation()]
 
 
 class GrpcApp:
@@ -48,13 +78,16 @@ class GrpcApp:
         settings: ServiceSettings,
         *,
         domain: str,
+        translators: Sequence[ExceptionTranslator] = (),
         chain: Sequence[Middleware] | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
-        self._chain = list(chain) if chain is not None else default_chain(domain)
+        self._gate = ShutdownGate()
+        chain = list(chain) if chain is not None else default_chain(domain, translators)
+        self._chain: list[Middleware] = [self._gate, *chain]
         self._server = grpc.aio.server(options=self._channel_options())
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._services: list[str] = []
         self._checks: dict[str, HealthCheck] = {}
         self._on_shutdown: list[Hook] = []
@@ -94,8 +127,10 @@ class GrpcApp:
         await self._check_health()
         await self._server.start()
         self._monitor = asyncio.create_task(self._monitor_health(), name="health-monitor")
-        log.info("serving", extra={"address": self.address, "port": self.port,
-                                   "services": self._services})
+        log.info(
+            "serving",
+            extra={"address": self.address, "port": self.port, "services": self._services},
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -103,6 +138,7 @@ class GrpcApp:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._gate.closed = True
         log.info("shutting down", extra={"grace_seconds": self.settings.grace_seconds})
         await self._health.enter_graceful_shutdown()
         if self._monitor is not None:

@@ -17,7 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from libs.runtime.errors import DomainError, ErrorKind
 
 log = logging.getLogger("emporium.storage")
 
@@ -44,9 +47,7 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(
-                parsed, connect_args={"timeout": 30}
-            )
+            self.engine: AsyncEngine = create_async_engine(parsed, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(
@@ -64,10 +65,12 @@ class Database:
     async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
         """Applies the migrations not yet recorded; returns the versions applied."""
         async with self.engine.begin() as connection:
-            await connection.execute(sa.text(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
-            ))
+            await connection.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
+                )
+            )
             rows = await connection.execute(sa.text("SELECT version FROM schema_migrations"))
             done = {row[0] for row in rows}
         applied = []
@@ -80,13 +83,30 @@ class Database:
                     sa.text("INSERT INTO schema_migrations VALUES (:v, :d)"),
                     {"v": migration.version, "d": migration.description},
                 )
-            log.info("migrated", extra={"version": migration.version,
-                                        "description": migration.description})
+            log.info(
+                "migrated",
+                extra={"version": migration.version, "description": migration.description},
+            )
             applied.append(migration.version)
         return applied
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def database_unavailable(error: Exception) -> DomainError | None:
+    """ExceptionTranslator: a lost or refused database connection is UNAVAILABLE (retryable),
+    not INTERNAL."""
+    if isinstance(error, OSError | TimeoutError) or (
+        isinstance(error, DBAPIError)
+        and (error.connection_invalidated or isinstance(error, OperationalError | InterfaceError))
+    ):
+        return DomainError(
+            ErrorKind.UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+            "the database is unavailable; retry later",
+        )
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:

@@ -46,9 +46,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
-    """Routes every logger to stderr as JSON lines."""
+    """Routes every logger to stderr as JSON lines. `level` applies to Emporium's own loggers;
+    libraries log from INFO up, so DEBUG shows our RPCs, not every SQLite call."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    numeric = logging.getLevelName(level.upper())
+    root.setLevel(max(numeric, logging.INFO))
+    logging.getLogger("emporium").setLevel(numeric)

@@ -7,6 +7,7 @@ a per-call interceptor; wrapping once at registration is cheaper, see libs.runti
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ from libs.runtime.middleware import (
 from libs.telemetry.logging import request_id
 
 REQUEST_ID_KEY = "x-request-id"
+log = logging.getLogger("emporium.rpc")
 
 
 def configure_tracing(service: str, exporter: str = "none") -> TracerProvider:
@@ -63,6 +65,8 @@ class ServerTelemetry:
         def start(context: Context) -> tuple[trace.Span, object]:
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
             request_id.set(str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4()))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("rpc started", extra={"rpc": method.full_name})
             span = self._tracer.start_span(
                 span_name,
                 context=propagate.extract(metadata),

@@ -20,10 +20,25 @@ class ServiceProcess:
     port: int
     log_lines: list[dict[str, object]] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
+    _new_line: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    async def wait_for_log(self, message: str, count: int = 1, within: float = 30.0) -> None:
+        """Returns once the service has logged `message` `count` times."""
+
+        def seen() -> bool:
+            return sum(1 for line in self.log_lines if line.get("message") == message) >= count
+
+        async with asyncio.timeout(within), self._new_line:
+            await self._new_line.wait_for(seen)
+
+    async def _add_line(self, line: dict[str, object]) -> None:
+        self.log_lines.append(line)
+        async with self._new_line:
+            self._new_line.notify_all()
 
     async def terminate(self) -> int:
         if self.process.returncode is None:
@@ -37,12 +52,15 @@ class ServiceProcess:
 
 
 async def start_service(
-    module: str, env: Mapping[str, str], *, timeout: float = 30.0
+    module: str, env: Mapping[str, str], *, within: float = 30.0, echo_log: bool = False
 ) -> ServiceProcess:
-    """Runs `python -m module` with `env` added and returns once it logs `serving`."""
+    """Runs `python -m module` with `env` added and returns once it logs `serving`.
+    With `echo_log`, the service's log lines are passed on to this process's stderr."""
     python_path = os.pathsep.join(p for p in sys.path if p)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module,
+        sys.executable,
+        "-m",
+        module,
         env={**os.environ, "PYTHONPATH": python_path, **env},
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
@@ -55,21 +73,26 @@ async def start_service(
     async def read_log() -> None:
         assert process.stderr is not None
         async for raw in process.stderr:
+            if echo_log:
+                sys.stderr.write(raw.decode(errors="replace"))
             try:
                 line = json.loads(raw)
             except ValueError:
                 line = {"message": raw.decode(errors="replace").rstrip()}
-            service.log_lines.append(line)
+            await service._add_line(line)
             if line.get("message") == "serving" and not serving.done():
                 serving.set_result(int(str(line["port"])))
         if not serving.done():
-            serving.set_exception(RuntimeError(
-                f"{module} exited before serving: "
-                + "\n".join(str(line) for line in service.log_lines[-20:])))
+            serving.set_exception(
+                RuntimeError(
+                    f"{module} exited before serving: "
+                    + "\n".join(str(line) for line in service.log_lines[-20:])
+                )
+            )
 
     service._reader = asyncio.create_task(read_log())
     try:
-        service.port = await asyncio.wait_for(serving, timeout)
+        service.port = await asyncio.wait_for(serving, within)
     except BaseException:
         await service.kill()
         raise

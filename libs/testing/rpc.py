@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -21,7 +22,7 @@ async def serving(app: GrpcApp) -> AsyncIterator[grpc.aio.Channel]:
     try:
         yield channel
     finally:
-        await channel.close()
+        await channel.close(None)
         await app.stop()
 
 
@@ -40,9 +41,12 @@ class RichError:
 def rich_error(error: grpc.aio.AioRpcError) -> RichError:
     """The status of a failed call with its ErrorInfo and BadRequest details, if any."""
     info = bad_request = None
-    for key, value in error.trailing_metadata() or ():
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
         if key == STATUS_DETAILS_KEY:
-            status = status_pb2.Status.FromString(value if isinstance(value, bytes) else value.encode())
+            status = status_pb2.Status.FromString(
+                value if isinstance(value, bytes) else value.encode()
+            )
             info, bad_request = details_of(status)
     return RichError(error.code(), error.details() or "", info, bad_request)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
-from libs.storage.database import Database
+from libs.storage.database import Database, database_unavailable
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.api.mapping import validate_draft
 from services.catalog.api.servicer import DOMAIN, CatalogServicer
@@ -20,12 +20,13 @@ async def build(settings: CatalogSettings) -> GrpcApp:
     repository = SqlProductRepository(database)
     feed = ChangeFeed(repository, poll_interval=settings.feed_poll_interval_seconds)
     await feed.start()
-    catalog = Catalog(repository, feed, currency_code=settings.currency_code,
-                      validate_draft=validate_draft)
+    catalog = Catalog(
+        repository, feed, currency_code=settings.currency_code, validate_draft=validate_draft
+    )
     if settings.seed_sample_products:
         await seed(catalog)
 
-    app = GrpcApp("catalog", settings, domain=DOMAIN)
+    app = GrpcApp("catalog", settings, domain=DOMAIN, translators=[database_unavailable])
     app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog))
     app.add_health_check("database", database.ping)
     app.on_shutdown(feed.close)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.runtime.config import ServiceSettings
+from libs.storage.database import SUPPORTED_DRIVERS
 
 
 class CatalogSettings(ServiceSettings):
@@ -18,3 +19,12 @@ class CatalogSettings(ServiceSettings):
     currency_code: str = Field(default="USD", pattern="^[A-Z]{3}$")
     seed_sample_products: bool = False
     feed_poll_interval_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        if not url.startswith(tuple(driver + "://" for driver in SUPPORTED_DRIVERS)):
+            raise ValueError(
+                f"must start with one of {', '.join(d + '://' for d in SUPPORTED_DRIVERS)}"
+            )
+        return url

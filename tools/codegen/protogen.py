@@ -38,6 +38,16 @@ _THIRD_PARTY_MODULES = (
     "google.protobuf.struct_pb2",
 )
 PROTOVALIDATE_FILE = "buf/validate/validate.proto"
+STUBBED_FILES = (
+    "google/api/annotations.proto",
+    "google/api/client.proto",
+    "google/api/field_behavior.proto",
+    "google/api/http.proto",
+    "google/api/resource.proto",
+    "google/rpc/status.proto",
+    "google/rpc/error_details.proto",
+    "google/type/money.proto",
+)
 
 
 def _protovalidate_file() -> descriptor_pb2.FileDescriptorProto:
@@ -93,23 +103,59 @@ def _plugin_args(out: Path) -> list[str]:
     ]
 
 
-def generate(proto_root: Path, sources: list[str], out: Path, image: Path | None) -> None:
-    """Generate Python for `sources` (paths relative to proto_root) and protovalidate's file."""
+def generate(
+    proto_root: Path,
+    sources: list[str],
+    out: Path,
+    image: Path | None,
+    *,
+    protovalidate: bool = True,
+    stubs: Path | None = None,
+) -> None:
+    """Generate Python for `sources` (paths relative to proto_root) and, with `protovalidate`,
+    for buf/validate/validate.proto."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         deps = Path(scratch) / "deps.binpb"
         deps.write_bytes(third_party_descriptor_set().SerializeToString())
         common = [f"--descriptor_set_in={deps}", f"--proto_path={proto_root}"]
-        _run_protoc([*common, *_plugin_args(out), *sources])
-        # protovalidate's runtime is not the official one, so the official runtime needs its
-        # own module for buf/validate/validate.proto, generated from the same embedded file.
-        _run_protoc([f"--descriptor_set_in={deps}", f"--python_out={out}", f"--mypy_out=quiet:{out}",
-                     f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
-                     PROTOVALIDATE_FILE])
-        if image is not None:
+        if sources:
+            _run_protoc([*common, *_plugin_args(out), *sources])
+        if protovalidate:
+            # protovalidate's runtime is not the official one, so the official runtime needs its
+            # own module for buf/validate/validate.proto, generated from the same embedded file.
+            _run_protoc(
+                [
+                    f"--descriptor_set_in={deps}",
+                    f"--python_out={out}",
+                    f"--mypy_out=quiet:{out}",
+                    f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
+                    PROTOVALIDATE_FILE,
+                ]
+            )
+        if stubs is not None:
+            # Typed stubs for the third-party messages the code uses (their packages ship none
+            # that match the installed versions), from the same descriptors.
+            stubs.mkdir(parents=True, exist_ok=True)
+            _run_protoc(
+                [
+                    f"--descriptor_set_in={deps}",
+                    f"--mypy_out=quiet:{stubs}",
+                    f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
+                    *STUBBED_FILES,
+                ]
+            )
+        if image is not None and sources:
             image.parent.mkdir(parents=True, exist_ok=True)
-            _run_protoc([*common, "--include_imports", "--include_source_info",
-                         f"--descriptor_set_out={image}", *sources])
+            _run_protoc(
+                [
+                    *common,
+                    "--include_imports",
+                    "--include_source_info",
+                    f"--descriptor_set_out={image}",
+                    *sources,
+                ]
+            )
 
 
 def contract_sources(proto_root: Path) -> list[str]:
@@ -121,14 +167,34 @@ def main() -> None:
     parser.add_argument("--proto-root", type=Path, default=REPO / "proto")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "gen")
     parser.add_argument("--image", type=Path, help="also write a buf image (FileDescriptorSet)")
+    parser.add_argument("--stubs", type=Path, help="also write .pyi stubs of third-party protos")
     parser.add_argument("--clean", action="store_true", help="empty --out first")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
+        "--contracts-only",
+        action="store_true",
+        help="skip buf/validate/validate.proto (Bazel generates it once)",
+    )
+    only.add_argument(
+        "--protovalidate-only",
+        action="store_true",
+        help="generate only buf/validate/validate.proto",
+    )
     parser.add_argument("sources", nargs="*", help="files under --proto-root (default: all)")
     args = parser.parse_args()
     if args.clean and args.out.exists():
         shutil.rmtree(args.out)
-    sources = args.sources or contract_sources(args.proto_root)
-    generate(args.proto_root, sources, args.out, args.image)
-    print(f"protogen: {len(sources)} contract file(s) -> {args.out}")
+    sources = [] if args.protovalidate_only else args.sources or contract_sources(args.proto_root)
+    generate(
+        args.proto_root,
+        sources,
+        args.out,
+        args.image,
+        protovalidate=not args.contracts_only,
+        stubs=args.stubs,
+    )
+    if not args.contracts_only and not args.protovalidate_only:
+        print(f"protogen: {len(sources)} contract file(s) -> {args.out}")
 
 
 if __name__ == "__main__":

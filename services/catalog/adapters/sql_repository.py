@@ -33,7 +33,8 @@ from services.catalog.domain.repository import CreateRequest
 metadata = sa.MetaData()
 
 products = sa.Table(
-    "products", metadata,
+    "products",
+    metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("sku", sa.String(64), nullable=False, unique=True),
     sa.Column("title", sa.String(200), nullable=False),
@@ -46,15 +47,21 @@ products = sa.Table(
     sa.Column("revision", sa.BigInteger, nullable=False),
 )
 product_labels = sa.Table(
-    "product_labels", metadata,
-    sa.Column("product_id", sa.String(64),
-              sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True),
+    "product_labels",
+    metadata,
+    sa.Column(
+        "product_id",
+        sa.String(64),
+        sa.ForeignKey("products.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(256), nullable=False),
     sa.Index("ix_product_labels_key_value", "key", "value"),
 )
 product_changes = sa.Table(
-    "product_changes", metadata,
+    "product_changes",
+    metadata,
     sa.Column("revision", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("product_id", sa.String(64), nullable=False),
     sa.Column("change_type", sa.String(16), nullable=False),
@@ -62,7 +69,8 @@ product_changes = sa.Table(
     sa.Column("change_us", sa.BigInteger, nullable=False),
 )
 create_requests = sa.Table(
-    "create_requests", metadata,
+    "create_requests",
+    metadata,
     sa.Column("request_id", sa.String(64), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("snapshot", sa.Text, nullable=False),
@@ -92,25 +100,32 @@ class SqlProductRepository:
 
     async def get(self, product_id: str) -> Product | None:
         async with self._engine.connect() as connection:
-            row = (await connection.execute(
-                sa.select(products).where(products.c.id == product_id)
-            )).first()
+            row = (
+                await connection.execute(sa.select(products).where(products.c.id == product_id))
+            ).first()
         return _product(row._mapping) if row else None
 
     async def list(self, query: ProductQuery, offset: int, limit: int) -> tuple[list[Product], int]:
         conditions: list[Any] = [_price_condition(c) for c in query.price]
         for key, value in query.labels.items():
-            conditions.append(sa.exists().where(
-                product_labels.c.product_id == products.c.id,
-                product_labels.c.key == key,
-                product_labels.c.value == value,
-            ))
+            conditions.append(
+                sa.exists().where(
+                    product_labels.c.product_id == products.c.id,
+                    product_labels.c.key == key,
+                    product_labels.c.value == value,
+                )
+            )
         ordering = [
             _ORDER_COLUMNS[name].desc() if descending else _ORDER_COLUMNS[name].asc()
             for name, descending in query.order
         ]
-        select = (sa.select(products).where(*conditions)
-                  .order_by(*ordering, products.c.id).offset(offset).limit(limit))
+        select = (
+            sa.select(products)
+            .where(*conditions)
+            .order_by(*ordering, products.c.id)
+            .offset(offset)
+            .limit(limit)
+        )
         count = sa.select(sa.func.count()).select_from(products).where(*conditions)
         async with self._engine.connect() as connection:
             rows = (await connection.execute(select)).all()
@@ -120,10 +135,13 @@ class SqlProductRepository:
     async def create(self, request: CreateRequest) -> tuple[Product, bool]:
         async with self._writing() as connection:
             if request.request_id:
-                earlier = (await connection.execute(
-                    sa.select(create_requests).where(
-                        create_requests.c.request_id == request.request_id)
-                )).first()
+                earlier = (
+                    await connection.execute(
+                        sa.select(create_requests).where(
+                            create_requests.c.request_id == request.request_id
+                        )
+                    )
+                ).first()
                 if earlier is not None:
                     if earlier.fingerprint != request.fingerprint:
                         raise invalid_field(
@@ -133,16 +151,21 @@ class SqlProductRepository:
                         )
                     return _from_snapshot(earlier.snapshot), False
             if await _exists(connection, products.c.id == request.product_id):
-                raise _already_exists("PRODUCT_EXISTS", f"products/{request.product_id} exists",
-                                      resource=f"products/{request.product_id}")
+                raise _already_exists(
+                    "PRODUCT_EXISTS",
+                    f"products/{request.product_id} exists",
+                    resource=f"products/{request.product_id}",
+                )
             await self._check_sku_free(connection, request.draft.sku)
             product = await _insert(connection, request.product_id, request.draft)
             if request.request_id:
-                await connection.execute(create_requests.insert().values(
-                    request_id=request.request_id,
-                    fingerprint=request.fingerprint,
-                    snapshot=_snapshot(product),
-                ))
+                await connection.execute(
+                    create_requests.insert().values(
+                        request_id=request.request_id,
+                        fingerprint=request.fingerprint,
+                        snapshot=_snapshot(product),
+                    )
+                )
             return product, True
 
     async def update(self, product_id: str, draft: ProductDraft, expected_revision: int) -> Product:
@@ -158,28 +181,34 @@ class SqlProductRepository:
             revision = await _next_revision(connection)
             await connection.execute(products.delete().where(products.c.id == product_id))
             await connection.execute(
-                product_labels.delete().where(product_labels.c.product_id == product_id))
+                product_labels.delete().where(product_labels.c.product_id == product_id)
+            )
             await _record(connection, revision, ChangeType.DELETED, current, _now_us())
             return current
 
-    async def upsert_by_sku(self, draft: ProductDraft, new_id: str) -> tuple[Product, ImportOutcome]:
+    async def upsert_by_sku(
+        self, draft: ProductDraft, new_id: str
+    ) -> tuple[Product, ImportOutcome]:
         async with self._writing() as connection:
-            row = (await connection.execute(
-                sa.select(products).where(products.c.sku == draft.sku)
-            )).first()
+            row = (
+                await connection.execute(sa.select(products).where(products.c.sku == draft.sku))
+            ).first()
             if row is None:
                 return await _insert(connection, new_id, draft), ImportOutcome.CREATED
-            return await _write_update(connection, _product(row._mapping), draft), \
-                ImportOutcome.UPDATED
+            return await _write_update(
+                connection, _product(row._mapping), draft
+            ), ImportOutcome.UPDATED
 
     async def changes_after(self, revision: int, limit: int) -> Sequence[ProductChange]:
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(
-                sa.select(product_changes)
-                .where(product_changes.c.revision > revision)
-                .order_by(product_changes.c.revision)
-                .limit(limit)
-            )).all()
+            rows = (
+                await connection.execute(
+                    sa.select(product_changes)
+                    .where(product_changes.c.revision > revision)
+                    .order_by(product_changes.c.revision)
+                    .limit(limit)
+                )
+            ).all()
         return [
             ProductChange(
                 revision=row.revision,
@@ -216,7 +245,8 @@ class _WriteTransaction:
             connection: AsyncConnection = await self._transaction.__aenter__()
             if not self._repository._database.is_sqlite:
                 await connection.execute(
-                    sa.text("LOCK TABLE product_changes IN SHARE ROW EXCLUSIVE MODE"))
+                    sa.text("LOCK TABLE product_changes IN SHARE ROW EXCLUSIVE MODE")
+                )
             return connection
         except BaseException:
             self._repository._write_lock.release()
@@ -226,8 +256,9 @@ class _WriteTransaction:
         try:
             await self._transaction.__aexit__(*exc_info)
         except IntegrityError:
-            raise _already_exists("CONFLICT", "a concurrent write took the same id or sku") \
-                from None
+            raise _already_exists(
+                "CONFLICT", "a concurrent write took the same id or sku"
+            ) from None
         finally:
             self._repository._write_lock.release()
 
@@ -236,22 +267,30 @@ async def _insert(connection: AsyncConnection, product_id: str, draft: ProductDr
     now = _now_us()
     revision = await _next_revision(connection)
     product = Product(product_id, draft, _time(now), _time(now), revision)
-    await connection.execute(products.insert().values(
-        id=product_id, create_us=now, update_us=now, revision=revision, **_columns(draft)))
+    await connection.execute(
+        products.insert().values(
+            id=product_id, create_us=now, update_us=now, revision=revision, **_columns(draft)
+        )
+    )
     await _write_labels(connection, product_id, draft)
     await _record(connection, revision, ChangeType.CREATED, product, now)
     return product
 
 
-async def _write_update(connection: AsyncConnection, current: Product, draft: ProductDraft) -> Product:
+async def _write_update(
+    connection: AsyncConnection, current: Product, draft: ProductDraft
+) -> Product:
     now = _now_us()
     revision = await _next_revision(connection)
     product = Product(current.product_id, draft, current.create_time, _time(now), revision)
     await connection.execute(
-        products.update().where(products.c.id == current.product_id)
-        .values(update_us=now, revision=revision, **_columns(draft)))
+        products.update()
+        .where(products.c.id == current.product_id)
+        .values(update_us=now, revision=revision, **_columns(draft))
+    )
     await connection.execute(
-        product_labels.delete().where(product_labels.c.product_id == current.product_id))
+        product_labels.delete().where(product_labels.c.product_id == current.product_id)
+    )
     await _write_labels(connection, current.product_id, draft)
     await _record(connection, revision, ChangeType.UPDATED, product, now)
     return product
@@ -260,34 +299,48 @@ async def _write_update(connection: AsyncConnection, current: Product, draft: Pr
 async def _locked_current(
     connection: AsyncConnection, product_id: str, expected_revision: int | None
 ) -> Product:
-    row = (await connection.execute(
-        sa.select(products).where(products.c.id == product_id))).first()
+    row = (await connection.execute(sa.select(products).where(products.c.id == product_id))).first()
     if row is None:
-        raise DomainError(ErrorKind.NOT_FOUND, "PRODUCT_NOT_FOUND",
-                          f"products/{product_id} not found",
-                          {"resource": f"products/{product_id}"})
+        raise DomainError(
+            ErrorKind.NOT_FOUND,
+            "PRODUCT_NOT_FOUND",
+            f"products/{product_id} not found",
+            {"resource": f"products/{product_id}"},
+        )
     current = _product(row._mapping)
     if expected_revision is not None and current.revision != expected_revision:
-        raise DomainError(ErrorKind.ABORTED, "CONCURRENT_MODIFICATION",
-                          f"products/{product_id} changed concurrently; read it again and retry",
-                          {"resource": f"products/{product_id}", "current_etag": current.etag})
+        raise DomainError(
+            ErrorKind.ABORTED,
+            "CONCURRENT_MODIFICATION",
+            f"products/{product_id} changed concurrently; read it again and retry",
+            {"resource": f"products/{product_id}", "current_etag": current.etag},
+        )
     return current
 
 
 async def _write_labels(connection: AsyncConnection, product_id: str, draft: ProductDraft) -> None:
     if draft.labels:
-        await connection.execute(product_labels.insert(), [
-            {"product_id": product_id, "key": key, "value": value}
-            for key, value in draft.labels.items()
-        ])
+        await connection.execute(
+            product_labels.insert(),
+            [
+                {"product_id": product_id, "key": key, "value": value}
+                for key, value in draft.labels.items()
+            ],
+        )
 
 
 async def _record(
     connection: AsyncConnection, revision: int, change: ChangeType, product: Product, now: int
 ) -> None:
-    await connection.execute(product_changes.insert().values(
-        revision=revision, product_id=product.product_id, change_type=change.value,
-        snapshot=_snapshot(product), change_us=now))
+    await connection.execute(
+        product_changes.insert().values(
+            revision=revision,
+            product_id=product.product_id,
+            change_type=change.value,
+            snapshot=_snapshot(product),
+            change_us=now,
+        )
+    )
 
 
 async def _next_revision(connection: AsyncConnection) -> int:
@@ -295,8 +348,11 @@ async def _next_revision(connection: AsyncConnection) -> int:
 
 
 async def _last_revision(connection: AsyncConnection) -> int:
-    value = (await connection.execute(
-        sa.select(sa.func.coalesce(sa.func.max(product_changes.c.revision), 0)))).scalar_one()
+    value = (
+        await connection.execute(
+            sa.select(sa.func.coalesce(sa.func.max(product_changes.c.revision), 0))
+        )
+    ).scalar_one()
     return int(value)
 
 
@@ -312,8 +368,12 @@ def _price_condition(condition: PriceCondition) -> Any:
     column = products.c.price_nanos
     value = condition.total_nanos
     return {
-        "=": column == value, "!=": column != value, "<": column < value,
-        "<=": column <= value, ">": column > value, ">=": column >= value,
+        "=": column == value,
+        "!=": column != value,
+        "<": column < value,
+        "<=": column <= value,
+        ">": column > value,
+        ">=": column >= value,
     }[condition.op]
 
 
@@ -336,18 +396,21 @@ def _product(row: Any) -> Product:
         price=Money.from_total_nanos(row["price_currency"], row["price_nanos"]),
         labels=json.loads(row["labels"]),
     )
-    return Product(row["id"], draft, _time(row["create_us"]), _time(row["update_us"]),
-                   row["revision"])
+    return Product(
+        row["id"], draft, _time(row["create_us"]), _time(row["update_us"]), row["revision"]
+    )
 
 
 def _snapshot(product: Product) -> str:
-    return json.dumps({
-        "id": product.product_id,
-        **_columns(product.draft),
-        "create_us": _us(product.create_time),
-        "update_us": _us(product.update_time),
-        "revision": product.revision,
-    })
+    return json.dumps(
+        {
+            "id": product.product_id,
+            **_columns(product.draft),
+            "create_us": _us(product.create_time),
+            "update_us": _us(product.update_time),
+            "revision": product.revision,
+        }
+    )
 
 
 def _from_snapshot(snapshot: str) -> Product:

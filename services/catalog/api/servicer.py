@@ -28,7 +28,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    async def GetProduct(self, request: pb.GetProductRequest, context: Context) -> product_pb2.Product:
+    async def GetProduct(
+        self, request: pb.GetProductRequest, context: Context
+    ) -> product_pb2.Product:
         return product_message(await self._catalog.get(request.name))
 
     async def ListProducts(
@@ -47,7 +49,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         self, request: pb.CreateProductRequest, context: Context
     ) -> product_pb2.Product:
         product = await self._catalog.create(
-            draft_of(request.product), request.product_id, request.request_id,
+            draft_of(request.product),
+            request.product_id,
+            request.request_id,
             _fingerprint(request),
         )
         return product_message(product)
@@ -58,7 +62,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         if not request.HasField("product"):
             raise invalid_field("product", "is required", "REQUIRED")
         product = await self._catalog.update(
-            request.product.name, draft_of(request.product), list(request.update_mask.paths),
+            request.product.name,
+            draft_of(request.product),
+            list(request.update_mask.paths),
             request.product.etag,
         )
         return product_message(product)

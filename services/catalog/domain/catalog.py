@@ -128,8 +128,11 @@ class Catalog:
 def product_id_of(name: str, field_path: str) -> str:
     product_id = name.removeprefix(PRODUCT_PREFIX)
     if not name.startswith(PRODUCT_PREFIX) or not product_id or "/" in product_id:
-        raise invalid_field(field_path, f"{name!r} is not a product name (products/{{product}})",
-                            "INVALID_RESOURCE_NAME")
+        raise invalid_field(
+            field_path,
+            f"{name!r} is not a product name (products/{{product}})",
+            "INVALID_RESOURCE_NAME",
+        )
     return product_id
 
 

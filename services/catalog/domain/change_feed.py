@@ -98,8 +98,9 @@ class ChangeFeed:
         watcher = _Watcher(self._queue_size)
         self._watchers.add(watcher)
         try:
-            cursor = (await self._repository.last_revision() if after_revision is None
-                      else after_revision)
+            cursor = (
+                await self._repository.last_revision() if after_revision is None else after_revision
+            )
         except BaseException:
             self._watchers.discard(watcher)
             raise

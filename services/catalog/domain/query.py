@@ -52,7 +52,7 @@ def parse_query(filter_text: str, order_by: str) -> ProductQuery:
         else:
             raise invalid_field(
                 "filter",
-                f"cannot parse {term!r}: use labels.<key> = \"value\" or price <op> <number>, "
+                f'cannot parse {term!r}: use labels.<key> = "value" or price <op> <number>, '
                 "joined by AND",
                 "INVALID_FILTER",
             )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from google.type import money_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from emporium.catalog.v1 import catalog_service_pb2 as pb
@@ -18,13 +20,14 @@ from libs.testing.rpc import rich_error, serving
 from services.catalog.app import build
 from services.catalog.config import CatalogSettings
 
-Stub = pb_grpc.CatalogServiceStub
+Stub: TypeAlias = "pb_grpc.CatalogServiceAsyncStub"
 
 
 @pytest.fixture
 async def channel(database_url: str) -> AsyncIterator[grpc.aio.Channel]:
-    settings = CatalogSettings(database_url=database_url, feed_poll_interval_seconds=0.2,
-                               grace_seconds=2)
+    settings = CatalogSettings(
+        database_url=database_url, feed_poll_interval_seconds=0.2, grace_seconds=2
+    )
     async with serving(await build(settings)) as channel:
         yield channel
 
@@ -36,9 +39,21 @@ def stub(channel: grpc.aio.Channel) -> Stub:
 
 def product(sku: str, units: int = 10, nanos: int = 0, **labels: str) -> product_pb2.Product:
     return product_pb2.Product(
-        sku=sku, title=f"Title {sku}", description="d",
-        price={"currency_code": "USD", "units": units, "nanos": nanos}, labels=labels,
+        sku=sku,
+        title=f"Title {sku}",
+        description="d",
+        price=money_pb2.Money(currency_code="USD", units=units, nanos=nanos),
+        labels=labels,
     )
+
+
+WatchCall: TypeAlias = grpc.aio.UnaryStreamCall[pb.WatchProductsRequest, pb.WatchProductsResponse]
+
+
+async def next_change(call: WatchCall) -> pb.WatchProductsResponse:
+    message = await call.read()
+    assert isinstance(message, pb.WatchProductsResponse), message
+    return message
 
 
 async def expect_error(call: object) -> grpc.aio.AioRpcError:
@@ -48,8 +63,11 @@ async def expect_error(call: object) -> grpc.aio.AioRpcError:
 
 
 async def test_create_get_update_delete(stub: Stub) -> None:
-    created = await stub.CreateProduct(pb.CreateProductRequest(
-        product=product("MUG-1", 8, 990_000_000, color="yellow"), product_id="mug"))
+    created = await stub.CreateProduct(
+        pb.CreateProductRequest(
+            product=product("MUG-1", 8, 990_000_000, color="yellow"), product_id="mug"
+        )
+    )
     assert created.name == "products/mug"
     assert created.price.units == 8 and created.price.nanos == 990_000_000
     assert created.etag and created.create_time.seconds > 0
@@ -58,14 +76,19 @@ async def test_create_get_update_delete(stub: Stub) -> None:
     assert fetched == created
 
     change = product_pb2.Product(name="products/mug", title="Big mug", etag=created.etag)
-    updated = await stub.UpdateProduct(pb.UpdateProductRequest(
-        product=change, update_mask=field_mask_pb2.FieldMask(paths=["title"])))
+    updated = await stub.UpdateProduct(
+        pb.UpdateProductRequest(
+            product=change, update_mask=field_mask_pb2.FieldMask(paths=["title"])
+        )
+    )
     assert updated.title == "Big mug"
     assert updated.sku == "MUG-1"  # not in the mask: kept
     assert updated.etag != created.etag
 
     await stub.DeleteProduct(pb.DeleteProductRequest(name="products/mug"))
-    error = rich_error(await expect_error(stub.GetProduct(pb.GetProductRequest(name="products/mug"))))
+    error = rich_error(
+        await expect_error(stub.GetProduct(pb.GetProductRequest(name="products/mug")))
+    )
     assert error.code is grpc.StatusCode.NOT_FOUND
     assert error.info is not None and error.info.reason == "PRODUCT_NOT_FOUND"
     assert error.info.domain == "catalog.emporium.dev"
@@ -73,12 +96,22 @@ async def test_create_get_update_delete(stub: Stub) -> None:
 
 async def test_stale_etag_is_aborted(stub: Stub) -> None:
     created = await stub.CreateProduct(pb.CreateProductRequest(product=product("E-1")))
-    await stub.UpdateProduct(pb.UpdateProductRequest(
-        product=product_pb2.Product(name=created.name, title="first"),
-        update_mask=field_mask_pb2.FieldMask(paths=["title"])))
+    await stub.UpdateProduct(
+        pb.UpdateProductRequest(
+            product=product_pb2.Product(name=created.name, title="first"),
+            update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+        )
+    )
     stale = product_pb2.Product(name=created.name, title="second", etag=created.etag)
-    error = rich_error(await expect_error(stub.UpdateProduct(pb.UpdateProductRequest(
-        product=stale, update_mask=field_mask_pb2.FieldMask(paths=["title"])))))
+    error = rich_error(
+        await expect_error(
+            stub.UpdateProduct(
+                pb.UpdateProductRequest(
+                    product=stale, update_mask=field_mask_pb2.FieldMask(paths=["title"])
+                )
+            )
+        )
+    )
     assert error.code is grpc.StatusCode.ABORTED
     assert error.info is not None and error.info.reason == "ETAG_MISMATCH"
     assert (await stub.GetProduct(pb.GetProductRequest(name=created.name))).title == "first"
@@ -102,8 +135,9 @@ async def test_create_is_idempotent_by_request_id(stub: Stub) -> None:
 
 async def test_duplicate_sku_already_exists(stub: Stub) -> None:
     await stub.CreateProduct(pb.CreateProductRequest(product=product("DUP-1")))
-    error = rich_error(await expect_error(
-        stub.CreateProduct(pb.CreateProductRequest(product=product("DUP-1")))))
+    error = rich_error(
+        await expect_error(stub.CreateProduct(pb.CreateProductRequest(product=product("DUP-1"))))
+    )
     assert error.code is grpc.StatusCode.ALREADY_EXISTS
     assert error.info is not None and error.info.reason == "SKU_TAKEN"
 
@@ -111,10 +145,12 @@ async def test_duplicate_sku_already_exists(stub: Stub) -> None:
 async def test_list_pages_filters_and_orders(stub: Stub) -> None:
     for index in range(7):
         color = "red" if index % 2 == 0 else "blue"
-        await stub.CreateProduct(pb.CreateProductRequest(product=product(f"P-{index}", index, 0,
-                                                                          color=color)))
-    request = pb.ListProductsRequest(page_size=2, filter='labels.color = "red" AND price >= 1',
-                                     order_by="price desc")
+        await stub.CreateProduct(
+            pb.CreateProductRequest(product=product(f"P-{index}", index, 0, color=color))
+        )
+    request = pb.ListProductsRequest(
+        page_size=2, filter='labels.color = "red" AND price >= 1', order_by="price desc"
+    )
     seen: list[str] = []
     while True:
         page = await stub.ListProducts(request)
@@ -136,9 +172,10 @@ async def test_list_pages_filters_and_orders(stub: Stub) -> None:
     ],
 )
 async def test_bad_list_requests_name_the_field(
-    stub: Stub, request_fields: dict[str, object], field: str, reason: str
+    stub: Stub, request_fields: dict[str, Any], field: str, reason: str
 ) -> None:
-    error = rich_error(await expect_error(stub.ListProducts(pb.ListProductsRequest(**request_fields))))  # type: ignore[arg-type]
+    request = pb.ListProductsRequest(**request_fields)
+    error = rich_error(await expect_error(stub.ListProducts(request)))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.fields == [field]
     assert error.bad_request is not None
@@ -149,14 +186,21 @@ async def test_page_token_is_bound_to_its_query(stub: Stub) -> None:
     for index in range(3):
         await stub.CreateProduct(pb.CreateProductRequest(product=product(f"T-{index}")))
     page = await stub.ListProducts(pb.ListProductsRequest(page_size=1, order_by="sku"))
-    error = rich_error(await expect_error(stub.ListProducts(pb.ListProductsRequest(
-        page_size=1, order_by="title", page_token=page.next_page_token))))
+    error = rich_error(
+        await expect_error(
+            stub.ListProducts(
+                pb.ListProductsRequest(
+                    page_size=1, order_by="title", page_token=page.next_page_token
+                )
+            )
+        )
+    )
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.info is not None and error.info.reason == "PAGE_TOKEN_QUERY_MISMATCH"
 
 
 async def test_invalid_create_lists_every_violation(stub: Stub) -> None:
-    bad = product_pb2.Product(sku="lower", price={"currency_code": "USD", "units": -5})
+    bad = product_pb2.Product(sku="lower", price=money_pb2.Money(currency_code="USD", units=-5))
     error = rich_error(await expect_error(stub.CreateProduct(pb.CreateProductRequest(product=bad))))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert set(error.fields) == {"product.sku", "product.title", "product.price"}
@@ -168,7 +212,9 @@ async def test_invalid_create_lists_every_violation(stub: Stub) -> None:
 async def test_wrong_currency_is_rejected(stub: Stub) -> None:
     euro = product("EUR-1")
     euro.price.currency_code = "EUR"
-    error = rich_error(await expect_error(stub.CreateProduct(pb.CreateProductRequest(product=euro))))
+    error = rich_error(
+        await expect_error(stub.CreateProduct(pb.CreateProductRequest(product=euro)))
+    )
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.fields == ["product.price.currency_code"]
     assert error.info is not None and error.info.reason == "CURRENCY_NOT_SUPPORTED"
@@ -176,15 +222,31 @@ async def test_wrong_currency_is_rejected(stub: Stub) -> None:
 
 async def test_update_rejects_unknown_mask_path_and_invalid_merge(stub: Stub) -> None:
     created = await stub.CreateProduct(pb.CreateProductRequest(product=product("M-1")))
-    unknown = rich_error(await expect_error(stub.UpdateProduct(pb.UpdateProductRequest(
-        product=product_pb2.Product(name=created.name),
-        update_mask=field_mask_pb2.FieldMask(paths=["weight"])))))
+    unknown = rich_error(
+        await expect_error(
+            stub.UpdateProduct(
+                pb.UpdateProductRequest(
+                    product=product_pb2.Product(name=created.name),
+                    update_mask=field_mask_pb2.FieldMask(paths=["weight"]),
+                )
+            )
+        )
+    )
     assert unknown.code is grpc.StatusCode.INVALID_ARGUMENT
     assert unknown.fields == ["update_mask"]
 
-    negative = product_pb2.Product(name=created.name, price={"currency_code": "USD", "units": -1})
-    invalid = rich_error(await expect_error(stub.UpdateProduct(pb.UpdateProductRequest(
-        product=negative, update_mask=field_mask_pb2.FieldMask(paths=["price"])))))
+    negative = product_pb2.Product(
+        name=created.name, price=money_pb2.Money(currency_code="USD", units=-1)
+    )
+    invalid = rich_error(
+        await expect_error(
+            stub.UpdateProduct(
+                pb.UpdateProductRequest(
+                    product=negative, update_mask=field_mask_pb2.FieldMask(paths=["price"])
+                )
+            )
+        )
+    )
     assert invalid.code is grpc.StatusCode.INVALID_ARGUMENT
     assert invalid.fields == ["product.price"]
 
@@ -225,11 +287,11 @@ async def test_watch_from_now_and_from_a_revision(stub: Stub) -> None:
     replay = stub.WatchProducts(pb.WatchProductsRequest(after_revision=int(first.etag) - 1))
 
     await stub.DeleteProduct(pb.DeleteProductRequest(name=first.name))
-    live_change = await live.read()
+    live_change = await next_change(live)
     assert live_change.change_type == pb.CHANGE_TYPE_DELETED
     assert live_change.product.name == first.name
 
-    replayed = [await replay.read(), await replay.read()]
+    replayed = [await next_change(replay), await next_change(replay)]
     assert [c.change_type for c in replayed] == [pb.CHANGE_TYPE_CREATED, pb.CHANGE_TYPE_DELETED]
     assert replayed[1].revision == live_change.revision
     live.cancel()
@@ -244,8 +306,8 @@ async def test_many_concurrent_watchers_see_every_change_in_order(stub: Stub) ->
         for i in range(5)
     ]
 
-    async def read_five(call: grpc.aio.UnaryStreamCall[object, pb.WatchProductsResponse]) -> list[str]:
-        return [(await call.read()).product.sku for _ in range(5)]
+    async def read_five(call: WatchCall) -> list[str]:
+        return [(await next_change(call)).product.sku for _ in range(5)]
 
     results = await asyncio.gather(*(read_five(w) for w in watchers))
     assert all(skus == [p.sku for p in created] for skus in results)

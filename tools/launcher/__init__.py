@@ -1,0 +1,1 @@
+"""The dev launcher: every service as a process on loopback, like production, in one command."""
