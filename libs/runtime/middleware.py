@@ -114,7 +114,7 @@ def register(
     """
     collector = _HandlerCollector()
     add_to_server(servicer, collector)
-    pool = descriptor_pool.Default()
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
     for service, handlers in collector.handlers.items():
         try:
             methods = pool.FindServiceByName(service).methods_by_name

@@ -36,10 +36,29 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class ShutdownGate:
-    """Middleware: once shutdown begins, new RPCs get UNAVAILABLE at once (in-flight ones go on)."""
+    """Middleware: counts in-flight RPCs; once closed, new RPCs get UNAVAILABLE at once.
+
+    The server keeps accepting connections while it drains, so a late caller gets a clean,
+    retryable UNAVAILABLE rather than a reset stream.
+    """
 
     def __init__(self) -> None:
         self.closed = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         gate = self
@@ -48,15 +67,23 @@ class ShutdownGate:
             async def gated_stream(request: Any, context: Context) -> Any:
                 if gate.closed:
                     await _refuse(context)
-                async for response in behavior(request, context):
-                    yield response
+                gate._enter()
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    gate._leave()
 
             return gated_stream
 
         async def gated(request: Any, context: Context) -> Any:
             if gate.closed:
                 await _refuse(context)
-            return await behavior(request, context)
+            gate._enter()
+            try:
+                return await behavior(request, context)
+            finally:
+                gate._leave()
 
         return gated
 
@@ -145,9 +172,18 @@ class GrpcApp:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace_seconds
         for hook in self._on_shutdown:
             await hook()
-        await self._server.stop(self.settings.grace_seconds)
+        try:
+            await asyncio.wait_for(self._gate.drained(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning(
+                "grace period over; cancelling RPCs still running",
+                extra={"in_flight": self._gate.in_flight},
+            )
+        await self._server.stop(max(0.0, deadline - loop.time()))
         for hook in self._on_stop:
             await hook()
         log.info("stopped")

@@ -52,13 +52,18 @@ class ServiceProcess:
 
 
 async def start_service(
-    module: str, env: Mapping[str, str], *, within: float = 30.0, echo_log: bool = False
+    module: str,
+    env: Mapping[str, str],
+    *,
+    within: float = 30.0,
+    echo_log: bool = False,
+    python: str = sys.executable,
 ) -> ServiceProcess:
     """Runs `python -m module` with `env` added and returns once it logs `serving`.
     With `echo_log`, the service's log lines are passed on to this process's stderr."""
     python_path = os.pathsep.join(p for p in sys.path if p)
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
+        python,
         "-m",
         module,
         env={**os.environ, "PYTHONPATH": python_path, **env},

@@ -60,7 +60,7 @@ def _protovalidate_file() -> descriptor_pb2.FileDescriptorProto:
 
 def third_party_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     """Every third-party file the contracts can import, dependencies first."""
-    pool = descriptor_pool.Default()
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
     for name in _THIRD_PARTY_MODULES:
         importlib.import_module(name)
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
