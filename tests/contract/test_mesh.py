@@ -34,9 +34,10 @@ def documents() -> list[tuple[Path, dict[str, Any]]]:
 
 
 def schema_for(document: dict[str, Any]) -> Path:
-    group, version = document["apiVersion"].split("/")
-    root = Path(os.environ.get("EMPORIUM_CRD_SCHEMAS", REPO.parent / "shared/schemas/crds"))
-    return root / group / f"{document['kind'].lower()}_{version}.json"
+    group, version = str(document["apiVersion"]).split("/")
+    root = Path(os.environ.get("EMPORIUM_CRD_SCHEMAS", str(REPO.parent / "shared/schemas/crds")))
+    kind = str(document["kind"]).lower()
+    return root / group / f"{kind}_{version}.json"
 
 
 def test_manifests_exist() -> None:
