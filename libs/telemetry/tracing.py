@@ -105,7 +105,8 @@ class ServerTelemetry:
 
 
 def _end(span: trace.Span, context: Context) -> None:
-    code = context.code()
+    # A handler that returned normally leaves the code unset: that is OK.
+    code = context.code() or grpc.StatusCode.OK
     if isinstance(code, grpc.StatusCode):
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
