@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_unavailable
@@ -14,7 +16,15 @@ from services.catalog.domain.change_feed import ChangeFeed
 from services.catalog.seed import seed
 
 
-async def build(settings: CatalogSettings) -> GrpcApp:
+@dataclass(frozen=True)
+class CatalogParts:
+    database: Database
+    feed: ChangeFeed
+    catalog: Catalog
+
+
+async def build_catalog(settings: CatalogSettings) -> CatalogParts:
+    """The catalog without its server: migrated storage, a running change feed, the use cases."""
     database = Database(settings.database_url)
     await database.migrate(MIGRATIONS)
     repository = SqlProductRepository(database)
@@ -23,12 +33,16 @@ async def build(settings: CatalogSettings) -> GrpcApp:
     catalog = Catalog(
         repository, feed, currency_code=settings.currency_code, validate_draft=validate_draft
     )
-    if settings.seed_sample_products:
-        await seed(catalog)
+    return CatalogParts(database, feed, catalog)
 
+
+async def build(settings: CatalogSettings) -> GrpcApp:
+    parts = await build_catalog(settings)
+    if settings.seed_sample_products:
+        await seed(parts.catalog)
     app = GrpcApp("catalog", settings, domain=DOMAIN, translators=[database_unavailable])
-    app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog))
-    app.add_health_check("database", database.ping)
-    app.on_shutdown(feed.close)
-    app.on_stop(database.dispose)
+    app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(parts.catalog))
+    app.add_health_check("database", parts.database.ping)
+    app.on_shutdown(parts.feed.close)
+    app.on_stop(parts.database.dispose)
     return app
