@@ -71,6 +71,29 @@ async def abort_with(
     await context.abort(code, status.message, trailing_metadata(status))
 
 
+def status_from_trailers(trailers: object) -> status_pb2.Status | None:
+    """The rich status a call's trailing metadata carries, if any."""
+    for key, value in trailers or ():  # type: ignore[attr-defined]
+        if key == STATUS_DETAILS_KEY:
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            return status_pb2.Status.FromString(raw)
+    return None
+
+
+def details_of(
+    status: status_pb2.Status,
+) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.BadRequest | None]:
+    info = bad_request = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+    return info, bad_request
+
+
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
@@ -81,6 +104,3 @@ def _rpc_code(code: grpc.StatusCode) -> int:
     value = code.value[0]
     assert isinstance(value, int)
     return value
-
-
-__all__ = ["GRPC_CODE", "abort_with", "build_status", "status_of", "trailing_metadata"]

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
+from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
 from libs.runtime.validation import RequestValidation
@@ -95,7 +96,12 @@ async def _refuse(context: Context) -> None:
 def default_chain(domain: str, translators: Sequence[ExceptionTranslator] = ()) -> list[Middleware]:
     """Outermost first: telemetry sees every outcome; errors become rich statuses; then input
     validation, whose INVALID_ARGUMENT is itself a DomainError."""
-    return [ServerTelemetry(), ErrorTranslation(domain, translators), RequestValidation()]
+    return [
+        ServerTelemetry(),
+        DeadlineScope(),
+        ErrorTranslation(domain, translators),
+        RequestValidation(),
+    ]
 
 
 class GrpcApp:

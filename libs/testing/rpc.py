@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
-from libs.runtime.rich_status import STATUS_DETAILS_KEY
+from libs.runtime.rich_status import details_of, status_from_trailers
 from libs.runtime.server import GrpcApp
 
 
@@ -40,26 +39,6 @@ class RichError:
 
 def rich_error(error: grpc.aio.AioRpcError) -> RichError:
     """The status of a failed call with its ErrorInfo and BadRequest details, if any."""
-    info = bad_request = None
-    trailers: Any = error.trailing_metadata() or ()
-    for key, value in trailers:
-        if key == STATUS_DETAILS_KEY:
-            status = status_pb2.Status.FromString(
-                value if isinstance(value, bytes) else value.encode()
-            )
-            info, bad_request = details_of(status)
+    status = status_from_trailers(error.trailing_metadata())
+    info, bad_request = details_of(status) if status is not None else (None, None)
     return RichError(error.code(), error.details() or "", info, bad_request)
-
-
-def details_of(
-    status: status_pb2.Status,
-) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.BadRequest | None]:
-    info = bad_request = None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-    return info, bad_request

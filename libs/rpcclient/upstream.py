@@ -1,0 +1,425 @@
+"""Upstream: one logical service as seen by its callers, and the resilient stubs made from it.
+
+Every call gets a deadline (the handler's remaining budget minus a margin, else a default), goes
+through a bulkhead and a circuit breaker, carries the trace context and request id, and is
+retried with full-jitter backoff when it is safe: a retryable code (UNAVAILABLE; RESOURCE_EXHAUSTED
+only with pushback), an idempotent method (declared in the contract with `idempotency_level`, or
+an AIP Get/List), time left before the deadline, and a retry left in the upstream's budget.
+Server streams are retried only before their first message; client and bidi streams are never
+retried (their requests cannot be replayed) but get the deadline, bulkhead and breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import MethodDescriptor
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from libs.resilience.backoff import Backoff
+from libs.resilience.breaker import (
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpen,
+    Permit,
+)
+from libs.resilience.budget import BudgetPolicy, RetryBudget
+from libs.resilience.bulkhead import Bulkhead
+from libs.resilience.clock import Clock, monotonic
+from libs.runtime.deadline import remaining_budget
+from libs.runtime.errors import DomainError, ErrorKind
+from libs.runtime.rich_status import (
+    STATUS_DETAILS_KEY,
+    build_status,
+    details_of,
+    status_from_trailers,
+)
+from libs.telemetry.logging import request_id
+
+log = logging.getLogger("emporium.rpcclient")
+tracer = trace.get_tracer("emporium.rpc.client")
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+DOMAIN = "rpcclient.emporium.dev"
+# Failures of the upstream itself; client errors and cancellations are neutral for the breaker.
+UPSTREAM_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_IDEMPOTENT_LEVELS = (
+    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
+    descriptor_pb2.MethodOptions.IDEMPOTENT,
+)
+
+
+@dataclass(frozen=True)
+class UpstreamPolicy:
+    default_timeout: float = 5.0
+    deadline_margin: float = 0.02
+    max_attempts: int = 4
+    backoff: Backoff = field(default_factory=Backoff)
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    max_concurrent: int = 200
+    # Method names (as in the contract) to treat as idempotent beyond what the contract says.
+    idempotent: frozenset[str] = frozenset()
+
+
+@dataclass
+class UpstreamStats:
+    calls: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rejected_open: int = 0
+    rejected_bulkhead: int = 0
+    state_changes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def local_error(
+    code: grpc.StatusCode, reason: str, message: str, **metadata: str
+) -> grpc.aio.AioRpcError:
+    """An error raised before any call left the process, shaped like one from the server."""
+    status = build_status(code, message, reason=reason, domain=DOMAIN, metadata=metadata)
+    trailers = grpc.aio.Metadata((STATUS_DETAILS_KEY, status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, message, "")
+
+
+T = TypeVar("T")
+
+
+class Upstream:
+    def __init__(
+        self,
+        name: str,
+        channel: grpc.aio.Channel,
+        policy: UpstreamPolicy | None = None,
+        *,
+        clock: Clock = monotonic,
+    ) -> None:
+        self.name = name
+        self.channel = channel
+        self.policy = policy or UpstreamPolicy()
+        self.stats = UpstreamStats()
+        self.breaker = CircuitBreaker(
+            self.policy.breaker, clock=clock, on_change=self._state_changed
+        )
+        self.budget = RetryBudget(self.policy.budget)
+        self.bulkhead = Bulkhead(self.policy.max_concurrent)
+
+    def stub(self, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
+        """A generated stub whose every method goes through this upstream's protections."""
+        stub = stub_class(self.channel)
+        service = _service_descriptor(stub_class)
+        for method in service.methods:
+            raw = getattr(stub, method.name)
+            idempotent = method.name in self.policy.idempotent or _is_idempotent(method)
+            wrapper: Any
+            if method.client_streaming:
+                wrapper = _StreamingRequestCall(self, method.full_name, raw)
+            elif method.server_streaming:
+                wrapper = _ServerStreamCall(self, method.full_name, raw, idempotent)
+            else:
+                wrapper = _UnaryCall(self, method.full_name, raw, idempotent)
+            setattr(stub, method.name, wrapper)
+        return stub
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    # -- shared by the call wrappers ------------------------------------------------------
+
+    def deadline(self, timeout: float | None) -> float:
+        """Absolute monotonic deadline for a call, never past the inbound handler's."""
+        budget = timeout if timeout is not None else self.policy.default_timeout
+        inbound = remaining_budget()
+        if inbound is not None:
+            budget = min(budget, inbound - self.policy.deadline_margin)
+        return time.monotonic() + budget
+
+    def admit(self, method: str) -> Permit:
+        """Bulkhead then breaker; raises the local error a refused call gets."""
+        if not self.bulkhead.try_acquire():
+            self.stats.rejected_bulkhead += 1
+            raise local_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "BULKHEAD_FULL",
+                f"{self.name}: {self.bulkhead.max_concurrent} calls in flight",
+                upstream=self.name,
+                method=method,
+            )
+        try:
+            return self.breaker.acquire()
+        except CircuitOpen as open_:
+            self.bulkhead.release()
+            self.stats.rejected_open += 1
+            raise local_error(
+                grpc.StatusCode.UNAVAILABLE,
+                "CIRCUIT_OPEN",
+                f"{self.name}: circuit open",
+                upstream=self.name,
+                method=method,
+                retry_after_ms=str(int(open_.retry_after * 1000)),
+            ) from None
+
+    def settle(self, permit: Permit, code: grpc.StatusCode | None) -> None:
+        self.bulkhead.release()
+        self.breaker.record(permit, _breaker_outcome(code))
+
+    def retry_delay(
+        self, error: grpc.aio.AioRpcError, idempotent: bool, attempt: int, deadline: float
+    ) -> float | None:
+        """Seconds to wait before retrying, or None when the call must not be retried."""
+        if not idempotent or attempt >= self.policy.max_attempts:
+            return None
+        pushback = _pushback(error)
+        code = error.code()
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and pushback is None:
+            return None
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return None
+        if pushback is not None and pushback < 0:
+            return None
+        delay = pushback if pushback is not None else self.policy.backoff.delay(attempt)
+        if time.monotonic() + delay >= deadline or not self.budget.try_spend():
+            return None
+        self.stats.retries += 1
+        return delay
+
+    def metadata(self, extra: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        metadata = list(extra or ()) + list(carrier.items())
+        current = request_id.get()
+        if current and not any(key == "x-request-id" for key, _ in metadata):
+            metadata.append(("x-request-id", current))
+        return metadata
+
+    def _state_changed(self, before: BreakerState, after: BreakerState) -> None:
+        self.stats.state_changes.append((before.value, after.value))
+        log.warning(
+            "circuit breaker changed",
+            extra={"upstream": self.name, "from": before.value, "to": after.value},
+        )
+        trace.get_current_span().add_event(
+            "circuit_breaker_state",
+            {"upstream": self.name, "from": before.value, "to": after.value},
+        )
+
+
+class _UnaryCall:
+    def __init__(self, upstream: Upstream, method: str, raw: Any, idempotent: bool) -> None:
+        self._upstream, self._method, self._raw, self._idempotent = (
+            upstream,
+            method,
+            raw,
+            idempotent,
+        )
+
+    async def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the generated stubs' signature
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> Any:
+        upstream = self._upstream
+        deadline = upstream.deadline(timeout)
+        upstream.stats.calls += 1
+        upstream.budget.record_call()
+        with tracer.start_as_current_span(
+            self._method, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+        ) as span:
+            wire_metadata = upstream.metadata(metadata)
+            attempt = 0
+            while True:
+                attempt += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise local_error(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "DEADLINE_EXCEEDED",
+                        f"no time left to call {self._method}",
+                    )
+                permit = upstream.admit(self._method)
+                upstream.stats.attempts += 1
+                code: grpc.StatusCode | None = None
+                try:
+                    response = await self._raw(request, timeout=remaining, metadata=wire_metadata)
+                    code = grpc.StatusCode.OK
+                    return response
+                except grpc.aio.AioRpcError as error:
+                    code = error.code()
+                    delay = upstream.retry_delay(error, self._idempotent, attempt, deadline)
+                    if delay is None:
+                        span.set_status(Status(StatusCode.ERROR, code.name))
+                        raise
+                    span.add_event("retry", {"attempt": attempt, "code": code.name})
+                finally:
+                    upstream.settle(permit, code)
+                await asyncio.sleep(delay)
+
+
+class _ServerStreamCall:
+    def __init__(self, upstream: Upstream, method: str, raw: Any, idempotent: bool) -> None:
+        self._upstream, self._method, self._raw, self._idempotent = (
+            upstream,
+            method,
+            raw,
+            idempotent,
+        )
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> AsyncIterator[Any]:
+        return self._stream(request, timeout, metadata)
+
+    async def _stream(
+        self,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109 - the generated stubs' signature
+        metadata: Sequence[tuple[str, str]] | None,
+    ) -> AsyncIterator[Any]:
+        upstream = self._upstream
+        deadline = upstream.deadline(timeout)
+        upstream.stats.calls += 1
+        upstream.budget.record_call()
+        wire_metadata = upstream.metadata(metadata)
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise local_error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "DEADLINE_EXCEEDED",
+                    f"no time left to call {self._method}",
+                )
+            permit = upstream.admit(self._method)
+            upstream.stats.attempts += 1
+            call = self._raw(request, timeout=remaining, metadata=wire_metadata)
+            received = 0
+            code: grpc.StatusCode | None = None
+            try:
+                async for message in call:
+                    received += 1
+                    yield message
+                code = grpc.StatusCode.OK
+                return
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                delay = (
+                    upstream.retry_delay(error, self._idempotent, attempt, deadline)
+                    if received == 0
+                    else None
+                )
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+                upstream.settle(permit, code)
+            await asyncio.sleep(delay)
+
+
+class _StreamingRequestCall:
+    """Client and bidi streams: deadline, bulkhead and breaker; the call object as gRPC gives it."""
+
+    def __init__(self, upstream: Upstream, method: str, raw: Any) -> None:
+        self._upstream, self._method, self._raw = upstream, method, raw
+
+    def __call__(
+        self,
+        request_iterator: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> Any:
+        upstream = self._upstream
+        remaining = upstream.deadline(timeout) - time.monotonic()
+        upstream.stats.calls += 1
+        permit = upstream.admit(self._method)
+        upstream.stats.attempts += 1
+        call = self._raw(
+            request_iterator, timeout=max(remaining, 0.0), metadata=upstream.metadata(metadata)
+        )
+        settled = asyncio.ensure_future(_settle_when_done(upstream, permit, call))
+        _background.add(settled)
+        settled.add_done_callback(_background.discard)
+        return call
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+async def _settle_when_done(upstream: Upstream, permit: Permit, call: Any) -> None:
+    code: grpc.StatusCode | None
+    try:
+        code = await call.code()
+    except asyncio.CancelledError:
+        code = None
+    upstream.settle(permit, code)
+
+
+def upstream_errors(error: Exception) -> DomainError | None:
+    """ExceptionTranslator for servers: an upstream's failure keeps its code and reason instead of
+    becoming INTERNAL (a circuit open upstream is UNAVAILABLE CIRCUIT_OPEN to our caller too)."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return None
+    status = status_from_trailers(error.trailing_metadata())
+    info = details_of(status)[0] if status is not None else None
+    code = error.code()
+    kind = ErrorKind.__members__.get(code.name, ErrorKind.UNAVAILABLE)
+    reason = info.reason if info is not None and info.reason else f"UPSTREAM_{code.name}"
+    metadata = dict(info.metadata) if info is not None else {}
+    return DomainError(kind, reason, f"upstream: {error.details() or code.name}", metadata)
+
+
+def _breaker_outcome(code: grpc.StatusCode | None) -> bool | None:
+    if code is None or code is grpc.StatusCode.CANCELLED:
+        return None
+    if code is grpc.StatusCode.OK:
+        return False
+    return True if code in UPSTREAM_FAILURES else None
+
+
+def _pushback(error: grpc.aio.AioRpcError) -> float | None:
+    """Seconds the server asked us to wait; negative means do not retry; None if not given."""
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == PUSHBACK_KEY:
+            try:
+                return int(value) / 1000
+            except (TypeError, ValueError):
+                return -1.0
+    return None
+
+
+def _service_descriptor(stub_class: Callable[..., Any]) -> Any:
+    module_name = getattr(stub_class, "__module__", "")
+    messages = sys.modules[module_name.removesuffix("_grpc")]
+    service_name = getattr(stub_class, "__name__", "").removesuffix("Stub")
+    return messages.DESCRIPTOR.services_by_name[service_name]
+
+
+def _is_idempotent(method: MethodDescriptor) -> bool:
+    level = method.GetOptions().idempotency_level
+    return level in _IDEMPOTENT_LEVELS or method.name.startswith(("Get", "List", "BatchGet"))

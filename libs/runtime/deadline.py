@@ -1,0 +1,48 @@
+"""The inbound call's deadline, so outbound calls made while handling it inherit its budget.
+
+The server middleware records `time.monotonic() + context.time_remaining()` in a context
+variable; libs.rpcclient reads it for every outbound call (minus a margin).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import Any
+
+from libs.runtime.middleware import Behavior, Context, MethodInfo
+
+inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "inbound_deadline", default=None
+)
+
+
+def remaining_budget() -> float | None:
+    """Seconds left for the RPC being handled, or None outside one (or with no deadline)."""
+    deadline = inbound_deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class DeadlineScope:
+    """Middleware: publishes the inbound deadline to the handler's context."""
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        if method.response_streaming:
+
+            async def scoped_stream(request: Any, context: Context) -> Any:
+                _enter(context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return scoped_stream
+
+        async def scoped(request: Any, context: Context) -> Any:
+            _enter(context)
+            return await behavior(request, context)
+
+        return scoped
+
+
+def _enter(context: Context) -> None:
+    remaining = context.time_remaining()
+    inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
