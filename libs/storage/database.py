@@ -8,8 +8,10 @@ list of DDL steps applied at start.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from libs.runtime.errors import DomainError, ErrorKind
@@ -43,6 +45,7 @@ class Database:
                 f"use one of {', '.join(d + '://' for d in SUPPORTED_DRIVERS)}"
             )
         self.url = parsed
+        self._write_lock = asyncio.Lock()
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
@@ -56,6 +59,25 @@ class Database:
                 pool_size=10,
                 connect_args={"timeout": connect_timeout},
             )
+
+    @asynccontextmanager
+    async def writing(self, lock_table: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """One write transaction at a time from this process (SQLite allows one writer anyway,
+        and a deferred transaction that upgrades to writing can fail instead of waiting). On
+        PostgreSQL, `lock_table` also serializes writers across replicas. A unique-constraint
+        race that slips through surfaces as ALREADY_EXISTS."""
+        async with self._write_lock:
+            try:
+                async with self.engine.begin() as connection:
+                    if lock_table is not None and not self.is_sqlite:
+                        await connection.execute(
+                            sa.text(f"LOCK TABLE {lock_table} IN SHARE ROW EXCLUSIVE MODE")
+                        )
+                    yield connection
+            except IntegrityError:
+                raise DomainError(
+                    ErrorKind.ALREADY_EXISTS, "CONFLICT", "a concurrent write took the same key"
+                ) from None
 
     async def ping(self) -> None:
         """Raises while the database cannot answer a query."""

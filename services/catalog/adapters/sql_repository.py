@@ -1,24 +1,23 @@
 """ProductRepository on SQLAlchemy async core: the same SQL for SQLite and PostgreSQL.
 
 Every write appends to `product_changes` in the same transaction, so the change log (and with it
-WatchProducts) can never miss or invent a change. Writers are serialized so revisions commit in
-order: an asyncio lock within the process and, on PostgreSQL, a table lock across replicas.
+WatchProducts) can never miss or invent a change. Writers are serialized (Database.writing, with a
+lock on the change table on PostgreSQL) so revisions commit in order.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
 from libs.storage.database import Database, Migration
+from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.catalog.domain.model import (
     ChangeType,
     ImportOutcome,
@@ -96,7 +95,6 @@ class SqlProductRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._engine = database.engine
-        self._write_lock = asyncio.Lock()
 
     async def get(self, product_id: str) -> Product | None:
         async with self._engine.connect() as connection:
@@ -183,7 +181,7 @@ class SqlProductRepository:
             await connection.execute(
                 product_labels.delete().where(product_labels.c.product_id == product_id)
             )
-            await _record(connection, revision, ChangeType.DELETED, current, _now_us())
+            await _record(connection, revision, ChangeType.DELETED, current, now_micros())
             return current
 
     async def upsert_by_sku(
@@ -214,7 +212,7 @@ class SqlProductRepository:
                 revision=row.revision,
                 change_type=ChangeType(row.change_type),
                 product=_from_snapshot(row.snapshot),
-                change_time=_time(row.change_us),
+                change_time=from_micros(row.change_us),
             )
             for row in rows
         ]
@@ -223,50 +221,18 @@ class SqlProductRepository:
         async with self._engine.connect() as connection:
             return await _last_revision(connection)
 
-    def _writing(self) -> _WriteTransaction:
-        return _WriteTransaction(self)
+    def _writing(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._database.writing(lock_table="product_changes")
 
     async def _check_sku_free(self, connection: AsyncConnection, sku: str) -> None:
         if await _exists(connection, products.c.sku == sku):
             raise _already_exists("SKU_TAKEN", f"another product has sku {sku!r}", sku=sku)
 
 
-class _WriteTransaction:
-    """One serialized write transaction (see the module docstring)."""
-
-    def __init__(self, repository: SqlProductRepository) -> None:
-        self._repository = repository
-        self._transaction: Any = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        await self._repository._write_lock.acquire()
-        try:
-            self._transaction = self._repository._engine.begin()
-            connection: AsyncConnection = await self._transaction.__aenter__()
-            if not self._repository._database.is_sqlite:
-                await connection.execute(
-                    sa.text("LOCK TABLE product_changes IN SHARE ROW EXCLUSIVE MODE")
-                )
-            return connection
-        except BaseException:
-            self._repository._write_lock.release()
-            raise
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        try:
-            await self._transaction.__aexit__(*exc_info)
-        except IntegrityError:
-            raise _already_exists(
-                "CONFLICT", "a concurrent write took the same id or sku"
-            ) from None
-        finally:
-            self._repository._write_lock.release()
-
-
 async def _insert(connection: AsyncConnection, product_id: str, draft: ProductDraft) -> Product:
-    now = _now_us()
+    now = now_micros()
     revision = await _next_revision(connection)
-    product = Product(product_id, draft, _time(now), _time(now), revision)
+    product = Product(product_id, draft, from_micros(now), from_micros(now), revision)
     await connection.execute(
         products.insert().values(
             id=product_id, create_us=now, update_us=now, revision=revision, **_columns(draft)
@@ -280,9 +246,9 @@ async def _insert(connection: AsyncConnection, product_id: str, draft: ProductDr
 async def _write_update(
     connection: AsyncConnection, current: Product, draft: ProductDraft
 ) -> Product:
-    now = _now_us()
+    now = now_micros()
     revision = await _next_revision(connection)
-    product = Product(current.product_id, draft, current.create_time, _time(now), revision)
+    product = Product(current.product_id, draft, current.create_time, from_micros(now), revision)
     await connection.execute(
         products.update()
         .where(products.c.id == current.product_id)
@@ -397,7 +363,11 @@ def _product(row: Any) -> Product:
         labels=json.loads(row["labels"]),
     )
     return Product(
-        row["id"], draft, _time(row["create_us"]), _time(row["update_us"]), row["revision"]
+        row["id"],
+        draft,
+        from_micros(row["create_us"]),
+        from_micros(row["update_us"]),
+        row["revision"],
     )
 
 
@@ -406,8 +376,8 @@ def _snapshot(product: Product) -> str:
         {
             "id": product.product_id,
             **_columns(product.draft),
-            "create_us": _us(product.create_time),
-            "update_us": _us(product.update_time),
+            "create_us": to_micros(product.create_time),
+            "update_us": to_micros(product.update_time),
             "revision": product.revision,
         }
     )
@@ -415,18 +385,3 @@ def _snapshot(product: Product) -> str:
 
 def _from_snapshot(snapshot: str) -> Product:
     return _product(json.loads(snapshot))
-
-
-def _now_us() -> int:
-    return _us(datetime.now(UTC))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _us(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _time(microseconds: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=microseconds)

@@ -3,7 +3,6 @@ turned into rich statuses by the runtime's middleware."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +12,7 @@ from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v1 import product_pb2
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
+from libs.runtime.idempotency import fingerprint
 from libs.runtime.rich_status import status_of
 from libs.runtime.validation import check
 from services.catalog.api.mapping import change_message, draft_of, product_message
@@ -52,7 +52,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             draft_of(request.product),
             request.product_id,
             request.request_id,
-            _fingerprint(request),
+            fingerprint(request),
         )
         return product_message(product)
 
@@ -116,11 +116,3 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
                 f"the server is shutting down; watch again with after_revision={closed.revision}",
                 {"resume_after_revision": str(closed.revision)},
             ) from None
-
-
-def _fingerprint(request: pb.CreateProductRequest) -> str:
-    """Identifies the request body apart from its request_id (AIP-155 replay detection)."""
-    body = pb.CreateProductRequest()
-    body.CopyFrom(request)
-    body.request_id = ""
-    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()

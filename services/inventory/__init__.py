@@ -1,0 +1,1 @@
+"""inventory: stock levels and the reservations orders hold against them."""

@@ -1,0 +1,147 @@
+"""InventoryService over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from emporium.inventory.v1 import inventory_service_pb2 as pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+from libs.runtime.errors import DomainError, ErrorKind
+from libs.runtime.idempotency import fingerprint
+from libs.runtime.rich_status import status_of
+from libs.runtime.validation import check
+from services.inventory.domain.inventory import Inventory
+from services.inventory.domain.model import Reservation, ReservationState, StockLevel
+
+DOMAIN = "inventory.emporium.dev"
+Context = grpc.aio.ServicerContext[object, object]
+STATES = {
+    ReservationState.PENDING: pb.RESERVATION_STATE_PENDING,
+    ReservationState.COMMITTED: pb.RESERVATION_STATE_COMMITTED,
+    ReservationState.RELEASED: pb.RESERVATION_STATE_RELEASED,
+    ReservationState.EXPIRED: pb.RESERVATION_STATE_EXPIRED,
+}
+_CLIENT_DONE = object()
+_SHUTDOWN = object()
+
+
+class InventoryServicer(pb_grpc.InventoryServiceServicer):
+    def __init__(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+
+    async def GetStockLevel(
+        self, request: pb.GetStockLevelRequest, context: Context
+    ) -> pb.StockLevel:
+        return level_message(await self._inventory.level(request.name))
+
+    async def ListStockLevels(
+        self, request: pb.ListStockLevelsRequest, context: Context
+    ) -> pb.ListStockLevelsResponse:
+        levels, token = await self._inventory.levels(request.page_size, request.page_token)
+        return pb.ListStockLevelsResponse(
+            stock_levels=[level_message(level) for level in levels], next_page_token=token
+        )
+
+    async def ReserveStock(
+        self, request: pb.ReserveStockRequest, context: Context
+    ) -> pb.Reservation:
+        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+        reservation = await self._inventory.reserve(
+            [(line.item, line.quantity) for line in request.lines],
+            request.request_id,
+            fingerprint(request),
+            ttl if ttl != timedelta(0) else None,
+        )
+        return reservation_message(reservation)
+
+    async def CommitReservation(
+        self, request: pb.CommitReservationRequest, context: Context
+    ) -> pb.Reservation:
+        return reservation_message(await self._inventory.commit(request.name))
+
+    async def ReleaseReservation(
+        self, request: pb.ReleaseReservationRequest, context: Context
+    ) -> pb.Reservation:
+        return reservation_message(await self._inventory.release(request.name))
+
+    async def AdjustStock(
+        self, request_iterator: AsyncIterator[pb.AdjustStockRequest], context: Context
+    ) -> AsyncIterator[pb.AdjustStockResponse]:
+        session = object()
+        outbox: asyncio.Queue[object] = asyncio.Queue()
+        changes = self._inventory.feed.subscribe()
+
+        async def adjust_each() -> None:
+            async for request in request_iterator:
+                try:
+                    check(request)
+                    level = await self._inventory.adjust(request.item, request.delta, session)
+                    await outbox.put(pb.AdjustStockResponse(adjusted=level_message(level)))
+                except DomainError as error:
+                    status = status_of(error, DOMAIN)[1]
+                    await outbox.put(pb.AdjustStockResponse(rejected=status))
+            await outbox.put(_CLIENT_DONE)
+
+        async def forward_changes() -> None:
+            while (change := await changes.get()) is not None:
+                source, level = change
+                if source is not session:
+                    await outbox.put(pb.AdjustStockResponse(changed=level_message(level)))
+            await outbox.put(_SHUTDOWN)
+
+        tasks = [asyncio.create_task(adjust_each()), asyncio.create_task(forward_changes())]
+        try:
+            while True:
+                item = await outbox.get()
+                if item is _CLIENT_DONE:
+                    return
+                if item is _SHUTDOWN:
+                    raise DomainError(
+                        ErrorKind.UNAVAILABLE,
+                        "SHUTTING_DOWN",
+                        "the server is shutting down; reconnect",
+                    )
+                assert isinstance(item, pb.AdjustStockResponse)
+                yield item
+        finally:
+            self._inventory.feed.unsubscribe(changes)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await task
+
+
+def level_message(level: StockLevel) -> pb.StockLevel:
+    return pb.StockLevel(
+        name=level.name,
+        on_hand=level.on_hand,
+        reserved=level.reserved,
+        available=level.available,
+        update_time=_timestamp(level.update_time),
+    )
+
+
+def reservation_message(reservation: Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        name=reservation.name,
+        lines=[
+            pb.ReservationLine(item=f"inventory/items/{line.item_id}", quantity=line.quantity)
+            for line in reservation.lines
+        ],
+        state=STATES[reservation.state],
+        expire_time=_timestamp(reservation.expire_time),
+        create_time=_timestamp(reservation.create_time),
+    )
+
+
+def _timestamp(moment: object) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)  # type: ignore[arg-type]
+    return stamp

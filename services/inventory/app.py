@@ -1,0 +1,51 @@
+"""Wiring: builds inventory from its settings with plain constructors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+from libs.runtime.server import GrpcApp
+from libs.storage.database import Database, database_unavailable
+from services.inventory.adapters.sql_repository import MIGRATIONS, SqlInventoryRepository
+from services.inventory.api.servicer import DOMAIN, InventoryServicer
+from services.inventory.config import InventorySettings
+from services.inventory.domain.inventory import Inventory
+from services.inventory.domain.level_feed import LevelFeed
+
+log = logging.getLogger("emporium.inventory")
+
+
+async def build(settings: InventorySettings) -> GrpcApp:
+    database = Database(settings.database_url)
+    await database.migrate(MIGRATIONS)
+    feed = LevelFeed()
+    inventory = Inventory(SqlInventoryRepository(database), feed)
+
+    async def sweep_expired() -> None:
+        while True:
+            await asyncio.sleep(settings.expiry_sweep_seconds)
+            try:
+                await inventory.expire_due()
+            except Exception:  # the database may be down; the next sweep retries
+                log.warning("expiry sweep failed", exc_info=True)
+
+    sweeper = asyncio.create_task(sweep_expired(), name="reservation-expiry")
+
+    async def stop_sweeper() -> None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+    async def close_feed() -> None:
+        feed.close()
+
+    app = GrpcApp("inventory", settings, domain=DOMAIN, translators=[database_unavailable])
+    app.add_servicer(pb_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(inventory))
+    app.add_health_check("database", database.ping)
+    app.on_shutdown(stop_sweeper)
+    app.on_shutdown(close_feed)
+    app.on_stop(database.dispose)
+    return app

@@ -1,0 +1,1 @@
+"""Inventory domain: stock, reservations, the use cases. No transport, no SQL."""

@@ -1,0 +1,122 @@
+"""Inventory use cases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument, not_found
+from libs.runtime.pagination import page_request
+from services.inventory.domain.level_feed import LevelFeed
+from services.inventory.domain.model import (
+    ITEM_PREFIX,
+    RESERVATION_PREFIX,
+    Line,
+    Reservation,
+    StockLevel,
+)
+from services.inventory.domain.repository import InventoryRepository, ReserveRequest
+
+DEFAULT_TTL = timedelta(minutes=15)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Inventory:
+    def __init__(
+        self,
+        repository: InventoryRepository,
+        feed: LevelFeed,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._repository = repository
+        self.feed = feed
+        self._clock = clock
+
+    async def level(self, name: str) -> StockLevel:
+        level = await self._repository.level(id_of(name, ITEM_PREFIX, "name"))
+        if level is None:
+            raise not_found(name, "ITEM_NOT_FOUND")
+        return level
+
+    async def levels(self, page_size: int, page_token: str) -> tuple[list[StockLevel], str]:
+        page = page_request(page_size, page_token)
+        levels, total = await self._repository.levels(page.offset, page.limit)
+        return levels, page.next_token(len(levels), total)
+
+    async def reserve(
+        self,
+        lines: Sequence[tuple[str, int]],
+        request_id: str,
+        fingerprint: str,
+        ttl: timedelta | None,
+    ) -> Reservation:
+        items = [id_of(item, ITEM_PREFIX, f"lines[{i}].item") for i, (item, _) in enumerate(lines)]
+        repeated = sorted({item for item in items if items.count(item) > 1})
+        if repeated:
+            raise invalid_argument(
+                "DUPLICATE_ITEM",
+                f"each item may appear once: {', '.join(repeated)}",
+                [
+                    FieldViolation(
+                        "lines", f"{ITEM_PREFIX}{item} appears more than once", "DUPLICATE_ITEM"
+                    )
+                    for item in repeated
+                ],
+            )
+        request = ReserveRequest(
+            reservation_id=uuid.uuid4().hex,
+            lines=tuple(
+                Line(item, quantity) for item, (_, quantity) in zip(items, lines, strict=True)
+            ),
+            request_id=request_id,
+            fingerprint=fingerprint,
+            expire_time=self._clock() + (ttl or DEFAULT_TTL),
+        )
+        reservation, changed = await self._repository.reserve(request)
+        self.feed.publish(changed)
+        return reservation
+
+    async def commit(self, name: str) -> Reservation:
+        reservation, changed = await self._repository.commit(
+            id_of(name, RESERVATION_PREFIX, "name")
+        )
+        self.feed.publish(changed)
+        return reservation
+
+    async def release(self, name: str) -> Reservation:
+        reservation, changed = await self._repository.release(
+            id_of(name, RESERVATION_PREFIX, "name")
+        )
+        self.feed.publish(changed)
+        return reservation
+
+    async def expire_due(self) -> int:
+        changed = await self._repository.expire_due(self._clock())
+        self.feed.publish(changed)
+        return len(changed)
+
+    async def adjust(self, item: str, delta: int, source: object) -> StockLevel:
+        level = await self._repository.adjust(id_of(item, ITEM_PREFIX, "item"), delta)
+        self.feed.publish([level], source)
+        return level
+
+
+def id_of(name: str, prefix: str, field_path: str) -> str:
+    identifier = name.removeprefix(prefix)
+    if not name.startswith(prefix) or not identifier or "/" in identifier:
+        raise DomainError(
+            ErrorKind.INVALID_ARGUMENT,
+            "INVALID_RESOURCE_NAME",
+            f"{field_path}: {name!r} is not of the form {prefix}{{id}}",
+            violations=[
+                FieldViolation(
+                    field_path, f"must look like {prefix}{{id}}", "INVALID_RESOURCE_NAME"
+                )
+            ],
+        )
+    return identifier
