@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libs.rpcclient.discovery import LocalRegistry
 from libs.testing.processes import ServiceProcess, start_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,11 +41,18 @@ def services(var: Path) -> list[ServiceSpec]:
                 "CATALOG_SEED_SAMPLE_PRODUCTS": "true",
             },
         ),
+        ServiceSpec(
+            "inventory",
+            "services.inventory",
+            50052,
+            {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{var / 'inventory.sqlite3'}"},
+        ),
     ]
 
 
 def banner(running: dict[str, ServiceProcess]) -> str:
     catalog = running["catalog"].address
+    inventory = running["inventory"].address
     grpcurl = f"{REPO / '.venv/bin/grpcurl'}"
     lines = ["", "Emporium is running:"]
     lines += [f"  {name:<14} {process.address}" for name, process in running.items()]
@@ -58,6 +66,13 @@ def banner(running: dict[str, ServiceProcess]) -> str:
         f"  {grpcurl} -plaintext -d '{{\"after_revision\": 0}}' "
         f"{catalog} emporium.catalog.v1.CatalogService/WatchProducts",
         f"  {grpcurl} -plaintext {catalog} grpc.health.v1.Health/Check",
+        "",
+        "Stock an item and reserve some of it:",
+        f'  {grpcurl} -plaintext -d \'{{"item": "inventory/items/mug", "delta": 10}}\' '
+        f"{inventory} emporium.inventory.v1.InventoryService/AdjustStock",
+        f'  {grpcurl} -plaintext -d \'{{"lines": [{{"item": "inventory/items/mug", '
+        f'"quantity": 2}}], "request_id": "5f0c6d1e-8d1c-4a52-9a57-3c1f1f5c2b10"}}\' '
+        f"{inventory} emporium.inventory.v1.InventoryService/ReserveStock",
         "",
         "Logs are JSON lines on stderr. Ctrl-C stops everything gracefully.",
     ]
@@ -76,6 +91,10 @@ async def run(var: Path) -> int:
             print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
             env = {f"{spec.name.upper()}_PORT": port, **spec.env}
             running[spec.name] = await start_service(spec.module, env, echo_log=True)
+        registry = LocalRegistry(var / "registry.json")
+        registry.path.unlink(missing_ok=True)
+        for name, process in running.items():
+            registry.register(name, process.address)
         print(banner(running), flush=True)
         exited = [asyncio.ensure_future(p.process.wait()) for p in running.values()]
         stopping = asyncio.ensure_future(stop.wait())
