@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from libs.money import Money
 from services.catalog.domain.catalog import Catalog
-from services.catalog.domain.model import Money, ProductDraft
+from services.catalog.domain.model import ProductDraft
 
 SAMPLES = (
     (

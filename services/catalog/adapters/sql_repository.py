@@ -15,13 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
 from libs.storage.database import Database, Migration
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.catalog.domain.model import (
     ChangeType,
     ImportOutcome,
-    Money,
     Product,
     ProductChange,
     ProductDraft,

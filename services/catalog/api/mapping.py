@@ -9,8 +9,9 @@ from google.type import money_pb2
 
 from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import product_pb2
+from libs.money import Money
 from libs.runtime.validation import check
-from services.catalog.domain.model import ChangeType, Money, Product, ProductChange, ProductDraft
+from services.catalog.domain.model import ChangeType, Product, ProductChange, ProductDraft
 
 CHANGE_TYPES = {
     ChangeType.CREATED: pb.CHANGE_TYPE_CREATED,

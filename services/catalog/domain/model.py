@@ -6,30 +6,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
 
-NANOS_PER_UNIT = 1_000_000_000
+from libs.money import Money
+
 PRODUCT_PREFIX = "products/"
-
-
-@dataclass(frozen=True)
-class Money:
-    currency_code: str
-    units: int
-    nanos: int
-
-    @property
-    def total_nanos(self) -> int:
-        return self.units * NANOS_PER_UNIT + self.nanos
-
-    @classmethod
-    def from_total_nanos(cls, currency_code: str, total: int) -> Money:
-        units, nanos = divmod(total, NANOS_PER_UNIT)
-        return cls(currency_code, units, nanos)
-
-    @classmethod
-    def from_decimal(cls, currency_code: str, amount: Decimal) -> Money:
-        return cls.from_total_nanos(currency_code, int(amount * NANOS_PER_UNIT))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from libs.money import NANOS_PER_UNIT
 from libs.runtime.errors import invalid_field
-from services.catalog.domain.model import NANOS_PER_UNIT
 
 ORDERABLE = ("title", "sku", "price", "create_time", "update_time")
 COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
