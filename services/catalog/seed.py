@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from libs.money import Money
+from libs.runtime.errors import DomainError, ErrorKind
 from services.catalog.domain.catalog import Catalog
 from services.catalog.domain.model import ProductDraft
 
@@ -76,7 +77,9 @@ SAMPLES = (
 
 
 async def seed(catalog: Catalog) -> int:
-    """Upserts the samples by SKU; running it twice changes nothing but revisions."""
+    """Creates the samples that are missing, named after their SKU (`products/mug-01`), so the
+    README's walk-through can name them. Returns how many it created."""
+    created = 0
     for sku, title, description, price, labels in SAMPLES:
         draft = ProductDraft(
             sku,
@@ -85,5 +88,10 @@ async def seed(catalog: Catalog) -> int:
             Money.from_decimal(catalog.currency_code, Decimal(price)),
             labels,
         )
-        await catalog.import_product(draft)
-    return len(SAMPLES)
+        try:
+            await catalog.create(draft, sku.lower(), request_id="", fingerprint="")
+            created += 1
+        except DomainError as error:
+            if error.kind is not ErrorKind.ALREADY_EXISTS:
+                raise
+    return created

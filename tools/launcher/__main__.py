@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,32 +49,61 @@ def services(var: Path) -> list[ServiceSpec]:
             50052,
             {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{var / 'inventory.sqlite3'}"},
         ),
+        # Started last: it finds catalog and inventory through the registry.
+        ServiceSpec(
+            "orders",
+            "services.orders",
+            50053,
+            {
+                "ORDERS_DATABASE_URL": f"sqlite+aiosqlite:///{var / 'orders.sqlite3'}",
+                "ORDERS_REGISTRY_FILE": str(var / "registry.json"),
+            },
+        ),
     ]
 
 
 def banner(running: dict[str, ServiceProcess]) -> str:
-    catalog = running["catalog"].address
-    inventory = running["inventory"].address
-    grpcurl = f"{REPO / '.venv/bin/grpcurl'}"
+    grpcurl = str(REPO / ".venv/bin/grpcurl")
+
+    def call(service: str, method: str, body: object | None = None) -> str:
+        data = f"-d '{json.dumps(body)}' " if body is not None else ""
+        return f"  {grpcurl} -plaintext {data}{running[service].address} {method}"
+
     lines = ["", "Emporium is running:"]
     lines += [f"  {name:<14} {process.address}" for name, process in running.items()]
     lines += [
         "",
         "Try it (grpcurl finds the API through server reflection):",
-        f"  {grpcurl} -plaintext {catalog} list",
-        f"  {grpcurl} -plaintext {catalog} describe emporium.catalog.v1.CatalogService",
-        f'  {grpcurl} -plaintext -d \'{{"page_size": 3, "order_by": "price desc"}}\' '
-        f"{catalog} emporium.catalog.v1.CatalogService/ListProducts",
-        f"  {grpcurl} -plaintext -d '{{\"after_revision\": 0}}' "
-        f"{catalog} emporium.catalog.v1.CatalogService/WatchProducts",
-        f"  {grpcurl} -plaintext {catalog} grpc.health.v1.Health/Check",
+        f"  {grpcurl} -plaintext {running['catalog'].address} list",
+        call(
+            "catalog",
+            "emporium.catalog.v1.CatalogService/ListProducts",
+            {"page_size": 3, "order_by": "price desc"},
+        ),
+        call("catalog", "emporium.catalog.v1.CatalogService/WatchProducts", {"after_revision": 0}),
         "",
-        "Stock an item and reserve some of it:",
-        f'  {grpcurl} -plaintext -d \'{{"item": "inventory/items/mug", "delta": 10}}\' '
-        f"{inventory} emporium.inventory.v1.InventoryService/AdjustStock",
-        f'  {grpcurl} -plaintext -d \'{{"lines": [{{"item": "inventory/items/mug", '
-        f'"quantity": 2}}], "request_id": "5f0c6d1e-8d1c-4a52-9a57-3c1f1f5c2b10"}}\' '
-        f"{inventory} emporium.inventory.v1.InventoryService/ReserveStock",
+        "Stock a product, order it, and watch the order:",
+        call(
+            "inventory",
+            "emporium.inventory.v1.InventoryService/AdjustStock",
+            {"item": "inventory/items/mug-01", "delta": 10},
+        ),
+        call(
+            "orders",
+            "emporium.orders.v1.OrdersService/CreateOrder",
+            {
+                "order": {
+                    "customer": "customers/ann",
+                    "lines": [{"product": "products/mug-01", "quantity": 2}],
+                },
+                "request_id": str(uuid.uuid4()),
+            },
+        ),
+        call(
+            "orders",
+            "emporium.orders.v1.OrdersService/WatchOrder",
+            {"name": "orders/<the id CreateOrder returned>"},
+        ),
         "",
         "Logs are JSON lines on stderr. Ctrl-C stops everything gracefully.",
     ]
@@ -81,6 +112,8 @@ def banner(running: dict[str, ServiceProcess]) -> str:
 
 async def run(var: Path) -> int:
     running: dict[str, ServiceProcess] = {}
+    registry = LocalRegistry(var / "registry.json")
+    registry.path.unlink(missing_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,10 +124,7 @@ async def run(var: Path) -> int:
             print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
             env = {f"{spec.name.upper()}_PORT": port, **spec.env}
             running[spec.name] = await start_service(spec.module, env, echo_log=True)
-        registry = LocalRegistry(var / "registry.json")
-        registry.path.unlink(missing_ok=True)
-        for name, process in running.items():
-            registry.register(name, process.address)
+            registry.register(spec.name, running[spec.name].address)
         print(banner(running), flush=True)
         exited = [asyncio.ensure_future(p.process.wait()) for p in running.values()]
         stopping = asyncio.ensure_future(stop.wait())

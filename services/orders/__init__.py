@@ -1,0 +1,1 @@
+"""orders: takes orders, checks them against the catalog and holds their stock."""

@@ -1,0 +1,1 @@
+"""Orders adapters: storage and the gRPC clients of catalog and inventory."""

@@ -1,0 +1,1 @@
+"""Orders API: the gRPC servicer."""

@@ -1,0 +1,52 @@
+"""Wiring: builds orders, its storage and its upstreams with plain constructors."""
+
+from __future__ import annotations
+
+from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
+from libs.rpcclient.channels import ChannelFactory
+from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
+from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
+from libs.runtime.server import GrpcApp
+from libs.storage.database import Database, database_unavailable
+from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
+from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
+from services.orders.api.servicer import DOMAIN, OrdersServicer
+from services.orders.config import OrdersSettings
+from services.orders.domain.order_feed import OrderFeed
+from services.orders.domain.orders import Orders
+
+
+async def build(settings: OrdersSettings) -> GrpcApp:
+    database = Database(settings.database_url)
+    await database.migrate(MIGRATIONS)
+    resolver: Resolver = (
+        LocalRegistry(settings.registry_file)
+        if settings.discovery == "local"
+        else KubernetesDns(settings.kubernetes_namespace)
+    )
+    channels = ChannelFactory(resolver)
+    policy = UpstreamPolicy(default_timeout=settings.upstream_timeout_seconds)
+    catalog = Upstream("catalog", channels.channel("catalog"), policy)
+    inventory = Upstream("inventory", channels.channel("inventory"), policy)
+    feed = OrderFeed()
+    orders = Orders(
+        SqlOrderRepository(database),
+        GrpcProductCatalog(catalog),
+        GrpcStockReservations(inventory),
+        feed,
+        poll_interval=settings.watch_poll_seconds,
+    )
+
+    async def close_feed() -> None:
+        feed.close()
+
+    app = GrpcApp(
+        "orders", settings, domain=DOMAIN, translators=[database_unavailable, upstream_errors]
+    )
+    app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
+    app.add_health_check("database", database.ping)
+    app.on_shutdown(close_feed)
+    app.on_stop(catalog.close)
+    app.on_stop(inventory.close)
+    app.on_stop(database.dispose)
+    return app

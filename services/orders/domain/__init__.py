@@ -1,0 +1,1 @@
+"""Orders domain: the order, its use cases and the ports to catalog, inventory and storage."""

@@ -1,0 +1,173 @@
+"""OrdersService with real catalog and inventory servers on port 0, found through a local
+discovery registry, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+import grpc
+import pytest
+from google.type import money_pb2
+
+from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
+from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from emporium.catalog.v1 import product_pb2
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from emporium.orders.v1 import orders_service_pb2 as pb
+from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
+from libs.rpcclient.discovery import LocalRegistry
+from libs.runtime.server import GrpcApp
+from libs.testing.databases import sqlite_url
+from libs.testing.rpc import rich_error, serving
+from services.catalog.app import build as build_catalog
+from services.catalog.config import CatalogSettings
+from services.inventory.app import build as build_inventory
+from services.inventory.config import InventorySettings
+from services.orders.app import build as build_orders
+from services.orders.config import OrdersSettings
+
+OrdersStub: TypeAlias = "pb_grpc.OrdersServiceAsyncStub"
+
+
+@dataclass
+class Shop:
+    orders: OrdersStub
+    inventory_app: GrpcApp
+    inventory: inventory_grpc.InventoryServiceAsyncStub
+
+
+@pytest.fixture
+async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
+    registry = LocalRegistry(tmp_path / "registry.json")
+    async with AsyncExitStack() as stack:
+        catalog_app = await build_catalog(CatalogSettings(database_url=sqlite_url(tmp_path)))
+        catalog_channel = await stack.enter_async_context(serving(catalog_app))
+        registry.register("catalog", catalog_app.address)
+        inventory_app = await build_inventory(
+            InventorySettings(database_url=sqlite_url(tmp_path), grace_seconds=1)
+        )
+        inventory_channel = await stack.enter_async_context(serving(inventory_app))
+        registry.register("inventory", inventory_app.address)
+        orders_app = await build_orders(
+            OrdersSettings(
+                database_url=database_url,
+                registry_file=registry.path,
+                watch_poll_seconds=5,
+                upstream_timeout_seconds=1,
+            )
+        )
+        orders_channel = await stack.enter_async_context(serving(orders_app))
+
+        products = catalog_grpc.CatalogServiceStub(catalog_channel)
+        inventory = inventory_grpc.InventoryServiceStub(inventory_channel)
+        for product_id, units in (("mug", 8), ("jar", 5)):
+            await products.CreateProduct(
+                catalog_pb.CreateProductRequest(
+                    product_id=product_id,
+                    product=product_pb2.Product(
+                        sku=product_id.upper(),
+                        title=product_id.title(),
+                        price=money_pb2.Money(currency_code="USD", units=units, nanos=500_000_000),
+                    ),
+                )
+            )
+        adjust = inventory.AdjustStock(None)
+        for item in ("mug", "jar"):
+            await adjust.write(
+                inventory_pb.AdjustStockRequest(item=f"inventory/items/{item}", delta=10)
+            )
+            await adjust.read()
+        await adjust.done_writing()
+        yield Shop(pb_grpc.OrdersServiceStub(orders_channel), inventory_app, inventory)
+
+
+def order(*lines: tuple[str, int], customer: str = "customers/ann") -> pb.Order:
+    return pb.Order(
+        customer=customer,
+        lines=[pb.OrderLine(product=f"products/{p}", quantity=q) for p, q in lines],
+    )
+
+
+async def available(shop: Shop, item: str) -> int:
+    level = await shop.inventory.GetStockLevel(
+        inventory_pb.GetStockLevelRequest(name=f"inventory/items/{item}")
+    )
+    return level.available
+
+
+async def test_order_reserves_stock_and_watch_follows_it_to_cancelled(shop: Shop) -> None:
+    created = await shop.orders.CreateOrder(
+        pb.CreateOrderRequest(order=order(("mug", 2), ("jar", 1)), request_id=str(uuid.uuid4()))
+    )
+    assert created.state == pb.ORDER_STATE_PENDING_PAYMENT
+    assert (created.total.units, created.total.nanos) == (2 * 8 + 5 + 1, 500_000_000)
+    assert [line.title for line in created.lines] == ["Mug", "Jar"]
+    assert created.reservation.startswith("inventory/reservations/")
+    assert (await available(shop, "mug"), await available(shop, "jar")) == (8, 9)
+
+    watch = shop.orders.WatchOrder(pb.WatchOrderRequest(name=created.name))
+    first = await watch.read()
+    assert isinstance(first, pb.Order) and first.state == pb.ORDER_STATE_PENDING_PAYMENT
+    cancelled = await shop.orders.CancelOrder(
+        pb.CancelOrderRequest(name=created.name, reason="changed my mind")
+    )
+    assert cancelled.state == pb.ORDER_STATE_CANCELLED
+    second = await watch.read()
+    assert isinstance(second, pb.Order) and second.state == pb.ORDER_STATE_CANCELLED
+    assert await watch.read() is grpc.aio.EOF  # type: ignore[attr-defined]
+    assert await watch.code() is grpc.StatusCode.OK
+    assert (await available(shop, "mug"), await available(shop, "jar")) == (10, 10)
+
+
+async def test_create_order_is_idempotent(shop: Shop) -> None:
+    request = pb.CreateOrderRequest(order=order(("mug", 3)), request_id=str(uuid.uuid4()))
+    first, again = await asyncio.gather(
+        shop.orders.CreateOrder(request), shop.orders.CreateOrder(request)
+    )
+    assert first.name == again.name
+    assert await available(shop, "mug") == 7
+    listed = await shop.orders.ListOrders(pb.ListOrdersRequest(customer="customers/ann"))
+    assert [o.name for o in listed.orders] == [first.name]
+
+
+async def test_unknown_product_and_missing_stock_are_failed_preconditions(shop: Shop) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(
+            pb.CreateOrderRequest(
+                order=order(("mug", 1), ("ghost", 1)), request_id=str(uuid.uuid4())
+            )
+        )
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.info is not None and error.info.reason == "PRODUCT_NOT_FOUND"
+    assert error.fields == ["order.lines[1].product"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.orders.CreateOrder(
+            pb.CreateOrderRequest(order=order(("jar", 11)), request_id=str(uuid.uuid4()))
+        )
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.info is not None and error.info.reason == "INSUFFICIENT_STOCK"
+    assert await available(shop, "jar") == 10
+
+
+async def test_inventory_down_fails_fast_then_the_breaker_opens(shop: Shop) -> None:
+    await shop.inventory_app.stop()
+    codes = []
+    for _ in range(25):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.orders.CreateOrder(
+                pb.CreateOrderRequest(order=order(("mug", 1)), request_id=str(uuid.uuid4()))
+            )
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.UNAVAILABLE
+        codes.append(error.info.reason if error.info else "")
+    assert codes[-1] == "CIRCUIT_OPEN"
