@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     trace_exporter: Literal["none", "console"] = "none"
     reflection: bool = True
+    workers: int = Field(
+        default=1, ge=1, le=64, description="processes serving one port (SO_REUSEPORT)"
+    )
 
     @classmethod
     def settings_customise_sources(

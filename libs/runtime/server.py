@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -29,6 +32,8 @@ from libs.telemetry.logging import configure_logging
 from libs.telemetry.tracing import ServerTelemetry, configure_tracing
 
 log = logging.getLogger("emporium.runtime")
+# Set by run_service for the worker processes it starts: they bind the port with SO_REUSEPORT.
+SHARED_PORT_ENV = "EMPORIUM_SHARED_PORT"
 
 HealthCheck = Callable[[], Awaitable[object]]
 Hook = Callable[[], Awaitable[None]]
@@ -234,8 +239,8 @@ class GrpcApp:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
-            # A second process on the same port must be a deliberate choice, not an accident.
-            ("grpc.so_reuseport", 0),
+            # Sharing a port is deliberate (workers > 1, see run_service), never an accident.
+            ("grpc.so_reuseport", 1 if os.environ.get(SHARED_PORT_ENV) else 0),
         ]
 
 
@@ -243,7 +248,8 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]]) -> None:
-    """Process entry point: settings, logging, tracing, then serve until a signal."""
+    """Process entry point: settings, logging, tracing, then serve until a signal. With
+    <SERVICE>_WORKERS=N > 1, this process supervises N worker processes sharing one port."""
     try:
         settings = load_settings(settings_cls)
     except ConfigError as error:
@@ -251,6 +257,8 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
         raise SystemExit(2) from None
     service = settings_cls.__name__.removesuffix("Settings").lower()
     configure_logging(service, settings.log_level)
+    if settings.workers > 1 and not os.environ.get(SHARED_PORT_ENV):
+        raise SystemExit(supervise_workers(settings, settings_cls))
     configure_tracing(service, settings.trace_exporter)
 
     async def main() -> None:
@@ -258,3 +266,32 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
         await app.run_until_signal()
 
     asyncio.run(main())
+
+
+def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSettings]) -> int:
+    """Starts `settings.workers` copies of this service on one port (the kernel spreads new
+    connections over them), forwards SIGTERM/SIGINT, and returns when all have exited."""
+    prefix = settings_cls._prefix()
+    port = settings.port or _free_port(settings.host)
+    env = {**os.environ, SHARED_PORT_ENV: "1", f"{prefix}PORT": str(port), f"{prefix}WORKERS": "1"}
+    workers = [
+        subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env)
+        for _ in range(settings.workers)
+    ]
+    log.info("supervising workers", extra={"port": port, "workers": [w.pid for w in workers]})
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [worker.wait() for worker in workers]
+    return max(codes, key=abs)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])

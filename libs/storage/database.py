@@ -1,7 +1,7 @@
 """Database: an async engine from a URL, a liveness probe, and migrations run at start.
 
 SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) is used when the URL says so.
-Migrations are ordered, numbered steps recorded in `schema_migrations`; each runs in its own
+Migrations are ordered, numbered steps recorded in `schema_migrations`, applied in one
 transaction. (Alembic would add a script directory and env.py per service for what is, here, a
 list of DDL steps applied at start.)
 """
@@ -9,6 +9,7 @@ list of DDL steps applied at start.)
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -85,8 +86,12 @@ class Database:
             await connection.execute(sa.text("SELECT 1"))
 
     async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
-        """Applies the migrations not yet recorded; returns the versions applied."""
-        async with self.engine.begin() as connection:
+        """Applies the migrations not yet recorded; returns the versions applied. Processes
+        starting together (workers, replicas) take turns: a PostgreSQL advisory lock, or a
+        file lock beside the SQLite file."""
+        async with self._migration_lock(), self.engine.begin() as connection:
+            if not self.is_sqlite:
+                await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7305)"))
             await connection.execute(
                 sa.text(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -95,22 +100,33 @@ class Database:
             )
             rows = await connection.execute(sa.text("SELECT version FROM schema_migrations"))
             done = {row[0] for row in rows}
-        applied = []
-        for migration in sorted(migrations, key=lambda m: m.version):
-            if migration.version in done:
-                continue
-            async with self.engine.begin() as connection:
+            applied = []
+            for migration in sorted(migrations, key=lambda m: m.version):
+                if migration.version in done:
+                    continue
                 await migration.apply(connection)
                 await connection.execute(
                     sa.text("INSERT INTO schema_migrations VALUES (:v, :d)"),
                     {"v": migration.version, "d": migration.description},
                 )
-            log.info(
-                "migrated",
-                extra={"version": migration.version, "description": migration.description},
-            )
-            applied.append(migration.version)
+                log.info(
+                    "migrated",
+                    extra={"version": migration.version, "description": migration.description},
+                )
+                applied.append(migration.version)
         return applied
+
+    @asynccontextmanager
+    async def _migration_lock(self) -> AsyncIterator[None]:
+        if not self.is_sqlite or not self.url.database or self.url.database == ":memory:":
+            yield
+            return
+        lock_file = await asyncio.to_thread(open, f"{self.url.database}.migrate-lock", "a+")
+        try:
+            await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+            yield
+        finally:
+            lock_file.close()  # closing releases the lock
 
     async def dispose(self) -> None:
         await self.engine.dispose()

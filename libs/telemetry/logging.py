@@ -26,6 +26,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": self._service,
+            "pid": record.process,
             "logger": record.name,
             "message": record.getMessage(),
         }
