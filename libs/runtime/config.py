@@ -42,6 +42,12 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     trace_exporter: Literal["none", "console"] = "none"
     reflection: bool = True
+    security: Literal["mtls", "mesh", "insecure"] = Field(
+        default="insecure",
+        description="mtls: TLS with client certificates and SPIFFE ids (local mode); mesh: the "
+        "Linkerd/Istio sidecar does mTLS and names the caller; insecure: tests and tools only",
+    )
+    certs_dir: Path = Field(default=Path("var/certs"), description="tools/certs output (mtls)")
     workers: int = Field(
         default=1, ge=1, le=64, description="processes serving one port (SO_REUSEPORT)"
     )

@@ -28,6 +28,9 @@ from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
 from libs.runtime.validation import RequestValidation
+from libs.security.credentials import CertificateFiles
+from libs.security.identity import TransportSecurity
+from libs.security.policy import Authorization, MethodPolicy
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.tracing import ServerTelemetry, configure_tracing
 
@@ -98,15 +101,18 @@ async def _refuse(context: Context) -> None:
     await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
 
 
-def default_chain(domain: str, translators: Sequence[ExceptionTranslator] = ()) -> list[Middleware]:
-    """Outermost first: telemetry sees every outcome; errors become rich statuses; then input
-    validation, whose INVALID_ARGUMENT is itself a DomainError."""
-    return [
-        ServerTelemetry(),
-        DeadlineScope(),
-        ErrorTranslation(domain, translators),
-        RequestValidation(),
-    ]
+def default_chain(
+    domain: str,
+    translators: Sequence[ExceptionTranslator] = (),
+    authorization: Authorization | None = None,
+) -> list[Middleware]:
+    """Outermost first: telemetry sees every outcome (denials included); the caller's identity
+    is checked before anything else runs; errors become rich statuses; then input validation,
+    whose INVALID_ARGUMENT is itself a DomainError."""
+    chain: list[Middleware] = [ServerTelemetry(), DeadlineScope()]
+    if authorization is not None:
+        chain.append(authorization)
+    return [*chain, ErrorTranslation(domain, translators), RequestValidation()]
 
 
 class GrpcApp:
@@ -117,12 +123,19 @@ class GrpcApp:
         *,
         domain: str,
         translators: Sequence[ExceptionTranslator] = (),
+        policy: MethodPolicy | None = None,
         chain: Sequence[Middleware] | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
+        self.security = TransportSecurity(settings.security)
+        if self.security is not TransportSecurity.INSECURE and policy is None:
+            raise ConfigError(f"{name}: security={settings.security} needs a method policy")
+        authorization = Authorization(policy or {}, self.security, domain)
         self._gate = ShutdownGate()
-        chain = list(chain) if chain is not None else default_chain(domain, translators)
+        chain = (
+            list(chain) if chain is not None else default_chain(domain, translators, authorization)
+        )
         self._chain: list[Middleware] = [self._gate, *chain]
         self._server = grpc.aio.server(options=self._channel_options())
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -159,7 +172,17 @@ class GrpcApp:
         if self.settings.reflection:
             names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
             reflection.enable_server_reflection(names, self._server)
-        self.port = self._server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.security is TransportSecurity.MTLS:
+            files = CertificateFiles.for_service(self.settings.certs_dir, self.name)
+            if files.missing():
+                raise ConfigError(
+                    f"security=mtls but {', '.join(map(str, files.missing()))} missing: "
+                    "run tools/certs, or point <SERVICE>_CERTS_DIR at the certificates"
+                )
+            self.port = self._server.add_secure_port(address, files.server_credentials())
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise ConfigError(f"cannot bind {self.settings.host}:{self.settings.port}")
         await self._check_health()
@@ -265,7 +288,11 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
         app = await build(settings)
         await app.run_until_signal()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ConfigError as error:
+        print(f"{settings_cls.__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSettings]) -> int:

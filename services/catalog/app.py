@@ -9,6 +9,7 @@ from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_unavailable
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.api.mapping import validate_draft
+from services.catalog.api.policy import POLICY
 from services.catalog.api.servicer import DOMAIN, CatalogServicer
 from services.catalog.config import CatalogSettings
 from services.catalog.domain.catalog import Catalog
@@ -40,7 +41,9 @@ async def build(settings: CatalogSettings) -> GrpcApp:
     parts = await build_catalog(settings)
     if settings.seed_sample_products:
         await seed(parts.catalog)
-    app = GrpcApp("catalog", settings, domain=DOMAIN, translators=[database_unavailable])
+    app = GrpcApp(
+        "catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+    )
     app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(parts.catalog))
     app.add_health_check("database", parts.database.ping)
     app.on_shutdown(parts.feed.close)

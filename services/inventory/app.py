@@ -10,6 +10,7 @@ from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_unavailable
 from services.inventory.adapters.sql_repository import MIGRATIONS, SqlInventoryRepository
+from services.inventory.api.policy import POLICY
 from services.inventory.api.servicer import DOMAIN, InventoryServicer
 from services.inventory.config import InventorySettings
 from services.inventory.domain.inventory import Inventory
@@ -42,7 +43,9 @@ async def build(settings: InventorySettings) -> GrpcApp:
     async def close_feed() -> None:
         feed.close()
 
-    app = GrpcApp("inventory", settings, domain=DOMAIN, translators=[database_unavailable])
+    app = GrpcApp(
+        "inventory", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+    )
     app.add_servicer(pb_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(inventory))
     app.add_health_check("database", database.ping)
     app.on_shutdown(stop_sweeper)

@@ -7,9 +7,11 @@ from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.server import GrpcApp
+from libs.security.credentials import CertificateFiles
 from libs.storage.database import Database, database_unavailable
 from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
 from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
+from services.orders.api.policy import POLICY
 from services.orders.api.servicer import DOMAIN, OrdersServicer
 from services.orders.config import OrdersSettings
 from services.orders.domain.order_feed import OrderFeed
@@ -24,7 +26,12 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         if settings.discovery == "local"
         else KubernetesDns(settings.kubernetes_namespace)
     )
-    channels = ChannelFactory(resolver)
+    credentials = None
+    if settings.security == "mtls":
+        credentials = CertificateFiles.for_service(settings.certs_dir, "orders")
+    channels = ChannelFactory(
+        resolver, credentials=credentials.channel_credentials() if credentials else None
+    )
     policy = UpstreamPolicy(default_timeout=settings.upstream_timeout_seconds)
     catalog = Upstream("catalog", channels.channel("catalog"), policy)
     inventory = Upstream("inventory", channels.channel("inventory"), policy)
@@ -41,7 +48,11 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         feed.close()
 
     app = GrpcApp(
-        "orders", settings, domain=DOMAIN, translators=[database_unavailable, upstream_errors]
+        "orders",
+        settings,
+        domain=DOMAIN,
+        policy=POLICY,
+        translators=[database_unavailable, upstream_errors],
     )
     app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
     app.add_health_check("database", database.ping)

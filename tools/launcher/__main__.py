@@ -20,8 +20,10 @@ from pathlib import Path
 
 from libs.rpcclient.discovery import LocalRegistry
 from libs.testing.processes import ServiceProcess, start_service
+from tools.certificates.__main__ import ensure as ensure_certificates
 
 REPO = Path(__file__).resolve().parents[2]
+CERTS = REPO / "var" / "certs"
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,23 @@ def services(var: Path) -> list[ServiceSpec]:
 
 
 def banner(running: dict[str, ServiceProcess]) -> str:
-    grpcurl = str(REPO / ".venv/bin/grpcurl")
+    certs = CERTS.relative_to(REPO)
+    grpcurl = (
+        f"{REPO / '.venv/bin/grpcurl'} -cacert {certs}/ca.pem "
+        f"-cert {certs}/operator.pem -key {certs}/operator-key.pem"
+    )
 
     def call(service: str, method: str, body: object | None = None) -> str:
         data = f"-d '{json.dumps(body)}' " if body is not None else ""
-        return f"  {grpcurl} -plaintext {data}{running[service].address} {method}"
+        return f"  {grpcurl} {data}{running[service].address} {method}"
 
     lines = ["", "Emporium is running:"]
     lines += [f"  {name:<14} {process.address}" for name, process in running.items()]
     lines += [
         "",
-        "Try it (grpcurl finds the API through server reflection):",
-        f"  {grpcurl} -plaintext {running['catalog'].address} list",
+        "Try it (mTLS with the operator's development certificate; grpcurl finds the API",
+        "through server reflection):",
+        f"  {grpcurl} {running['catalog'].address} list",
         call(
             "catalog",
             "emporium.catalog.v1.CatalogService/ListProducts",
@@ -122,7 +129,13 @@ async def run(var: Path) -> int:
         for spec in services(var):
             port = os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
             print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
-            env = {f"{spec.name.upper()}_PORT": port, **spec.env}
+            prefix = spec.name.upper()
+            env = {
+                f"{prefix}_PORT": port,
+                f"{prefix}_SECURITY": "mtls",
+                f"{prefix}_CERTS_DIR": str(CERTS),
+                **spec.env,
+            }
             running[spec.name] = await start_service(spec.module, env, echo_log=True)
             registry.register(spec.name, running[spec.name].address)
         print(banner(running), flush=True)
@@ -154,6 +167,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.var.mkdir(parents=True, exist_ok=True)
+    written = ensure_certificates(CERTS)
+    if written:
+        print(f"development certificates created in {CERTS}: {', '.join(written)}")
     raise SystemExit(asyncio.run(run(args.var)))
 
 

@@ -1,0 +1,17 @@
+"""Who may call inventory, by SPIFFE id (enforced when security is mtls or mesh)."""
+
+from libs.security.certificates import spiffe_id
+from libs.security.policy import MethodPolicy
+
+_READERS = frozenset({spiffe_id("orders"), spiffe_id("gateway"), spiffe_id("operator")})
+# Only the order path holds, commits and releases stock.
+_RESERVERS = frozenset({spiffe_id("orders"), spiffe_id("payments"), spiffe_id("operator")})
+
+POLICY: MethodPolicy = {
+    "GetStockLevel": _READERS,
+    "ListStockLevels": _READERS,
+    "ReserveStock": _RESERVERS,
+    "CommitReservation": _RESERVERS,
+    "ReleaseReservation": _RESERVERS,
+    "AdjustStock": frozenset({spiffe_id("warehouse"), spiffe_id("operator")}),
+}

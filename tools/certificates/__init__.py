@@ -1,0 +1,1 @@
+"""Development certificates for local mTLS."""
