@@ -152,6 +152,19 @@ class Upstream:
             budget = min(budget, inbound - self.policy.deadline_margin)
         return time.monotonic() + budget
 
+    def begin_attempt(self, method: str, deadline: float) -> tuple[Permit, float]:
+        """Admits one attempt (bulkhead, breaker) with the time it has left."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise local_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "DEADLINE_EXCEEDED",
+                f"no time left to call {method}",
+            )
+        permit = self.admit(method)
+        self.stats.attempts += 1
+        return permit, remaining
+
     def admit(self, method: str) -> Permit:
         """Bulkhead then breaker; raises the local error a refused call gets."""
         if not self.bulkhead.try_acquire():
@@ -249,15 +262,7 @@ class _UnaryCall:
             attempt = 0
             while True:
                 attempt += 1
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise local_error(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "DEADLINE_EXCEEDED",
-                        f"no time left to call {self._method}",
-                    )
-                permit = upstream.admit(self._method)
-                upstream.stats.attempts += 1
+                permit, remaining = upstream.begin_attempt(self._method, deadline)
                 code: grpc.StatusCode | None = None
                 try:
                     response = await self._raw(request, timeout=remaining, metadata=wire_metadata)
@@ -307,15 +312,7 @@ class _ServerStreamCall:
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise local_error(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "DEADLINE_EXCEEDED",
-                    f"no time left to call {self._method}",
-                )
-            permit = upstream.admit(self._method)
-            upstream.stats.attempts += 1
+            permit, remaining = upstream.begin_attempt(self._method, deadline)
             call = self._raw(request, timeout=remaining, metadata=wire_metadata)
             received = 0
             code: grpc.StatusCode | None = None

@@ -10,7 +10,7 @@ import contextvars
 import time
 from typing import Any
 
-from libs.runtime.middleware import Behavior, Context, MethodInfo
+from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
 
 inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "inbound_deadline", default=None
@@ -27,22 +27,9 @@ class DeadlineScope:
     """Middleware: publishes the inbound deadline to the handler's context."""
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
-        if method.response_streaming:
-
-            async def scoped_stream(request: Any, context: Context) -> Any:
-                _enter(context)
-                async for response in behavior(request, context):
-                    yield response
-
-            return scoped_stream
-
-        async def scoped(request: Any, context: Context) -> Any:
-            _enter(context)
-            return await behavior(request, context)
-
-        return scoped
+        return before_each_call(method, behavior, _enter)
 
 
-def _enter(context: Context) -> None:
+async def _enter(request: Any, context: Context) -> None:
     remaining = context.time_remaining()
     inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)

@@ -79,6 +79,29 @@ def stream_response(
     return wrapped
 
 
+def before_each_call(
+    method: MethodInfo,
+    behavior: Behavior,
+    check: Callable[[Any, Context], Awaitable[None]],
+) -> Behavior:
+    """Runs `check(request, context)` before the handler, for any RPC kind (for a client or
+    bidi stream, `request` is the request iterator). A check refuses a call by raising."""
+    if method.response_streaming:
+
+        async def checked_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            await check(request, context)
+            async for response in behavior(request, context):
+                yield response
+
+        return checked_stream
+
+    async def checked(request: Any, context: Context) -> Any:
+        await check(request, context)
+        return await behavior(request, context)
+
+    return checked
+
+
 class _HandlerCollector:
     """Stands in for grpc.aio.Server while a generated add_*_to_server function registers."""
 

@@ -7,14 +7,14 @@ checked by the handler, item by item, with `check` (so one bad item need not end
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import protovalidate
 from google.protobuf.message import Message
 
 from libs.runtime.errors import DomainError, FieldViolation, invalid_argument
-from libs.runtime.middleware import Behavior, Context, MethodInfo
+from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
 
 _validator = protovalidate.Validator()
 
@@ -49,21 +49,11 @@ class RequestValidation:
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         if method.request_streaming:
             return behavior
-        if method.response_streaming:
+        return before_each_call(method, behavior, _check_request)
 
-            async def validated_stream(request: Any, context: Context) -> Any:
-                check(request)
-                async for response in behavior(request, context):
-                    yield response
 
-            return validated_stream
-
-        async def validated(request: Any, context: Context) -> Any:
-            check(request)
-            result: Awaitable[Any] = behavior(request, context)
-            return await result
-
-        return validated
+async def _check_request(request: Any, context: Context) -> None:
+    check(request)
 
 
 def _path_text(path: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from libs.runtime.middleware import Behavior, Context, MethodInfo
+from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
 from libs.runtime.rich_status import abort_with, build_status
 from libs.security.identity import TransportSecurity, peer_identity
 
@@ -34,22 +34,11 @@ class Authorization:
         if self._mode is TransportSecurity.INSECURE:
             return behavior
         allowed = self._policy.get(method.name, frozenset())
-        check = self._check
 
-        if method.response_streaming:
+        async def authorize(request: Any, context: Context) -> None:
+            await self._check(method, allowed, context)
 
-            async def authorized_stream(request: Any, context: Context) -> Any:
-                await check(method, allowed, context)
-                async for response in behavior(request, context):
-                    yield response
-
-            return authorized_stream
-
-        async def authorized(request: Any, context: Context) -> Any:
-            await check(method, allowed, context)
-            return await behavior(request, context)
-
-        return authorized
+        return before_each_call(method, behavior, authorize)
 
     async def _check(self, method: MethodInfo, allowed: frozenset[str], context: Context) -> None:
         caller = peer_identity(context, self._mode)
