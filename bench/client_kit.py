@@ -51,6 +51,10 @@ async def measure(label: str, stub: Any, args: argparse.Namespace) -> tuple[Resu
     return unary, messages
 
 
+def faster(a: Result, b: Result) -> Result:
+    return a if a.rate >= b.rate else b
+
+
 async def run(args: argparse.Namespace) -> None:
     upstream_process = await start_service("bench.health_server", {})
     try:
@@ -64,13 +68,9 @@ async def run(args: argparse.Namespace) -> None:
             for label, stub in (("bare", bare), ("kit", kit)) * 2:
                 measured = await measure(label, stub, args)
                 best = results.get(label)
-                results[label] = (
-                    measured
-                    if best is None
-                    else tuple(
-                        max(a, b, key=lambda r: r.rate) for a, b in zip(measured, best, strict=True)
-                    )
-                )
+                if best is not None:
+                    measured = (faster(measured[0], best[0]), faster(measured[1], best[1]))
+                results[label] = measured
     finally:
         await upstream_process.terminate()
 
