@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.health_server import STREAM_LENGTH
-from bench.load import Result, closed_loop, ratio_line
+from bench.load import Result, closed_loop, faster, ratio_line
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
@@ -49,10 +49,6 @@ async def measure(label: str, stub: Any, args: argparse.Namespace) -> tuple[Resu
         streams.label, streams.calls * STREAM_LENGTH, streams.seconds, streams.latencies_ms
     )
     return unary, messages
-
-
-def faster(a: Result, b: Result) -> Result:
-    return a if a.rate >= b.rate else b
 
 
 async def run(args: argparse.Namespace) -> None:

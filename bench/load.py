@@ -30,6 +30,11 @@ class Result:
         )
 
 
+def faster(a: Result, b: Result) -> Result:
+    """The better of two rounds of the same measurement."""
+    return a if a.rate >= b.rate else b
+
+
 async def closed_loop(
     label: str,
     call: Callable[[], Awaitable[object]],

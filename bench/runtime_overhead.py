@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from google.type import money_pb2
 
-from bench.load import Result, closed_loop, ratio_line
+from bench.load import Result, closed_loop, faster, ratio_line
 from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v1 import product_pb2
@@ -87,8 +87,7 @@ async def run(args: argparse.Namespace) -> None:
                 await server.terminate()
             best = results.get(label)
             results[label] = [
-                max(new, old, key=lambda r: r.rate) if best else new
-                for new, old in zip(measured, best or measured, strict=True)
+                faster(new, old) for new, old in zip(measured, best or measured, strict=True)
             ]
     print(
         f"\n{platform.node()} · {platform.processor() or platform.machine()} · "
