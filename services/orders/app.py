@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
+from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
@@ -32,7 +33,10 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     channels = ChannelFactory(
         resolver, credentials=credentials.channel_credentials() if credentials else None
     )
-    policy = UpstreamPolicy(default_timeout=settings.upstream_timeout_seconds)
+    policy = UpstreamPolicy(
+        default_timeout=settings.upstream_timeout_seconds,
+        breaker=BreakerPolicy(cooldown=settings.upstream_breaker_cooldown_seconds),
+    )
     catalog = Upstream("catalog", channels.channel("catalog"), policy)
     inventory = Upstream("inventory", channels.channel("inventory"), policy)
     feed = OrderFeed()

@@ -24,4 +24,5 @@ class OrdersSettings(ServiceSettings):
     )
     kubernetes_namespace: str = "emporium"
     upstream_timeout_seconds: float = Field(default=2.0, gt=0)
+    upstream_breaker_cooldown_seconds: float = Field(default=5.0, gt=0)
     watch_poll_seconds: float = Field(default=1.0, gt=0)

@@ -4,6 +4,8 @@ discovery registry, on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -41,6 +43,7 @@ class Shop:
     orders: OrdersStub
     inventory_app: GrpcApp
     inventory: inventory_grpc.InventoryServiceAsyncStub
+    inventory_database: Path
 
 
 @pytest.fixture
@@ -50,8 +53,11 @@ async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
         catalog_app = await build_catalog(CatalogSettings(database_url=sqlite_url(tmp_path)))
         catalog_channel = await stack.enter_async_context(serving(catalog_app))
         registry.register("catalog", catalog_app.address)
+        inventory_database = tmp_path / "inventory.sqlite3"
         inventory_app = await build_inventory(
-            InventorySettings(database_url=sqlite_url(tmp_path), grace_seconds=1)
+            InventorySettings(
+                database_url=f"sqlite+aiosqlite:///{inventory_database}", grace_seconds=1
+            )
         )
         inventory_channel = await stack.enter_async_context(serving(inventory_app))
         registry.register("inventory", inventory_app.address)
@@ -61,6 +67,7 @@ async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
                 registry_file=registry.path,
                 watch_poll_seconds=5,
                 upstream_timeout_seconds=1,
+                upstream_breaker_cooldown_seconds=0.3,
             )
         )
         orders_channel = await stack.enter_async_context(serving(orders_app))
@@ -85,7 +92,12 @@ async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
             )
             await adjust.read()
         await adjust.done_writing()
-        yield Shop(pb_grpc.OrdersServiceStub(orders_channel), inventory_app, inventory)
+        yield Shop(
+            pb_grpc.OrdersServiceStub(orders_channel),
+            inventory_app,
+            inventory,
+            inventory_database,
+        )
 
 
 def order(*lines: tuple[str, int], customer: str = "customers/ann") -> pb.Order:
@@ -171,3 +183,65 @@ async def test_inventory_down_fails_fast_then_the_breaker_opens(shop: Shop) -> N
         assert error.code is grpc.StatusCode.UNAVAILABLE
         codes.append(error.info.reason if error.info else "")
     assert codes[-1] == "CIRCUIT_OPEN"
+
+
+async def test_caller_budget_reaches_inventory_and_leaves_no_reservation(shop: Shop) -> None:
+    """The caller gives CreateOrder 500 ms while inventory cannot write (its database is locked),
+    so ReserveStock hangs. The caller hears DEADLINE_EXCEEDED in time, and inventory's handler
+    was cancelled with its transaction: nothing is held once the database is free again."""
+    blocker = sqlite3.connect(shop.inventory_database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.orders.CreateOrder(
+                pb.CreateOrderRequest(order=order(("mug", 1)), request_id=str(uuid.uuid4())),
+                timeout=0.5,
+            )
+        elapsed = time.monotonic() - started
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 0.55
+    level = await shop.inventory.GetStockLevel(
+        inventory_pb.GetStockLevelRequest(name="inventory/items/mug")
+    )
+    assert (level.reserved, level.available) == (0, 10)
+
+
+async def test_orders_recovers_by_itself_when_inventory_returns(shop: Shop) -> None:
+    port = shop.inventory_app.port
+    await shop.inventory_app.stop()
+    for _ in range(25):  # enough failures to open the breaker
+        with pytest.raises(grpc.aio.AioRpcError):
+            await shop.orders.CreateOrder(
+                pb.CreateOrderRequest(order=order(("mug", 1)), request_id=str(uuid.uuid4())),
+                timeout=2,
+            )
+
+    revived = await build_inventory(
+        InventorySettings(database_url=f"sqlite+aiosqlite:///{shop.inventory_database}", port=port)
+    )
+    await revived.start()
+    try:
+        slowest, failures = 0.0, []
+        created: pb.Order | None = None
+        while created is None:  # the breaker lets a probe through after its 0.3 s cooldown
+            started = time.monotonic()
+            try:
+                created = await shop.orders.CreateOrder(
+                    pb.CreateOrderRequest(order=order(("mug", 1)), request_id=str(uuid.uuid4())),
+                    timeout=2,
+                )
+            except grpc.aio.AioRpcError as error:
+                failures.append(error.code())
+                assert len(failures) < 100
+                await asyncio.sleep(0.05)  # waiting out the cooldown: time, not an event
+            finally:
+                slowest = max(slowest, time.monotonic() - started)
+        assert set(failures) <= {grpc.StatusCode.UNAVAILABLE}
+        assert created.state == pb.ORDER_STATE_PENDING_PAYMENT
+        assert slowest < 2  # no call outlived its deadline
+    finally:
+        await revived.stop()
