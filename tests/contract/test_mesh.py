@@ -92,3 +92,12 @@ def test_kustomizations_point_at_existing_files() -> None:
         kustomization = yaml.safe_load(path.read_text())
         for entry in kustomization.get("resources", []) + kustomization.get("components", []):
             assert (path.parent / entry).exists(), f"{path}: {entry} does not exist"
+
+
+def test_services_run_in_mesh_mode_explicitly() -> None:
+    """Behind the mesh, in-process TLS is off; that must be said, never a default."""
+    for _, deployment in (item for item in documents() if item[1]["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = {entry["name"]: entry.get("value") for entry in container["env"]}
+            security = [value for name, value in env.items() if name.endswith("_SECURITY")]
+            assert security == ["mesh"], deployment["metadata"]["name"]
