@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libs.resilience.backoff import Backoff
@@ -48,6 +48,15 @@ from libs.telemetry.logging import request_id
 
 log = logging.getLogger("emporium.rpcclient")
 tracer = trace.get_tracer("emporium.rpc.client")
+meter = metrics.get_meter("emporium.rpc.client")
+ATTEMPTS = meter.create_counter("rpc.client.attempts", description="calls sent to an upstream")
+RETRIES = meter.create_counter("rpc.client.retries", description="attempts that were retries")
+REJECTIONS = meter.create_counter(
+    "rpc.client.rejections", description="calls refused locally (breaker open, bulkhead full)"
+)
+BREAKER_STATE = meter.create_up_down_counter(
+    "rpc.client.breaker.open", description="1 while an upstream's breaker is not closed"
+)
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 DOMAIN = "rpcclient.emporium.dev"
@@ -163,12 +172,14 @@ class Upstream:
             )
         permit = self.admit(method)
         self.stats.attempts += 1
+        ATTEMPTS.add(1, {"upstream": self.name, "method": method})
         return permit, remaining
 
     def admit(self, method: str) -> Permit:
         """Bulkhead then breaker; raises the local error a refused call gets."""
         if not self.bulkhead.try_acquire():
             self.stats.rejected_bulkhead += 1
+            REJECTIONS.add(1, {"upstream": self.name, "reason": "BULKHEAD_FULL"})
             raise local_error(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "BULKHEAD_FULL",
@@ -181,6 +192,7 @@ class Upstream:
         except CircuitOpen as open_:
             self.bulkhead.release()
             self.stats.rejected_open += 1
+            REJECTIONS.add(1, {"upstream": self.name, "reason": "CIRCUIT_OPEN"})
             raise local_error(
                 grpc.StatusCode.UNAVAILABLE,
                 "CIRCUIT_OPEN",
@@ -212,6 +224,7 @@ class Upstream:
         if time.monotonic() + delay >= deadline or not self.budget.try_spend():
             return None
         self.stats.retries += 1
+        RETRIES.add(1, {"upstream": self.name})
         return delay
 
     def metadata(self, extra: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
@@ -225,6 +238,8 @@ class Upstream:
 
     def _state_changed(self, before: BreakerState, after: BreakerState) -> None:
         self.stats.state_changes.append((before.value, after.value))
+        if (before is BreakerState.CLOSED) != (after is BreakerState.CLOSED):
+            BREAKER_STATE.add(1 if before is BreakerState.CLOSED else -1, {"upstream": self.name})
         log.warning(
             "circuit breaker changed",
             extra={"upstream": self.name, "from": before.value, "to": after.value},

@@ -15,6 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest as Request
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Response
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import BreakerPolicy, BreakerState
@@ -90,6 +93,31 @@ async def upstream_server() -> AsyncIterator[tuple[str, Script]]:
     await server.stop(None)
 
 
+@pytest.fixture(scope="module")
+def metrics_reader() -> InMemoryMetricReader:
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+def metric_sum(reader: InMemoryMetricReader, name: str, attributes: dict[str, str]) -> float:
+    """The current value of a counter for one attribute set (0 if never recorded)."""
+    data = reader.get_metrics_data()
+    total = 0.0
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        if dict(point.attributes or {}) == attributes:
+                            total += point.value  # type: ignore[union-attr]
+    return total
+
+
+OPEN_REJECTIONS = {"upstream": "health", "reason": "CIRCUIT_OPEN"}
+BREAKER = {"upstream": "health"}
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = time.monotonic()
@@ -112,14 +140,16 @@ def make(address: str, clock: Any = time.monotonic, **policy: Any) -> tuple[Upst
 
 
 async def test_unavailable_three_times_then_success_on_attempt_four(
-    upstream_server: tuple[str, Script],
+    upstream_server: tuple[str, Script], metrics_reader: InMemoryMetricReader
 ) -> None:
     address, script = upstream_server
+    retried = metric_sum(metrics_reader, "rpc.client.retries", {"upstream": "health"})
     script.fail_next = 3
     upstream, stub = make(address)
     assert (await stub.Check(Request())).status == Response.SERVING
     assert script.attempts == 4
     assert (upstream.stats.attempts, upstream.stats.retries) == (4, 3)
+    assert metric_sum(metrics_reader, "rpc.client.retries", {"upstream": "health"}) - retried == 3
     await upstream.close()
 
 
@@ -188,9 +218,11 @@ async def test_retry_budget_bounds_attempts_while_upstream_fails_every_call(
 
 
 async def test_open_breaker_fails_fast_and_sends_nothing(
-    upstream_server: tuple[str, Script],
+    upstream_server: tuple[str, Script], metrics_reader: InMemoryMetricReader
 ) -> None:
     address, script = upstream_server
+    rejected = metric_sum(metrics_reader, "rpc.client.rejections", OPEN_REJECTIONS)
+    opened = metric_sum(metrics_reader, "rpc.client.breaker.open", BREAKER)
     script.fail_always = True
     upstream, stub = make(
         address, max_attempts=1, breaker=BreakerPolicy(min_calls=10, failure_rate=0.5, cooldown=60)
@@ -213,6 +245,8 @@ async def test_open_breaker_fails_fast_and_sends_nothing(
     assert slowest < 0.005
     assert upstream.stats.rejected_open == 100
     assert upstream.stats.state_changes == [("closed", "open")]
+    assert metric_sum(metrics_reader, "rpc.client.rejections", OPEN_REJECTIONS) - rejected == 100
+    assert metric_sum(metrics_reader, "rpc.client.breaker.open", BREAKER) - opened == 1
     await upstream.close()
 
 
