@@ -101,3 +101,27 @@ def test_services_run_in_mesh_mode_explicitly() -> None:
             env = {entry["name"]: entry.get("value") for entry in container["env"]}
             security = [value for name, value in env.items() if name.endswith("_SECURITY")]
             assert security == ["mesh"], deployment["metadata"]["name"]
+
+
+def test_mesh_authorization_matches_the_services_policies() -> None:
+    """The committed Istio and Linkerd authorization is what `python -m tools.mesh` generates
+    from services/*/api/policy.py today (regenerate after changing a policy)."""
+    from tools.mesh.__main__ import OUTPUTS, render
+
+    for path, build in OUTPUTS.items():
+        assert path.read_text() == render(build()), f"{path} is stale: run python -m tools.mesh"
+
+
+def test_istio_authorization_names_every_method() -> None:
+    from tools.mesh.__main__ import SERVICES, istio
+
+    paths = {
+        path
+        for document in istio()
+        for rule in document["spec"]["rules"]
+        for to in rule["to"]
+        for path in to["operation"]["paths"]
+    }
+    for _, descriptor, _ in SERVICES:
+        for method in descriptor.methods:
+            assert f"/{descriptor.full_name}/{method.name}" in paths
