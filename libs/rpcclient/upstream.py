@@ -206,6 +206,20 @@ class Upstream:
         self.bulkhead.release()
         self.breaker.record(permit, _breaker_outcome(code))
 
+    def established(self, permit: Permit) -> None:
+        """A stream is up: that is its success for the breaker (a half-open probe closes it
+        now, not when a long stream ends)."""
+        self.breaker.record(permit, failed=False)
+
+    def stream_ended(self, unsettled: Permit | None, code: grpc.StatusCode | None) -> None:
+        """Frees the stream's bulkhead slot. A stream that never got established is settled
+        like a call; one that was counts again only if it ends abnormally."""
+        self.bulkhead.release()
+        if unsettled is not None:
+            self.breaker.record(unsettled, _breaker_outcome(code))
+        elif _breaker_outcome(code) is True:
+            self.breaker.record(Permit.CALL, failed=True)
+
     def retry_delay(
         self, error: grpc.aio.AioRpcError, idempotent: bool, attempt: int, deadline: float
     ) -> float | None:
@@ -330,9 +344,13 @@ class _ServerStreamCall:
             permit, remaining = upstream.begin_attempt(self._method, deadline)
             call = self._raw(request, timeout=remaining, metadata=wire_metadata)
             received = 0
+            unsettled: Permit | None = permit
             code: grpc.StatusCode | None = None
             try:
                 async for message in call:
+                    if unsettled is not None:
+                        upstream.established(unsettled)
+                        unsettled = None
                     received += 1
                     yield message
                 code = grpc.StatusCode.OK
@@ -348,7 +366,7 @@ class _ServerStreamCall:
                     raise
             finally:
                 call.cancel()
-                upstream.settle(permit, code)
+                upstream.stream_ended(unsettled, code)
             await asyncio.sleep(delay)
 
 
@@ -383,12 +401,18 @@ _background: set[asyncio.Future[None]] = set()
 
 
 async def _settle_when_done(upstream: Upstream, permit: Permit, call: Any) -> None:
-    code: grpc.StatusCode | None
+    unsettled: Permit | None = permit
+    code: grpc.StatusCode | None = None
     try:
+        await call.initial_metadata()
+        if not call.done():  # headers and still open: the stream is up
+            upstream.established(permit)
+            unsettled = None
         code = await call.code()
     except asyncio.CancelledError:
         code = None
-    upstream.settle(permit, code)
+    finally:
+        upstream.stream_ended(unsettled, code)
 
 
 def upstream_errors(error: Exception) -> DomainError | None:

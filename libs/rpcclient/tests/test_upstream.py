@@ -41,6 +41,7 @@ class Script:
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     pushback_ms: str | None = None
     hold: asyncio.Event | None = None
+    hold_after_first: asyncio.Event | None = None
     sleep: float = 0.0
     attempts: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -78,8 +79,10 @@ class ScriptedHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
     async def Watch(self, request: Request, context: Any) -> AsyncIterator[Response]:
         await self._behave(context)
-        for _ in range(2):
-            yield SERVING
+        yield SERVING
+        if self.script.hold_after_first is not None:
+            await self.script.hold_after_first.wait()
+        yield SERVING
 
 
 @pytest.fixture
@@ -342,4 +345,32 @@ async def test_handler_budget_propagates_to_its_outbound_call(
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert elapsed < 0.55
         await asyncio.wait_for(script.cancelled.wait(), 2)
+    await upstream.close()
+
+
+async def test_established_stream_closes_a_half_open_breaker_while_still_open(
+    upstream_server: tuple[str, Script],
+) -> None:
+    address, script = upstream_server
+    clock = FakeClock()
+    upstream, stub = make(
+        address,
+        clock=clock,
+        max_attempts=1,
+        breaker=BreakerPolicy(consecutive_failures=2, cooldown=5),
+    )
+    script.fail_next = 2
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Check(Request())
+    assert upstream.breaker.state is BreakerState.OPEN
+    clock.now += 5
+    script.hold_after_first = asyncio.Event()
+    stream = stub.Watch(Request())
+    first = await stream.__anext__()  # the probe stream is up and stays open
+    assert first.status == Response.SERVING
+    assert upstream.breaker.state is BreakerState.CLOSED  # type: ignore[comparison-overlap]
+    assert (await stub.Check(Request())).status == Response.SERVING  # others pass again
+    script.hold_after_first.set()
+    assert [r.status async for r in stream] == [Response.SERVING]
     await upstream.close()
