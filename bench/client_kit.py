@@ -73,7 +73,10 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         inventory = await start_service(
             "services.inventory",
-            {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(scratch) / 'i.sqlite3'}"},
+            {
+                "INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(scratch) / 'i.sqlite3'}",
+                "EMPORIUM_SECURITY": "insecure",  # the hop without TLS, as the kit comparison
+            },
         )
         try:
             async with grpc.aio.insecure_channel(inventory.address) as channel:

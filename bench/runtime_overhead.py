@@ -79,6 +79,8 @@ async def run(args: argparse.Namespace) -> None:
                 module,
                 {
                     "CATALOG_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+                    # Both sides plaintext: this measures the runtime, not TLS.
+                    "EMPORIUM_SECURITY": "insecure",
                 },
             )
             try:

@@ -47,7 +47,6 @@ from libs.runtime.rich_status import (
 from libs.telemetry.logging import request_id
 
 log = logging.getLogger("emporium.rpcclient")
-tracer = trace.get_tracer("emporium.rpc.client")
 meter = metrics.get_meter("emporium.rpc.client")
 ATTEMPTS = meter.create_counter("rpc.client.attempts", description="calls sent to an upstream")
 RETRIES = meter.create_counter("rpc.client.retries", description="attempts that were retries")
@@ -130,6 +129,10 @@ class Upstream:
         )
         self.budget = RetryBudget(self.policy.budget)
         self.bulkhead = Bulkhead(self.policy.max_concurrent)
+        self._attributes = {"upstream": name}
+        # Resolved once (OTel's proxy tracer costs a few µs a call); services configure tracing
+        # before they build their upstreams.
+        self.tracer = trace.get_tracer("emporium.rpc.client")
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
         """A generated stub whose every method goes through this upstream's protections."""
@@ -172,7 +175,7 @@ class Upstream:
             )
         permit = self.admit(method)
         self.stats.attempts += 1
-        ATTEMPTS.add(1, {"upstream": self.name, "method": method})
+        ATTEMPTS.add(1, self._attributes)
         return permit, remaining
 
     def admit(self, method: str) -> Permit:
@@ -284,7 +287,7 @@ class _UnaryCall:
         deadline = upstream.deadline(timeout)
         upstream.stats.calls += 1
         upstream.budget.record_call()
-        with tracer.start_as_current_span(
+        with upstream.tracer.start_as_current_span(
             self._method, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
         ) as span:
             wire_metadata = upstream.metadata(metadata)

@@ -42,8 +42,11 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     trace_exporter: Literal["none", "console"] = "none"
     reflection: bool = True
+    # Secure unless said otherwise: TLS off (mesh, insecure) is always an explicit setting,
+    # <SERVICE>_SECURITY or fleet-wide EMPORIUM_SECURITY.
     security: Literal["mtls", "mesh", "insecure"] = Field(
-        default="insecure",
+        default_factory=lambda: os.environ.get("EMPORIUM_SECURITY", "mtls"),
+        validate_default=True,
         description="mtls: TLS with client certificates and SPIFFE ids (local mode); mesh: the "
         "Linkerd/Istio sidecar does mTLS and names the caller; insecure: tests and tools only",
     )

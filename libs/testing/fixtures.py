@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,3 +29,6 @@ async def postgres_url() -> AsyncIterator[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs the PostgreSQL server")
+    # Services default to mTLS. Tests run them without TLS unless a test asks for mtls or mesh
+    # itself (tests/security, tests/e2e/test_order_path_grpcurl.py); subprocesses inherit it.
+    os.environ.setdefault("EMPORIUM_SECURITY", "insecure")
