@@ -1,5 +1,5 @@
 """The Kubernetes manifests under mesh/: custom resources valid against the Linkerd and Istio
-schemas (EMPORIUM_CRD_SCHEMAS, set by tools/test), workloads hardened and probed over gRPC, and
+schemas (mesh/schemas, or EMPORIUM_CRD_SCHEMAS), workloads hardened and probed over gRPC, and
 every kustomization pointing at files that exist."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def documents() -> list[tuple[Path, dict[str, Any]]]:
 
 def schema_for(document: dict[str, Any]) -> Path:
     group, version = str(document["apiVersion"]).split("/")
-    root = Path(os.environ.get("EMPORIUM_CRD_SCHEMAS", str(REPO.parent / "shared/schemas/crds")))
+    root = Path(os.environ.get("EMPORIUM_CRD_SCHEMAS", str(MESH / "schemas")))
     kind = str(document["kind"]).lower()
     return root / group / f"{kind}_{version}.json"
 
