@@ -23,7 +23,7 @@ from bench.load import Result, closed_loop, faster, ratio_line
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
-from libs.testing.processes import start_service
+from libs.runtime.processes import start_service
 
 REQUEST = health_pb2.HealthCheckRequest()
 

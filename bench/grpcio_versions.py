@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from bench.load import Result, closed_loop, ratio_line
-from libs.testing.processes import start_service
+from libs.runtime.processes import start_service
 
 REPO = Path(__file__).resolve().parents[1]
 

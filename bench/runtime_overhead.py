@@ -22,7 +22,7 @@ from bench.load import Result, closed_loop, faster, ratio_line
 from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v1 import product_pb2
-from libs.testing.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess, start_service
 
 HISTORY = 5000
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.testing.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess, start_service
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 SERVICE = "emporium.catalog.v1.CatalogService"

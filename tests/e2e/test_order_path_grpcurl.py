@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from libs.rpcclient.discovery import LocalRegistry
-from libs.testing.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess, start_service
 from tools.certificates.__main__ import ensure
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

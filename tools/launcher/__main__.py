@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from libs.rpcclient.discovery import LocalRegistry
-from libs.testing.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess, start_service
 from tools.certificates.__main__ import ensure as ensure_certificates
 
 REPO = Path(__file__).resolve().parents[2]

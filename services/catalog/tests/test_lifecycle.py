@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v1 import product_pb2
+from libs.runtime.processes import start_service
 from libs.testing.databases import fresh_postgres_database
-from libs.testing.processes import start_service
 from libs.testing.rpc import rich_error, serving
 from libs.testing.tcp_proxy import TcpProxy
 from services.catalog.app import build

@@ -8,7 +8,7 @@ import grpc
 
 from emporium.inventory.v1 import inventory_service_pb2 as pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
-from libs.testing.processes import start_service
+from libs.runtime.processes import start_service
 
 
 async def test_two_workers_on_one_port_both_serve(tmp_path: Path) -> None:

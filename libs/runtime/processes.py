@@ -1,4 +1,5 @@
-"""Services as real processes on loopback: start one, wait for its `serving` log line, stop it."""
+"""Services as child processes on loopback: start one, wait for its `serving` log line, stop it.
+Used by the dev launcher, the benchmarks and the process tests."""
 
 from __future__ import annotations
 
