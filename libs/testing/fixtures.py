@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.testing.broker import fresh_vhost
 from libs.testing.databases import fresh_postgres_database, sqlite_url
 
 
@@ -32,3 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Services default to mTLS. Tests run them without TLS unless a test asks for mtls or mesh
     # itself (tests/security, tests/e2e/test_order_path_grpcurl.py); subprocesses inherit it.
     os.environ.setdefault("EMPORIUM_SECURITY", "insecure")
+
+
+@pytest.fixture
+async def amqp_url() -> AsyncIterator[str]:
+    """A fresh RabbitMQ vhost on the test broker."""
+    async with fresh_vhost() as url:
+        yield url

@@ -1,0 +1,1 @@
+"""Messaging on RabbitMQ: work queues, event streams, the outbox and the inbox."""

@@ -1,0 +1,91 @@
+"""The message format: a protobuf body named by its full type, ids, a timestamp and the W3C
+trace context in the headers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+from google.protobuf.message import DecodeError, Message
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+CONTENT_TYPE = "application/x-protobuf"
+ATTEMPT_HEADER = "x-emporium-attempt"
+
+M = TypeVar("M", bound=Message)
+
+
+class BadMessage(ValueError):
+    """A message that no retry can fix: wrong type, not protobuf, or unreadable."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to publish: where to, what, and under which ids."""
+
+    exchange: str
+    routing_key: str
+    body: Message
+    message_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    correlation_id: str = ""
+
+
+def trace_headers(context: otel_context.Context | None = None) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return carrier
+
+
+def to_amqp(
+    *,
+    body: bytes,
+    message_type: str,
+    message_id: str,
+    correlation_id: str = "",
+    headers: Mapping[str, Any] | None = None,
+    timestamp: datetime | None = None,
+) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        content_type=CONTENT_TYPE,
+        type=message_type,
+        message_id=message_id,
+        correlation_id=correlation_id or None,
+        timestamp=timestamp or datetime.now(UTC),
+        headers=dict(headers or {}),
+        delivery_mode=DeliveryMode.PERSISTENT,
+    )
+
+
+def encode(outgoing: Outgoing) -> aio_pika.Message:
+    return to_amqp(
+        body=outgoing.body.SerializeToString(),
+        message_type=outgoing.body.DESCRIPTOR.full_name,
+        message_id=outgoing.message_id,
+        correlation_id=outgoing.correlation_id,
+        headers=trace_headers(),
+    )
+
+
+def decode(message: AbstractIncomingMessage, expected: type[M]) -> M:
+    """The body as `expected`; BadMessage if the message is something else."""
+    if message.content_type != CONTENT_TYPE:
+        raise BadMessage(f"content_type {message.content_type!r}, expected {CONTENT_TYPE}")
+    if message.type != expected.DESCRIPTOR.full_name:
+        raise BadMessage(f"type {message.type!r}, expected {expected.DESCRIPTOR.full_name}")
+    decoded = expected()
+    try:
+        decoded.ParseFromString(message.body)
+    except DecodeError as error:
+        raise BadMessage(f"unreadable {message.type}: {error}") from error
+    return decoded
+
+
+def text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in message.headers.items()}
