@@ -15,6 +15,8 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
+from libs.messaging.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
+
 CONTENT_TYPE = "application/x-protobuf"
 ATTEMPT_HEADER = "x-emporium-attempt"
 
@@ -89,3 +91,19 @@ def decode(message: AbstractIncomingMessage, expected: type[M]) -> M:
 
 def text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
     return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in message.headers.items()}
+
+
+def event(domain: str, body: Message, *, correlation_id: str = "") -> Outgoing:
+    """A domain event, routed as `<domain>.<MessageName>` on the events exchange."""
+    return Outgoing(
+        EVENTS_EXCHANGE, event_key(domain, type(body)), body, correlation_id=correlation_id
+    )
+
+
+def command(queue: str, body: Message, *, correlation_id: str = "") -> Outgoing:
+    """A command for the work queue `queue` (one consumer takes it)."""
+    return Outgoing(COMMANDS_EXCHANGE, queue, body, correlation_id=correlation_id)
+
+
+def event_key(domain: str, message: type[Message]) -> str:
+    return f"{domain}.{message.DESCRIPTOR.name}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from google.type import money_pb2
+
 NANOS_PER_UNIT = 1_000_000_000
 
 
@@ -27,6 +29,13 @@ class Money:
     @classmethod
     def from_decimal(cls, currency_code: str, amount: Decimal) -> Money:
         return cls.from_total_nanos(currency_code, int(amount * NANOS_PER_UNIT))
+
+    @classmethod
+    def from_message(cls, message: money_pb2.Money) -> Money:
+        return cls(message.currency_code, message.units, message.nanos)
+
+    def to_message(self) -> money_pb2.Money:
+        return money_pb2.Money(currency_code=self.currency_code, units=self.units, nanos=self.nanos)
 
     def times(self, quantity: int) -> Money:
         return Money.from_total_nanos(self.currency_code, self.total_nanos * quantity)

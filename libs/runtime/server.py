@@ -141,6 +141,7 @@ class GrpcApp:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._services: list[str] = []
         self._checks: dict[str, HealthCheck] = {}
+        self._on_start: list[Hook] = []
         self._on_shutdown: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._monitor: asyncio.Task[None] | None = None
@@ -154,6 +155,10 @@ class GrpcApp:
     def add_health_check(self, name: str, check: HealthCheck) -> None:
         """`check` raises (or times out) while the dependency is unusable."""
         self._checks[name] = check
+
+    def on_start(self, hook: Hook) -> None:
+        """Runs once the server is serving: start consumers and relays here."""
+        self._on_start.append(hook)
 
     def on_shutdown(self, hook: Hook) -> None:
         """Runs when shutdown begins, before the grace period: end long-lived streams here."""
@@ -188,6 +193,8 @@ class GrpcApp:
         await self._check_health()
         await self._server.start()
         self._monitor = asyncio.create_task(self._monitor_health(), name="health-monitor")
+        for hook in self._on_start:
+            await hook()
         log.info(
             "serving",
             extra={"address": self.address, "port": self.port, "services": self._services},

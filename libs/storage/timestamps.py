@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf import timestamp_pb2
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -18,3 +20,9 @@ def from_micros(microseconds: int) -> datetime:
 
 def now_micros() -> int:
     return to_micros(datetime.now(UTC))
+
+
+def timestamp_message(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp

@@ -7,12 +7,20 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from google.protobuf.message import Message
 from yarl import URL
 
 from libs.messaging.broker import DEFAULT_AMQP_URL
+from libs.messaging.envelope import decode
+from libs.messaging.topology import EVENTS_EXCHANGE, Topology, declare
+
+M = TypeVar("M", bound=Message)
 
 
 def base_url() -> str:
@@ -44,3 +52,42 @@ async def fresh_vhost() -> AsyncIterator[str]:
         yield str(base.with_path("/" + name, encoded=False))
     finally:
         await rabbitmqctl("delete_vhost", name)
+
+
+class EventTap:
+    """Listens to the events exchange like a subscriber would: a private queue bound to
+    `routing_keys`. Tests await the events a system publishes instead of polling for them."""
+
+    def __init__(self, url: str, *routing_keys: str) -> None:
+        self._url = url
+        self._keys = routing_keys
+        self.events: list[AbstractIncomingMessage] = []
+        self._arrived = asyncio.Condition()
+        self._connection: AbstractConnection | None = None
+
+    async def __aenter__(self) -> EventTap:
+        self._connection = await aio_pika.connect(self._url)
+        channel = await self._connection.channel()
+        await declare(channel, Topology())
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in self._keys:
+            await queue.bind(EVENTS_EXCHANGE, routing_key=key)
+        await queue.consume(self._on_message, no_ack=True)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        async with self._arrived:
+            self.events.append(message)
+            self._arrived.notify_all()
+
+    async def wait_for(self, predicate: Callable[[list[AbstractIncomingMessage]], bool]) -> None:
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: predicate(self.events))
+
+    def bodies(self, message_type: type[M]) -> list[M]:
+        name = message_type.DESCRIPTOR.full_name
+        return [decode(m, message_type) for m in self.events if m.type == name]

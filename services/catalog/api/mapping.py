@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
 from google.type import money_pb2
 
 from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import product_pb2
 from libs.money import Money
 from libs.runtime.validation import check
+from libs.storage.timestamps import timestamp_message
 from services.catalog.domain.model import ChangeType, Product, ProductChange, ProductDraft
 
 CHANGE_TYPES = {
@@ -48,8 +46,8 @@ def product_message(product: Product) -> product_pb2.Product:
     message = draft_message(product.draft)
     message.name = product.name
     message.etag = product.etag
-    message.create_time.CopyFrom(_timestamp(product.create_time))
-    message.update_time.CopyFrom(_timestamp(product.update_time))
+    message.create_time.CopyFrom(timestamp_message(product.create_time))
+    message.update_time.CopyFrom(timestamp_message(product.update_time))
     return message
 
 
@@ -58,16 +56,10 @@ def change_message(change: ProductChange) -> pb.WatchProductsResponse:
         revision=change.revision,
         change_type=CHANGE_TYPES[change.change_type],
         product=product_message(change.product),
-        change_time=_timestamp(change.change_time),
+        change_time=timestamp_message(change.change_time),
     )
 
 
 def validate_draft(draft: ProductDraft, prefix: str) -> None:
     """The contract's Product rules applied to a draft (DraftValidator for the domain)."""
     check(draft_message(draft), prefix.rstrip("."))
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp

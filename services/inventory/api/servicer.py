@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from emporium.inventory.v1 import inventory_service_pb2 as pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
@@ -16,6 +15,7 @@ from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.idempotency import fingerprint
 from libs.runtime.rich_status import status_of
 from libs.runtime.validation import check
+from libs.storage.timestamps import timestamp_message
 from services.inventory.domain.inventory import Inventory
 from services.inventory.domain.model import Reservation, ReservationState, StockLevel
 
@@ -124,7 +124,7 @@ def level_message(level: StockLevel) -> pb.StockLevel:
         on_hand=level.on_hand,
         reserved=level.reserved,
         available=level.available,
-        update_time=_timestamp(level.update_time),
+        update_time=timestamp_message(level.update_time),
     )
 
 
@@ -136,12 +136,6 @@ def reservation_message(reservation: Reservation) -> pb.Reservation:
             for line in reservation.lines
         ],
         state=STATES[reservation.state],
-        expire_time=_timestamp(reservation.expire_time),
-        create_time=_timestamp(reservation.create_time),
+        expire_time=timestamp_message(reservation.expire_time),
+        create_time=timestamp_message(reservation.create_time),
     )
-
-
-def _timestamp(moment: object) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)  # type: ignore[arg-type]
-    return stamp

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
-from google.type import money_pb2
 
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
-from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.idempotency import fingerprint
-from services.orders.domain.model import Order, OrderState
+from services.orders.api.mapping import order_message
 from services.orders.domain.order_feed import FeedClosed
 from services.orders.domain.orders import Orders
 
 DOMAIN = "orders.emporium.dev"
 Context = grpc.aio.ServicerContext[object, object]
-STATES = {
-    OrderState.PENDING_PAYMENT: pb.ORDER_STATE_PENDING_PAYMENT,
-    OrderState.CONFIRMED: pb.ORDER_STATE_CONFIRMED,
-    OrderState.CANCELLED: pb.ORDER_STATE_CANCELLED,
-}
 
 
 class OrdersServicer(pb_grpc.OrdersServiceServicer):
@@ -66,36 +57,3 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
             raise DomainError(
                 ErrorKind.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; watch again"
             ) from None
-
-
-def order_message(order: Order) -> pb.Order:
-    return pb.Order(
-        name=order.name,
-        customer=order.customer,
-        lines=[
-            pb.OrderLine(
-                product=f"products/{line.product_id}",
-                quantity=line.quantity,
-                unit_price=_money(line.unit_price),
-                title=line.title,
-            )
-            for line in order.lines
-        ],
-        total=_money(order.total),
-        state=STATES[order.state],
-        reservation=order.reservation,
-        create_time=_timestamp(order.create_time),
-        update_time=_timestamp(order.update_time),
-        cancel_reason=order.cancel_reason,
-        etag=str(order.version),
-    )
-
-
-def _money(money: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=money.currency_code, units=money.units, nanos=money.nanos)
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp

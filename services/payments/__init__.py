@@ -1,0 +1,1 @@
+"""Payments: the charge worker, the payment provider port, and PaymentsService."""

@@ -1,0 +1,53 @@
+"""Wiring: the payments service is a gRPC server and a worker on `payments.charge`."""
+
+from __future__ import annotations
+
+from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
+from libs.messaging.consumer import WorkConsumer
+from libs.messaging.service import ServiceMessaging
+from libs.runtime.server import GrpcApp
+from libs.storage.database import Database, database_unavailable
+from services.payments.adapters.charge_queue import CHARGE_QUEUE, ChargeHandler, topology
+from services.payments.adapters.simulator import SimulatedProvider
+from services.payments.adapters.sql_repository import MIGRATIONS, SqlPaymentRepository
+from services.payments.api.policy import POLICY
+from services.payments.api.servicer import DOMAIN, PaymentsServicer
+from services.payments.config import PaymentsSettings
+from services.payments.domain.payments import Payments
+
+
+async def build(settings: PaymentsSettings) -> GrpcApp:
+    database = Database(settings.database_url)
+    await database.migrate(MIGRATIONS)
+    shape = topology(settings.max_deliveries, settings.retry_delays_seconds)
+    messaging = ServiceMessaging(
+        settings.broker(), shape, database, outbox_poll_seconds=settings.outbox_poll_seconds
+    )
+    provider = SimulatedProvider(
+        settings.provider_ledger,
+        latency=settings.provider_latency_seconds,
+        decline_rate=settings.provider_decline_rate,
+        transient_failure_rate=settings.provider_transient_failure_rate,
+    )
+    payments = Payments(SqlPaymentRepository(database, messaging.relay.notify), provider)
+    (charge_queue,) = shape.work_queues
+    assert charge_queue.name == CHARGE_QUEUE
+    messaging.add(
+        WorkConsumer(
+            settings.broker(),
+            shape,
+            charge_queue,
+            ChargeHandler(payments),
+            name="payments",
+            prefetch=settings.prefetch,
+            concurrency=settings.concurrency,
+        )
+    )
+    app = GrpcApp(
+        "payments", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+    )
+    app.add_servicer(pb_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(payments))
+    app.add_health_check("database", database.ping)
+    messaging.attach(app)
+    app.on_stop(database.dispose)
+    return app

@@ -1,0 +1,81 @@
+"""Acceptance: kill -9 a payments worker with unacknowledged charges in flight. Every charge is
+redelivered to the surviving worker and each payment is charged exactly once, as the payment
+provider's ledger shows."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from google.type import money_pb2
+
+from emporium.payments.v1 import payment_messages_pb2 as messages
+from libs.messaging.broker import BrokerOptions
+from libs.messaging.envelope import command
+from libs.messaging.publisher import Publisher
+from libs.messaging.topology import Topology
+from libs.runtime.processes import start_service
+from libs.testing.broker import EventTap
+from services.payments.adapters.charge_queue import CHARGE_QUEUE
+from services.payments.adapters.simulator import ledger_charges, ledger_requests
+
+ORDERS = 60
+
+
+async def test_killed_worker_loses_no_charge_and_doubles_none(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    env = {
+        "PAYMENTS_AMQP_URL": amqp_url,
+        "PAYMENTS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'payments.sqlite3'}",
+        "PAYMENTS_PROVIDER_LEDGER": str(ledger),
+        "PAYMENTS_PROVIDER_LATENCY_SECONDS": "0.4",
+        "PAYMENTS_PREFETCH": "20",
+        "PAYMENTS_CONCURRENCY": "20",
+        "PAYMENTS_OUTBOX_POLL_SECONDS": "0.2",
+    }
+    doomed = await start_service("services.payments", env)
+    survivor = await start_service("services.payments", env)
+    try:
+        async with EventTap(amqp_url, "payments.#") as tap:
+            publisher = Publisher(BrokerOptions(amqp_url), Topology())
+            await publisher.start()
+            await asyncio.gather(
+                *(
+                    publisher.publish(
+                        command(
+                            CHARGE_QUEUE,
+                            messages.ChargePayment(
+                                order=f"orders/o{i}",
+                                customer="customers/ada",
+                                amount=money_pb2.Money(currency_code="EUR", units=5),
+                                payment_method="cards/visa",
+                            ),
+                        )
+                    )
+                    for i in range(ORDERS)
+                )
+            )
+            await publisher.close()
+            # Both workers hold up to 20 unacked charges each; once the first settles, the
+            # rest of its batch is charged at the provider or on the way there.
+            await doomed.wait_for_log("payment settled")
+            await doomed.kill()  # SIGKILL: no shutdown, no acks
+
+            paid = {f"orders/o{i}" for i in range(ORDERS)}
+            await asyncio.wait_for(tap.wait_for(lambda _: _orders_settled(tap) >= paid), 60)
+    finally:
+        await doomed.kill()
+        await survivor.terminate()
+
+    charges = ledger_charges(ledger)
+    requests = ledger_requests(ledger)
+    assert charges == {f"o{i}": 1 for i in range(ORDERS)}  # each charged exactly once
+    # The killed worker's charges were asked for again after its death, and the provider's
+    # idempotency key turned them into the first outcome instead of a second charge.
+    assert any(count > 1 for count in requests.values())
+
+
+def _orders_settled(tap: EventTap) -> set[str]:
+    return {event.order for event in tap.bodies(messages.PaymentSucceeded)}
