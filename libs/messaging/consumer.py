@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
@@ -120,6 +121,13 @@ class _Session:
                 continue
             try:
                 await self._session(connection)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                log.warning(
+                    "%s %s: queue %r does not exist yet (its owner declares it); retrying",
+                    self.kind,
+                    self.name,
+                    self._queue_name,
+                )
             except Exception:
                 log.exception("%s %s: session failed", self.kind, self.name)
             finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
+from libs.messaging.consumer import WorkConsumer
+from libs.messaging.service import ServiceMessaging
 from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
@@ -10,6 +12,7 @@ from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
 from libs.storage.database import Database, database_unavailable
+from services.orders.adapters.payment_results import RESULTS_QUEUE, TOPOLOGY, PaymentResults
 from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
 from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
 from services.orders.api.policy import POLICY
@@ -39,9 +42,12 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     )
     catalog = Upstream("catalog", channels.channel("catalog"), policy)
     inventory = Upstream("inventory", channels.channel("inventory"), policy)
+    messaging = ServiceMessaging(
+        settings.broker(), TOPOLOGY, database, outbox_poll_seconds=settings.outbox_poll_seconds
+    )
     feed = OrderFeed()
     orders = Orders(
-        SqlOrderRepository(database),
+        SqlOrderRepository(database, messaging.relay.notify),
         GrpcProductCatalog(catalog),
         GrpcStockReservations(inventory),
         feed,
@@ -59,6 +65,17 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         translators=[database_unavailable, upstream_errors],
     )
     app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
+    messaging.add(
+        WorkConsumer(
+            settings.broker(),
+            TOPOLOGY,
+            RESULTS_QUEUE,
+            PaymentResults(orders),
+            name="orders",
+            prefetch=settings.prefetch,
+        )
+    )
+    messaging.attach(app)
     app.add_health_check("database", database.ping)
     app.on_shutdown(close_feed)
     app.on_stop(catalog.close)

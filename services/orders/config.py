@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.runtime.config import ServiceSettings
+from libs.messaging.config import MessagingSettings
 
 
-class OrdersSettings(ServiceSettings):
+class OrdersSettings(MessagingSettings):
     model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore", frozen=True)
 
     database_url: str = Field(

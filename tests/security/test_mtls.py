@@ -44,7 +44,7 @@ class Deployment:
 
 
 @pytest.fixture
-async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
+async def deployment(tmp_path: Path, amqp_url: str) -> AsyncIterator[Deployment]:
     certs = tmp_path / "certs"
     ensure(certs)
     registry = LocalRegistry(tmp_path / "registry.json")
@@ -59,6 +59,7 @@ async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
         orders = await build_orders(
             OrdersSettings(
                 database_url=sqlite_url(tmp_path),
+                amqp_url=amqp_url,
                 security="mtls",
                 certs_dir=certs,
                 registry_file=registry.path,

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.messaging.inbox import first_time
+from libs.messaging.outbox import enqueue
+from libs.messaging.schema import messaging_migration
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.storage.database import Database, Migration
 from libs.storage.timestamps import from_micros, now_micros, to_micros
+from services.orders.adapters.order_messages import created_messages, state_event
 from services.orders.domain.model import Order, OrderLine, OrderState
 
 metadata = sa.MetaData()
@@ -27,6 +32,7 @@ orders = sa.Table(
     sa.Column("create_us", sa.BigInteger, nullable=False),
     sa.Column("update_us", sa.BigInteger, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("payment_method", sa.String(60), nullable=False, server_default="cards/default"),
 )
 order_requests = sa.Table(
     "order_requests",
@@ -41,13 +47,34 @@ async def _create_schema(connection: AsyncConnection) -> None:
     await connection.run_sync(metadata.create_all)
 
 
-MIGRATIONS = (Migration(1, "orders and their request ids", _create_schema),)
+async def _add_payment_method(connection: AsyncConnection) -> None:
+    # Databases made by migration 1 before this column existed get it here; newer ones
+    # already have it from the table definition.
+    columns = await connection.run_sync(
+        lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("orders")}
+    )
+    if "payment_method" not in columns:
+        await connection.execute(
+            sa.text(
+                "ALTER TABLE orders ADD COLUMN payment_method VARCHAR(60)"
+                " NOT NULL DEFAULT 'cards/default'"
+            )
+        )
+
+
+MIGRATIONS = (
+    Migration(1, "orders and their request ids", _create_schema),
+    Migration(2, "orders: payment method", _add_payment_method),
+    messaging_migration(3),
+)
+INBOX = "orders.payment-results"
 
 
 class SqlOrderRepository:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, on_commit: Callable[[], None] = lambda: None) -> None:
         self._database = database
         self._engine = database.engine
+        self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, order_id: str) -> Order | None:
         async with self._engine.connect() as connection:
@@ -88,11 +115,19 @@ class SqlOrderRepository:
                     request_id=request_id, fingerprint=fingerprint, order_id=order.order_id
                 )
             )
+            await enqueue(connection, created_messages(order))
+        self._on_commit()
         return order
 
-    async def set_state(self, order: Order, state: OrderState, cancel_reason: str = "") -> Order:
+    async def set_state(
+        self, order: Order, state: OrderState, cancel_reason: str = "", handled: str = ""
+    ) -> Order:
         now = now_micros()
         async with self._database.writing() as connection:
+            if handled and not await first_time(connection, INBOX, handled):
+                current = await self._get(connection, order.order_id)
+                assert current is not None
+                return current
             updated = await connection.execute(
                 orders.update()
                 .where(orders.c.id == order.order_id, orders.c.version == order.version)
@@ -109,11 +144,16 @@ class SqlOrderRepository:
                     "CONCURRENT_MODIFICATION",
                     f"{order.name} changed meanwhile; read it again",
                 )
-            row = (
-                await connection.execute(sa.select(orders).where(orders.c.id == order.order_id))
-            ).first()
-        assert row is not None
-        return _order(row._mapping)
+            changed = await self._get(connection, order.order_id)
+            assert changed is not None
+            await enqueue(connection, [state_event(changed)])
+        self._on_commit()
+        return changed
+
+    @staticmethod
+    async def _get(connection: AsyncConnection, order_id: str) -> Order | None:
+        row = (await connection.execute(sa.select(orders).where(orders.c.id == order_id))).first()
+        return _order(row._mapping) if row else None
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Order], int]:
         condition = [orders.c.customer == customer] if customer else []
@@ -157,6 +197,7 @@ def _columns(order: Order) -> dict[str, Any]:
         "create_us": to_micros(order.create_time),
         "update_us": to_micros(order.update_time),
         "version": order.version,
+        "payment_method": order.payment_method,
     }
 
 
@@ -180,4 +221,5 @@ def _order(row: Any) -> Order:
         update_time=from_micros(row["update_us"]),
         cancel_reason=row["cancel_reason"],
         version=row["version"],
+        payment_method=row["payment_method"],
     )

@@ -74,6 +74,9 @@ class GrpcStockReservations:
         )
         return reservation.name
 
+    async def commit(self, reservation: str) -> None:
+        await self._stub.CommitReservation(inventory_pb.CommitReservationRequest(name=reservation))
+
     async def release(self, reservation: str) -> None:
         await self._stub.ReleaseReservation(
             inventory_pb.ReleaseReservationRequest(name=reservation)

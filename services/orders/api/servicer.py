@@ -28,6 +28,7 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
             [(line.product, line.quantity) for line in request.order.lines],
             request.request_id,
             fingerprint(request),
+            request.order.payment_method,
         )
         return order_message(order)
 

@@ -40,6 +40,7 @@ class Order:
     update_time: datetime
     cancel_reason: str = ""
     version: int = 1
+    payment_method: str = "cards/default"
 
     @property
     def name(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from services.orders.domain.order_feed import FeedClosed, OrderFeed
 from services.orders.domain.ports import OrderRepository, ProductCatalog, StockReservations
 
 PRODUCT_PREFIX = "products/"
+log = logging.getLogger("emporium.orders")
 
 
 def _now() -> datetime:
@@ -40,7 +42,12 @@ class Orders:
         self._clock = clock
 
     async def create(
-        self, customer: str, lines: list[tuple[str, int]], request_id: str, fingerprint: str
+        self,
+        customer: str,
+        lines: list[tuple[str, int]],
+        request_id: str,
+        fingerprint: str,
+        payment_method: str = "",
     ) -> Order:
         earlier = await self._repository.by_request_id(request_id)
         if earlier is not None:
@@ -98,6 +105,7 @@ class Orders:
             reservation,
             now,
             now,
+            payment_method=payment_method or "cards/default",
         )
         stored = await self._repository.create(order, request_id, fingerprint)
         self._feed.changed(stored.order_id)
@@ -128,6 +136,37 @@ class Orders:
         await self._stock.release(order.reservation)
         cancelled = await self._repository.set_state(
             order, OrderState.CANCELLED, reason or "cancelled by request"
+        )
+        self._feed.changed(order.order_id)
+        return cancelled
+
+    async def payment_succeeded(self, name: str, message_id: str) -> Order:
+        """Paid: commit the stock, confirm the order. Safe to repeat (the inbox, and an
+        idempotent commit at inventory)."""
+        order = await self.get(name)
+        if order.state is OrderState.CANCELLED:
+            log.warning(
+                "payment succeeded for a cancelled order; it needs a refund",
+                extra={"order": name},
+            )
+            return order
+        if order.state is OrderState.CONFIRMED:
+            return order
+        await self._stock.commit(order.reservation)
+        confirmed = await self._repository.set_state(
+            order, OrderState.CONFIRMED, handled=message_id
+        )
+        self._feed.changed(order.order_id)
+        return confirmed
+
+    async def payment_failed(self, name: str, reason: str, message_id: str) -> Order:
+        """Declined: release the stock, cancel the order."""
+        order = await self.get(name)
+        if order.state.terminal:
+            return order
+        await self._stock.release(order.reservation)
+        cancelled = await self._repository.set_state(
+            order, OrderState.CANCELLED, f"payment failed: {reason}", handled=message_id
         )
         self._feed.changed(order.order_id)
         return cancelled

@@ -8,7 +8,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -34,6 +34,8 @@ from services.inventory.app import build as build_inventory
 from services.inventory.config import InventorySettings
 from services.orders.app import build as build_orders
 from services.orders.config import OrdersSettings
+from services.payments.app import build as build_payments
+from services.payments.config import PaymentsSettings
 
 OrdersStub: TypeAlias = "pb_grpc.OrdersServiceAsyncStub"
 
@@ -44,10 +46,27 @@ class Shop:
     inventory_app: GrpcApp
     inventory: inventory_grpc.InventoryServiceAsyncStub
     inventory_database: Path
+    amqp_url: str
+    directory: Path
+
+    @asynccontextmanager
+    async def payments(self) -> AsyncIterator[None]:
+        """The payments worker, for tests that follow an order to its end."""
+        app = await build_payments(
+            PaymentsSettings(
+                database_url=sqlite_url(self.directory),
+                amqp_url=self.amqp_url,
+                provider_ledger=self.directory / "ledger.sqlite3",
+                provider_latency_seconds=0,
+                outbox_poll_seconds=0.2,
+            )
+        )
+        async with serving(app):
+            yield
 
 
 @pytest.fixture
-async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
+async def shop(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
     registry = LocalRegistry(tmp_path / "registry.json")
     async with AsyncExitStack() as stack:
         catalog_app = await build_catalog(CatalogSettings(database_url=sqlite_url(tmp_path)))
@@ -64,6 +83,8 @@ async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
         orders_app = await build_orders(
             OrdersSettings(
                 database_url=database_url,
+                amqp_url=amqp_url,
+                outbox_poll_seconds=0.2,
                 registry_file=registry.path,
                 watch_poll_seconds=5,
                 upstream_timeout_seconds=1,
@@ -97,6 +118,8 @@ async def shop(database_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
             inventory_app,
             inventory,
             inventory_database,
+            amqp_url,
+            tmp_path,
         )
 
 
@@ -270,3 +293,39 @@ async def test_under_load_orders_fails_fast_and_recovers_when_inventory_returns(
     failures = {code for code, _ in outcomes if code is not grpc.StatusCode.OK}
     assert failures == {grpc.StatusCode.UNAVAILABLE}
     assert max(elapsed for _, elapsed in outcomes) < timeout + 0.1
+
+
+async def watch_to_the_end(shop: Shop, name: str) -> list[pb.Order]:
+    seen = []
+    async for update in shop.orders.WatchOrder(pb.WatchOrderRequest(name=name)):
+        seen.append(update)
+    return seen
+
+
+async def test_paid_order_is_confirmed_and_its_stock_committed(shop: Shop) -> None:
+    async with shop.payments():
+        created = await shop.orders.CreateOrder(
+            pb.CreateOrderRequest(order=order(("mug", 2)), request_id=str(uuid.uuid4()))
+        )
+        states = [o.state for o in await asyncio.wait_for(watch_to_the_end(shop, created.name), 15)]
+    assert states == [pb.ORDER_STATE_PENDING_PAYMENT, pb.ORDER_STATE_CONFIRMED]
+    level = await shop.inventory.GetStockLevel(
+        inventory_pb.GetStockLevelRequest(name="inventory/items/mug")
+    )
+    assert (level.on_hand, level.reserved) == (8, 0)  # sold: 2 of 10 left the shelf
+
+
+async def test_declined_card_cancels_the_order_and_releases_its_stock(shop: Shop) -> None:
+    async with shop.payments():
+        declined = order(("jar", 4))
+        declined.payment_method = "cards/declined"
+        created = await shop.orders.CreateOrder(
+            pb.CreateOrderRequest(order=declined, request_id=str(uuid.uuid4()))
+        )
+        updates = await asyncio.wait_for(watch_to_the_end(shop, created.name), 15)
+    assert [o.state for o in updates] == [
+        pb.ORDER_STATE_PENDING_PAYMENT,
+        pb.ORDER_STATE_CANCELLED,
+    ]
+    assert updates[-1].cancel_reason == "payment failed: card declined"
+    assert await available(shop, "jar") == 10

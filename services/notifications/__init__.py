@@ -1,0 +1,1 @@
+"""Notifications: reads the orders event stream and tells customers what happened."""

@@ -1,0 +1,40 @@
+"""The orders event stream, as notifications reads it."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from emporium.orders.v1 import order_events_pb2 as events
+from libs.messaging.consumer import Delivery, PermanentFailure
+from libs.messaging.inbox import first_time
+from libs.messaging.topology import EventStream
+from services.notifications.domain.ports import Channel
+from services.notifications.domain.rendering import OrderEvent, render
+
+# Declared by orders, its owner; notifications only reads it.
+ORDERS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
+CONSUMER = "notifications"
+EVENT_TYPES: dict[str, type[OrderEvent]] = {
+    message.DESCRIPTOR.full_name: message
+    for message in (events.OrderCreated, events.OrderConfirmed, events.OrderCancelled)
+}
+
+
+class OrderEventNotifier:
+    """Renders and delivers one notification per event, recorded in the inbox in the same
+    transaction as the stream offset: a replay re-reads events and delivers none twice."""
+
+    def __init__(self, channel: Channel, recipient_domain: str) -> None:
+        self._channel = channel
+        self._recipient_domain = recipient_domain
+        self.delivered = 0
+
+    async def __call__(self, delivery: Delivery, connection: AsyncConnection) -> None:
+        event_type = EVENT_TYPES.get(delivery.message_type)
+        if event_type is None:
+            raise PermanentFailure(f"not an order event: {delivery.message_type!r}")
+        if not await first_time(connection, CONSUMER, delivery.message_id):
+            return
+        event = delivery.body(event_type)
+        await self._channel.deliver(render(delivery.message_id, event, self._recipient_domain))
+        self.delivered += 1
