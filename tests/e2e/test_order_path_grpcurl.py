@@ -1,11 +1,14 @@
-"""The order path as a new user meets it: catalog, inventory and orders as processes on
-loopback over mTLS with the development certificates, driven with grpcurl only
-(-cacert/-cert/-key). Stock a product (bidi AdjustStock), place an order, watch it, cancel it."""
+"""The order path as a new user meets it: catalog, inventory, orders, payments and notifications
+as processes on loopback over mTLS with the development certificates and a real broker (a fresh
+vhost), driven with grpcurl only (-cacert/-cert/-key). Stock a product (bidi AdjustStock), place
+an order and watch it until payment confirms it; a declined card ends CANCELLED; notifications
+delivers exactly one message per order event."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +25,9 @@ GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 @pytest.fixture
-async def order_path(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, ServiceProcess]]]:
+async def order_path(
+    tmp_path: Path, amqp_url: str
+) -> AsyncIterator[tuple[Path, dict[str, ServiceProcess]]]:
     certs = tmp_path / "certs"
     ensure(certs)
     registry = LocalRegistry(tmp_path / "registry.json")
@@ -32,6 +37,8 @@ async def order_path(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Serv
             ("catalog", {"CATALOG_SEED_SAMPLE_PRODUCTS": "true"}),
             ("inventory", {}),
             ("orders", {"ORDERS_REGISTRY_FILE": str(registry.path)}),
+            ("payments", {"PAYMENTS_PROVIDER_LEDGER": str(tmp_path / "ledger.sqlite3")}),
+            ("notifications", {"NOTIFICATIONS_MAILDIR": str(tmp_path / "mail")}),
         ):
             prefix = name.upper()
             process = await start_service(
@@ -40,13 +47,15 @@ async def order_path(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Serv
                     f"{prefix}_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / name}.sqlite3",
                     f"{prefix}_SECURITY": "mtls",
                     f"{prefix}_CERTS_DIR": str(certs),
+                    f"{prefix}_AMQP_URL": amqp_url,
+                    f"{prefix}_OUTBOX_POLL_SECONDS": "0.2",
                     **extra,
                 },
             )
             stack.push_async_callback(process.terminate)
             registry.register(name, process.address)
             running[name] = process
-        yield certs, running
+        yield tmp_path, running
 
 
 def grpcurl_command(
@@ -80,10 +89,46 @@ async def grpcurl(
     return await process.wait(), output.decode()
 
 
-async def test_order_placed_watched_and_cancelled_with_grpcurl(
+async def place_and_watch(
+    certs: Path, orders: str, payment_method: str
+) -> tuple[dict[str, object], list[str]]:
+    """CreateOrder, then WatchOrder until the stream ends; returns the order and its states."""
+    code, out = await grpcurl(
+        certs,
+        orders,
+        "emporium.orders.v1.OrdersService/CreateOrder",
+        {
+            "order": {
+                "customer": "customers/ann",
+                "lines": [{"product": "products/mug-01", "quantity": 2}],
+                "payment_method": payment_method,
+            },
+            "request_id": str(uuid.uuid4()),
+        },
+    )
+    assert code == 0, out
+    created = json.loads(out)
+    watch = await asyncio.create_subprocess_exec(
+        *grpcurl_command(
+            certs,
+            "operator",
+            orders,
+            "emporium.orders.v1.OrdersService/WatchOrder",
+            {"name": created["name"]},
+        ),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out_bytes, _ = await asyncio.wait_for(watch.communicate(), 30)
+    assert await watch.wait() == 0  # the stream ended by itself at the terminal state
+    states = re.findall(r'^  "state": "(ORDER_STATE_\w+)"', out_bytes.decode(), re.MULTILINE)
+    return created, states
+
+
+async def test_orders_complete_through_payment_and_notify_once_per_event(
     order_path: tuple[Path, dict[str, ServiceProcess]],
 ) -> None:
-    certs, running = order_path
+    directory, running = order_path
+    certs = directory / "certs"
     inventory, orders = running["inventory"].address, running["orders"].address
 
     code, out = await grpcurl(
@@ -95,48 +140,17 @@ async def test_order_placed_watched_and_cancelled_with_grpcurl(
     assert code == 0, out
     assert '"on_hand": "5"' in out
 
-    code, out = await grpcurl(
-        certs,
-        orders,
-        "emporium.orders.v1.OrdersService/CreateOrder",
-        {
-            "order": {
-                "customer": "customers/ann",
-                "lines": [{"product": "products/mug-01", "quantity": 2}],
-            },
-            "request_id": str(uuid.uuid4()),
-        },
+    paid, paid_states = await place_and_watch(certs, orders, "cards/visa")
+    assert paid["total"]["units"] == "17"  # type: ignore[index]  # 2 x 8.99
+    # WatchOrder streams the order now, then each transition. (If payment completes before
+    # the watch begins, the first state seen is already the last.)
+    assert paid_states[-1] == "ORDER_STATE_CONFIRMED"
+    assert paid_states in (
+        ["ORDER_STATE_PENDING_PAYMENT", "ORDER_STATE_CONFIRMED"],
+        ["ORDER_STATE_CONFIRMED"],
     )
-    assert code == 0, out
-    created = json.loads(out)
-    assert created["state"] == "ORDER_STATE_PENDING_PAYMENT"
-    assert created["total"]["units"] == "17"  # 2 x 8.99
-
-    watch = await asyncio.create_subprocess_exec(
-        *grpcurl_command(
-            certs,
-            "operator",
-            orders,
-            "emporium.orders.v1.OrdersService/WatchOrder",
-            {"name": created["name"]},
-        ),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert watch.stdout is not None
-    seen = ""
-    while "ORDER_STATE_PENDING_PAYMENT" not in seen:
-        seen += (await asyncio.wait_for(watch.stdout.readline(), 30)).decode()
-
-    code, out = await grpcurl(
-        certs,
-        orders,
-        "emporium.orders.v1.OrdersService/CancelOrder",
-        {"name": created["name"], "reason": "testing"},
-    )
-    assert code == 0, out
-    rest, _ = await asyncio.wait_for(watch.communicate(), 30)
-    assert "ORDER_STATE_CANCELLED" in rest.decode()
-    assert await watch.wait() == 0  # the stream ended by itself at the terminal state
+    declined, declined_states = await place_and_watch(certs, orders, "cards/declined")
+    assert declined_states[-1] == "ORDER_STATE_CANCELLED"
 
     code, out = await grpcurl(
         certs,
@@ -144,13 +158,31 @@ async def test_order_placed_watched_and_cancelled_with_grpcurl(
         "emporium.inventory.v1.InventoryService/GetStockLevel",
         {"name": "inventory/items/mug-01"},
     )
-    assert code == 0 and '"available": "5"' in out
+    # 2 sold to the confirmed order; the cancelled order's 2 went back on the shelf.
+    assert code == 0 and '"on_hand": "3"' in out, out
+    assert '"available": "3"' in out, out
+
+    # Four events (two created, one confirmed, one cancelled): one message each.
+    await running["notifications"].wait_for_log("notification delivered", count=4)
+    mail = sorted((directory / "mail" / "new").iterdir())
+    subjects = sorted(m.read_text().split("Subject: ", 1)[1].split("\n", 1)[0] for m in mail)
+    paid_id = str(paid["name"]).removeprefix("orders/")
+    declined_id = str(declined["name"]).removeprefix("orders/")
+    assert subjects == sorted(
+        [
+            f"We received your order {paid_id}",
+            f"Your order {paid_id} is confirmed",
+            f"We received your order {declined_id}",
+            f"Your order {declined_id} was cancelled",
+        ]
+    )
 
 
 async def test_an_identity_the_policy_refuses_is_told_so(
     order_path: tuple[Path, dict[str, ServiceProcess]],
 ) -> None:
-    certs, running = order_path
+    directory, running = order_path
+    certs = directory / "certs"
     code, out = await grpcurl(
         certs,
         running["inventory"].address,

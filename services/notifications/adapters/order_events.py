@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emporium.orders.v1 import order_events_pb2 as events
@@ -14,6 +16,7 @@ from services.notifications.domain.rendering import OrderEvent, render
 # Declared by orders, its owner; notifications only reads it.
 ORDERS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
 CONSUMER = "notifications"
+log = logging.getLogger("emporium.notifications")
 EVENT_TYPES: dict[str, type[OrderEvent]] = {
     message.DESCRIPTOR.full_name: message
     for message in (events.OrderCreated, events.OrderConfirmed, events.OrderCancelled)
@@ -36,5 +39,10 @@ class OrderEventNotifier:
         if not await first_time(connection, CONSUMER, delivery.message_id):
             return
         event = delivery.body(event_type)
-        await self._channel.deliver(render(delivery.message_id, event, self._recipient_domain))
+        notification = render(delivery.message_id, event, self._recipient_domain)
+        await self._channel.deliver(notification)
         self.delivered += 1
+        log.info(
+            "notification delivered",
+            extra={"key": notification.key, "subject": notification.subject},
+        )

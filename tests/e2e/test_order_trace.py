@@ -1,0 +1,134 @@
+"""Acceptance: one trace links the CreateOrder span, the publish of the charge request, the
+payment worker's consume and the order update that payment causes, across the outbox and
+RabbitMQ (the W3C traceparent travels in the message headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import SpanKind
+
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from emporium.orders.v1 import orders_service_pb2 as pb
+from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
+from libs.rpcclient.discovery import LocalRegistry
+from libs.telemetry.tracing import configure_tracing
+from libs.testing.databases import sqlite_url
+from libs.testing.rpc import serving
+from services.catalog.app import build as build_catalog
+from services.catalog.config import CatalogSettings
+from services.inventory.app import build as build_inventory
+from services.inventory.config import InventorySettings
+from services.orders.app import build as build_orders
+from services.orders.config import OrdersSettings
+from services.payments.app import build as build_payments
+from services.payments.config import PaymentsSettings
+
+ORDER_UPDATE = "emporium.inventory.v1.InventoryService/CommitReservation"
+
+
+class SpanRecorder(SpanProcessor):
+    """Keeps ended spans and lets a test await one by name."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        self._ended = asyncio.Condition()
+        self._loop = asyncio.get_running_loop()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+
+    async def _notify(self) -> None:
+        async with self._ended:
+            self._ended.notify_all()
+
+    async def wait_for(self, name: str) -> ReadableSpan:
+        async with self._ended:
+            await self._ended.wait_for(lambda: any(s.name == name for s in self.spans))
+        return self.named(name)
+
+    def named(self, name: str) -> ReadableSpan:
+        return next(s for s in self.spans if s.name == name)
+
+
+@pytest.fixture
+async def recorder() -> SpanRecorder:
+    recording = SpanRecorder()
+    configure_tracing("e2e").add_span_processor(recording)
+    return recording
+
+
+@pytest.fixture
+async def orders(tmp_path: Path, amqp_url: str) -> AsyncIterator[pb_grpc.OrdersServiceAsyncStub]:
+    registry = LocalRegistry(tmp_path / "registry.json")
+    async with AsyncExitStack() as stack:
+        catalog = await build_catalog(
+            CatalogSettings(database_url=sqlite_url(tmp_path), seed_sample_products=True)
+        )
+        await stack.enter_async_context(serving(catalog))
+        registry.register("catalog", catalog.address)
+        inventory = await build_inventory(InventorySettings(database_url=sqlite_url(tmp_path)))
+        inventory_channel = await stack.enter_async_context(serving(inventory))
+        registry.register("inventory", inventory.address)
+        adjust = inventory_grpc.InventoryServiceStub(inventory_channel).AdjustStock(None)
+        await adjust.write(inventory_pb.AdjustStockRequest(item="inventory/items/mug-01", delta=3))
+        await adjust.read()
+        await adjust.done_writing()
+        payments = await build_payments(
+            PaymentsSettings(
+                database_url=sqlite_url(tmp_path),
+                amqp_url=amqp_url,
+                provider_ledger=tmp_path / "ledger.sqlite3",
+                provider_latency_seconds=0,
+            )
+        )
+        await stack.enter_async_context(serving(payments))
+        app = await build_orders(
+            OrdersSettings(
+                database_url=sqlite_url(tmp_path), amqp_url=amqp_url, registry_file=registry.path
+            )
+        )
+        channel = await stack.enter_async_context(serving(app))
+        yield pb_grpc.OrdersServiceStub(channel)
+
+
+async def test_one_trace_from_create_order_to_the_order_update(
+    recorder: SpanRecorder, orders: pb_grpc.OrdersServiceAsyncStub
+) -> None:
+    created = await orders.CreateOrder(
+        pb.CreateOrderRequest(
+            order=pb.Order(
+                customer="customers/ann",
+                lines=[pb.OrderLine(product="products/mug-01", quantity=1)],
+            ),
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    states = [o.state async for o in orders.WatchOrder(pb.WatchOrderRequest(name=created.name))]
+    assert states[-1] == pb.ORDER_STATE_CONFIRMED
+
+    create = recorder.named("emporium.orders.v1.OrdersService/CreateOrder")
+    charge_publish = recorder.named("emporium.commands publish")
+    charge_consume = recorder.named("payments.charge process")
+    result_consume = await asyncio.wait_for(recorder.wait_for("orders.payment-results process"), 10)
+    order_update = await asyncio.wait_for(recorder.wait_for(ORDER_UPDATE), 10)
+
+    trace_id = create.context.trace_id
+    chain = [create, charge_publish, charge_consume, result_consume, order_update]
+    assert {span.context.trace_id for span in chain} == {trace_id}
+    assert charge_publish.kind is SpanKind.PRODUCER
+    assert charge_consume.kind is SpanKind.CONSUMER
+    # The consume continues the publish and also links to it.
+    assert charge_consume.parent is not None
+    assert charge_consume.parent.span_id == charge_publish.context.span_id
+    assert [link.context.span_id for link in charge_consume.links] == [
+        charge_publish.context.span_id
+    ]
