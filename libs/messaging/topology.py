@@ -37,7 +37,14 @@ class WorkQueue:
 
     def retry_queue(self, attempt: int) -> str:
         """The retry queue after failed delivery number `attempt` (1-based)."""
-        return f"{self.name}.retry.{_ms(self.retry_delay(attempt))}"
+        return self.retry_queue_for(self.retry_delay(attempt))
+
+    @property
+    def retry_queues(self) -> list[str]:
+        return [self.retry_queue_for(delay) for delay in sorted(set(self.retry_delays))]
+
+    def retry_queue_for(self, delay: float) -> str:
+        return f"{self.name}.retry.{_ms(delay)}"
 
     def retry_delay(self, attempt: int) -> float:
         return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
@@ -90,7 +97,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
             await queue.bind(exchanges[exchange], routing_key=routing_key)
         for delay in sorted(set(work.retry_delays)):
             await channel.declare_queue(
-                f"{work.name}.retry.{_ms(delay)}",
+                work.retry_queue_for(delay),
                 durable=True,
                 arguments={
                     "x-message-ttl": _ms(delay),

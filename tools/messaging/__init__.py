@@ -1,0 +1,1 @@
+"""tools/broker: the operator CLI for Emporium's RabbitMQ queues and streams."""
