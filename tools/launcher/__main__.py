@@ -1,8 +1,10 @@
 """`python -m tools.launcher`: start every service on embedded defaults and wait for Ctrl-C.
 
 Each service runs as its own process, with its own SQLite file under var/, on a fixed loopback
-port (override with <SERVICE>_PORT). The launcher waits until each logs `serving`, prints how to
-call it, forwards SIGINT/SIGTERM for a graceful stop, and exits non-zero if a service dies.
+port (override with <SERVICE>_PORT). RabbitMQ is EMPORIUM_AMQP_URL if set, else the broker on
+127.0.0.1:5672 if one answers, else a private node started for this run under var/rabbitmq.
+The launcher waits until each service logs `serving`, prints how to call it, forwards
+SIGINT/SIGTERM for a graceful stop, and exits non-zero if a service dies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
+from libs.messaging.local_broker import LocalBroker, LocalBrokerError
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from tools.certificates.__main__ import ensure as ensure_certificates
@@ -34,6 +38,10 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def _sqlite(var: Path, name: str) -> str:
+    return f"sqlite+aiosqlite:///{var / name}.sqlite3"
+
+
 def services(var: Path) -> list[ServiceSpec]:
     return [
         ServiceSpec(
@@ -41,7 +49,7 @@ def services(var: Path) -> list[ServiceSpec]:
             "services.catalog",
             50051,
             {
-                "CATALOG_DATABASE_URL": f"sqlite+aiosqlite:///{var / 'catalog.sqlite3'}",
+                "CATALOG_DATABASE_URL": _sqlite(var, "catalog"),
                 "CATALOG_SEED_SAMPLE_PRODUCTS": "true",
             },
         ),
@@ -49,22 +57,40 @@ def services(var: Path) -> list[ServiceSpec]:
             "inventory",
             "services.inventory",
             50052,
-            {"INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{var / 'inventory.sqlite3'}"},
+            {"INVENTORY_DATABASE_URL": _sqlite(var, "inventory")},
         ),
-        # Started last: it finds catalog and inventory through the registry.
+        # It finds catalog and inventory through the registry.
         ServiceSpec(
             "orders",
             "services.orders",
             50053,
             {
-                "ORDERS_DATABASE_URL": f"sqlite+aiosqlite:///{var / 'orders.sqlite3'}",
+                "ORDERS_DATABASE_URL": _sqlite(var, "orders"),
                 "ORDERS_REGISTRY_FILE": str(var / "registry.json"),
+            },
+        ),
+        ServiceSpec(
+            "payments",
+            "services.payments",
+            50054,
+            {
+                "PAYMENTS_DATABASE_URL": _sqlite(var, "payments"),
+                "PAYMENTS_PROVIDER_LEDGER": str(var / "payment-provider.sqlite3"),
+            },
+        ),
+        ServiceSpec(
+            "notifications",
+            "services.notifications",
+            50055,
+            {
+                "NOTIFICATIONS_DATABASE_URL": _sqlite(var, "notifications"),
+                "NOTIFICATIONS_MAILDIR": str(var / "mail"),
             },
         ),
     ]
 
 
-def banner(running: dict[str, ServiceProcess]) -> str:
+def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
     certs = CERTS.relative_to(REPO)
     grpcurl = (
         f"{REPO / '.venv/bin/grpcurl'} -cacert {certs}/ca.pem "
@@ -89,7 +115,7 @@ def banner(running: dict[str, ServiceProcess]) -> str:
         ),
         call("catalog", "emporium.catalog.v1.CatalogService/WatchProducts", {"after_revision": 0}),
         "",
-        "Stock a product, order it, and watch the order:",
+        "Stock a product, order it, and watch the order until payment confirms it:",
         call(
             "inventory",
             "emporium.inventory.v1.InventoryService/AdjustStock",
@@ -111,13 +137,49 @@ def banner(running: dict[str, ServiceProcess]) -> str:
             "emporium.orders.v1.OrdersService/WatchOrder",
             {"name": "orders/<the id CreateOrder returned>"},
         ),
+        '  (PENDING_PAYMENT, then CONFIRMED; with "payment_method": "cards/declined" in the',
+        "  order, CANCELLED. The customer's notifications land in "
+        f"{(var / 'mail' / 'new').relative_to(REPO) if var.is_relative_to(REPO) else var}.)",
+        call("payments", "emporium.payments.v1.PaymentsService/ListPayments", {}),
+        "",
+        f"RabbitMQ: {BrokerOptions(amqp_url).safe_url}",
+        "  tools/broker queues             depth and consumers of every queue and stream",
+        "  tools/broker replay orders.events --from first",
         "",
         "Logs are JSON lines on stderr. Ctrl-C stops everything gracefully.",
     ]
     return "\n".join(lines)
 
 
+async def broker_url(var: Path, stack: contextlib.AsyncExitStack) -> str:
+    """EMPORIUM_AMQP_URL, else the local broker if it answers, else a private node."""
+    configured = os.environ.get("EMPORIUM_AMQP_URL")
+    candidate = configured or DEFAULT_AMQP_URL
+    try:
+        connection = await connect(BrokerOptions(candidate, connect_timeout=3))
+        await connection.close()
+        print(f"RabbitMQ: using {BrokerOptions(candidate).safe_url}", flush=True)
+        return candidate
+    except BrokerUnreachable as error:
+        if configured:
+            raise RuntimeError(f"EMPORIUM_AMQP_URL: {error}") from None
+    print("RabbitMQ: none on 127.0.0.1:5672; starting a private node ...", flush=True)
+    node = LocalBroker(var / "rabbitmq")
+    try:
+        await node.start()
+    except LocalBrokerError as error:
+        raise RuntimeError(str(error)) from None
+    stack.push_async_callback(node.stop)
+    print(f"RabbitMQ: private node {node.node} on {node.url} (data in {node.directory})")
+    return node.url
+
+
 async def run(var: Path) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        return await _run(var, stack)
+
+
+async def _run(var: Path, stack: contextlib.AsyncExitStack) -> int:
     running: dict[str, ServiceProcess] = {}
     registry = LocalRegistry(var / "registry.json")
     registry.path.unlink(missing_ok=True)
@@ -126,6 +188,7 @@ async def run(var: Path) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        amqp_url = await broker_url(var, stack)
         for spec in services(var):
             port = os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
             print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
@@ -134,11 +197,12 @@ async def run(var: Path) -> int:
                 f"{prefix}_PORT": port,
                 f"{prefix}_SECURITY": "mtls",
                 f"{prefix}_CERTS_DIR": str(CERTS),
+                "EMPORIUM_AMQP_URL": amqp_url,
                 **spec.env,
             }
             running[spec.name] = await start_service(spec.module, env, echo_log=True)
             registry.register(spec.name, running[spec.name].address)
-        print(banner(running), flush=True)
+        print(banner(running, amqp_url, var), flush=True)
         exited = [asyncio.ensure_future(p.process.wait()) for p in running.values()]
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([stopping, *exited], return_when=asyncio.FIRST_COMPLETED)
