@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
@@ -29,6 +30,7 @@ from libs.messaging.envelope import ATTEMPT_HEADER, BadMessage, decode, text_hea
 from libs.messaging.offsets import load_offset, reset_offset, store_offset
 from libs.messaging.topology import EventStream, Topology, WorkQueue, declare
 from libs.storage.database import Database
+from libs.telemetry.tracing import tracing_enabled
 
 log = logging.getLogger("emporium.messaging.consumer")
 
@@ -84,20 +86,29 @@ class _Session:
         self._drained.set()
         self._restart = asyncio.Event()
         self._grace = 10.0
-        self._changed = asyncio.Condition()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._tracer = trace.get_tracer("emporium.messaging")
+        self._tracing = False
 
     def start(self) -> None:
+        self._tracing = tracing_enabled()
         self._task = asyncio.create_task(self._run(), name=f"{self.kind}:{self.name}")
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Returns once `predicate()` holds; it is checked after each message's outcome."""
-        async with self._changed:
-            await self._changed.wait_for(predicate)
+        if predicate():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, waiter))
+        await waiter
 
-    async def _progressed(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _progressed(self) -> None:
+        for entry in list(self._waiters):
+            predicate, waiter = entry
+            if waiter.done() or predicate():
+                self._waiters.remove(entry)
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stops taking messages, lets those in flight finish (and be acked), then closes."""
@@ -176,31 +187,36 @@ class _Session:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     @contextlib.asynccontextmanager
-    async def _tracked(self, message: AbstractIncomingMessage) -> Any:
-        """Counts the message in flight and runs it in a CONSUMER span that continues (and
-        links to) the producer's trace."""
+    async def _tracked(self, message: AbstractIncomingMessage) -> AsyncIterator[trace.Span]:
+        """Counts the message in flight and runs it in its CONSUMER span."""
         self._in_flight += 1
         self._drained.clear()
-        producer = propagate.extract(text_headers(message))
-        producer_span = trace.get_current_span(producer).get_span_context()
         try:
-            with self._tracer.start_as_current_span(
-                f"{self._queue_name} process",
-                context=producer,
-                kind=SpanKind.CONSUMER,
-                links=[Link(producer_span)] if producer_span.is_valid else [],
-                attributes={
-                    "messaging.system": "rabbitmq",
-                    "messaging.destination.name": self._queue_name,
-                    "messaging.message.id": message.message_id or "",
-                    "messaging.consumer.group.name": self.name,
-                },
-            ) as span:
+            with self._span(message) as span:
                 yield span
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
+
+    def _span(self, message: AbstractIncomingMessage) -> ContextManager[trace.Span]:
+        """A span that continues (and links to) the producer's trace; none when not tracing."""
+        if not self._tracing:
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        producer = propagate.extract(text_headers(message))
+        producer_span = trace.get_current_span(producer).get_span_context()
+        return self._tracer.start_as_current_span(
+            f"{self._queue_name} process",
+            context=producer,
+            kind=SpanKind.CONSUMER,
+            links=[Link(producer_span)] if producer_span.is_valid else [],
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": self._queue_name,
+                "messaging.message.id": message.message_id or "",
+                "messaging.consumer.group.name": self.name,
+            },
+        )
 
 
 class WorkConsumer(_Session):
@@ -241,7 +257,7 @@ class WorkConsumer(_Session):
         try:
             await self._settle(channel, message)
         finally:
-            await self._progressed()
+            self._progressed()
 
     async def _settle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         delivery = Delivery(message, attempt_of(message))
@@ -384,7 +400,7 @@ class StreamConsumer(_Session):
         stored = await load_offset(self._database.engine, self.name, self._stream.name)
         start: StartAt = stored + 1 if stored is not None else self._start
         self._position = stored
-        await self._progressed()
+        self._progressed()
         failed = False
         in_order = asyncio.Lock()  # aiormq runs each delivery as a task; keep them in order
 
@@ -410,7 +426,7 @@ class StreamConsumer(_Session):
                     await message.ack()
                 self.handled += 1
                 self._position = offset
-                await self._progressed()
+                self._progressed()
 
         return await queue.consume(on_message, arguments={"x-stream-offset": start})
 

@@ -71,7 +71,6 @@ def encode(outgoing: Outgoing) -> aio_pika.Message:
         message_type=outgoing.body.DESCRIPTOR.full_name,
         message_id=outgoing.message_id,
         correlation_id=outgoing.correlation_id,
-        headers=trace_headers(),
     )
 
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 from libs.messaging.broker import BrokerOptions, connect_robust
 from libs.messaging.envelope import Outgoing, encode, trace_headers
 from libs.messaging.topology import Topology, declare
+from libs.telemetry.tracing import tracing_enabled
 
 log = logging.getLogger("emporium.messaging")
 
@@ -37,8 +38,10 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._tracer = trace.get_tracer("emporium.messaging")
+        self._tracing = False
 
     async def start(self) -> None:
+        self._tracing = tracing_enabled()
         self._connection = await connect_robust(self._options)
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -62,7 +65,12 @@ class Publisher:
     ) -> None:
         """Returns once the broker confirmed the message; raises PublishFailed otherwise,
         never later than the publish timeout."""
-        limit = self._options.publish_timeout
+        if not self._tracing:
+            # Not tracing here: pass on the writer's trace context (if any) unchanged.
+            if parent is not None:
+                message.headers.update(trace_headers(parent))
+            await self._send(exchange, routing_key, message)
+            return
         with self._tracer.start_as_current_span(
             f"{exchange or 'amq.default'} publish",
             context=parent,
@@ -76,20 +84,24 @@ class Publisher:
         ):
             # The consumer continues from this span, not from whatever wrote the message.
             message.headers.update(trace_headers())
-            try:
-                target = await self._exchange(exchange)
-                async with asyncio.timeout(limit):
-                    confirmation = await target.publish(message, routing_key, mandatory=True)
-            except TimeoutError:
-                raise PublishFailed(f"no confirm within {limit:g}s") from None
-            except (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError) as error:
-                raise PublishFailed(
-                    f"unroutable or refused: {routing_key!r} on {exchange!r}"
-                ) from error
-            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
-                raise PublishFailed(f"broker unavailable: {error!r}") from error
-            if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-                raise PublishFailed(f"not confirmed: {confirmation!r}")
+            await self._send(exchange, routing_key, message)
+
+    async def _send(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        limit = self._options.publish_timeout
+        try:
+            target = self._exchanges.get(exchange) or await self._exchange(exchange)
+            async with asyncio.timeout(limit):
+                confirmation = await target.publish(message, routing_key, mandatory=True)
+        except TimeoutError:
+            raise PublishFailed(f"no confirm within {limit:g}s") from None
+        except (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError) as error:
+            raise PublishFailed(
+                f"unroutable or refused: {routing_key!r} on {exchange!r}"
+            ) from error
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+            raise PublishFailed(f"broker unavailable: {error!r}") from error
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise PublishFailed(f"not confirmed: {confirmation!r}")
 
     async def _exchange(self, name: str) -> AbstractExchange:
         if self._channel is None:

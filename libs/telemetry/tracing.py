@@ -41,6 +41,12 @@ def configure_tracing(service: str, exporter: str = "none") -> TracerProvider:
     return provider
 
 
+def tracing_enabled() -> bool:
+    """Whether spans are recorded (an SDK provider is installed); hot paths skip span work
+    when they are not."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
 def add_span_processor(processor: SpanProcessor) -> None:
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
