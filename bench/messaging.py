@@ -40,6 +40,7 @@ from libs.messaging.consumer import Delivery, WorkConsumer
 from libs.messaging.envelope import Outgoing
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import COMMANDS_EXCHANGE, Topology, WorkQueue
+from libs.telemetry.tracing import configure_tracing
 
 IN_FLIGHT = 1000  # confirms outstanding at once (plain and kit alike)
 PREFETCH = 256
@@ -279,6 +280,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="aio-pika and kit rounds")
     parser.add_argument("--url", default=os.environ.get("EMPORIUM_AMQP_URL", DEFAULT_AMQP_URL))
     args = parser.parse_args()
+    # As every service runs (run_service): an SDK tracer provider, spans recorded only when an
+    # exporter reads them or the caller's trace is sampled.
+    configure_tracing("bench")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; {args.messages} messages per run"

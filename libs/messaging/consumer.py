@@ -30,7 +30,7 @@ from libs.messaging.envelope import ATTEMPT_HEADER, BadMessage, decode, text_hea
 from libs.messaging.offsets import load_offset, reset_offset, store_offset
 from libs.messaging.topology import EventStream, Topology, WorkQueue, declare
 from libs.storage.database import Database
-from libs.telemetry.tracing import tracing_enabled
+from libs.telemetry.tracing import spans_recorded
 
 log = logging.getLogger("emporium.messaging.consumer")
 
@@ -88,10 +88,8 @@ class _Session:
         self._grace = 10.0
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._tracer = trace.get_tracer("emporium.messaging")
-        self._tracing = False
 
     def start(self) -> None:
-        self._tracing = tracing_enabled()
         self._task = asyncio.create_task(self._run(), name=f"{self.kind}:{self.name}")
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
@@ -200,16 +198,23 @@ class _Session:
                 self._drained.set()
 
     def _span(self, message: AbstractIncomingMessage) -> ContextManager[trace.Span]:
-        """A span that continues (and links to) the producer's trace; none when not tracing."""
-        if not self._tracing:
+        """A span that continues (and links to) the producer's trace, when it is recorded;
+        otherwise the producer's trace context is made current as it is, so the handler's
+        logs and outgoing messages stay in that trace."""
+        traceparent = message.headers.get("traceparent")
+        recorded = spans_recorded(None if traceparent is None else str(traceparent))
+        if traceparent is None and not recorded:
             return contextlib.nullcontext(trace.INVALID_SPAN)
         producer = propagate.extract(text_headers(message))
-        producer_span = trace.get_current_span(producer).get_span_context()
+        producer_span = trace.get_current_span(producer)
+        if not recorded:
+            return trace.use_span(producer_span, end_on_exit=False)
+        producer_context = producer_span.get_span_context()
         return self._tracer.start_as_current_span(
             f"{self._queue_name} process",
             context=producer,
             kind=SpanKind.CONSUMER,
-            links=[Link(producer_span)] if producer_span.is_valid else [],
+            links=[Link(producer_context)] if producer_context.is_valid else [],
             attributes={
                 "messaging.system": "rabbitmq",
                 "messaging.destination.name": self._queue_name,

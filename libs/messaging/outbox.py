@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from opentelemetry import propagate
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.envelope import Outgoing, to_amqp, trace_headers
@@ -156,9 +155,8 @@ class OutboxRelay:
             message_id=row["message_id"],
             correlation_id=row["correlation_id"],
         )
-        parent = propagate.extract(json.loads(row["headers"]))
         await self._publisher.publish_message(
-            row["exchange"], row["routing_key"], message, parent=parent
+            row["exchange"], row["routing_key"], message, trace_context=json.loads(row["headers"])
         )
 
     async def _run(self) -> None:

@@ -14,14 +14,13 @@ import logging
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
-from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
 from libs.messaging.broker import BrokerOptions, connect_robust
 from libs.messaging.envelope import Outgoing, encode, trace_headers
 from libs.messaging.topology import Topology, declare
-from libs.telemetry.tracing import tracing_enabled
+from libs.telemetry.tracing import spans_recorded
 
 log = logging.getLogger("emporium.messaging")
 
@@ -38,10 +37,8 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._tracer = trace.get_tracer("emporium.messaging")
-        self._tracing = False
 
     async def start(self) -> None:
-        self._tracing = tracing_enabled()
         self._connection = await connect_robust(self._options)
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -53,7 +50,12 @@ class Publisher:
             await self._connection.close()
 
     async def publish(self, outgoing: Outgoing) -> None:
-        await self.publish_message(outgoing.exchange, outgoing.routing_key, encode(outgoing))
+        """Publishes under the current trace context."""
+        current = trace.get_current_span().get_span_context()
+        carrier = trace_headers() if current.is_valid else {}
+        await self.publish_message(
+            outgoing.exchange, outgoing.routing_key, encode(outgoing), trace_context=carrier
+        )
 
     async def publish_message(
         self,
@@ -61,19 +63,18 @@ class Publisher:
         routing_key: str,
         message: aio_pika.Message,
         *,
-        parent: otel_context.Context | None = None,
+        trace_context: dict[str, str],
     ) -> None:
         """Returns once the broker confirmed the message; raises PublishFailed otherwise,
-        never later than the publish timeout."""
-        if not self._tracing:
-            # Not tracing here: pass on the writer's trace context (if any) unchanged.
-            if parent is not None:
-                message.headers.update(trace_headers(parent))
+        never later than the publish timeout. `trace_context` is the W3C headers of the trace
+        the message belongs to (the writer's, kept in the outbox)."""
+        if not spans_recorded(trace_context.get("traceparent")):
+            message.headers.update(trace_context)  # passed on unchanged: nobody records here
             await self._send(exchange, routing_key, message)
             return
         with self._tracer.start_as_current_span(
             f"{exchange or 'amq.default'} publish",
-            context=parent,
+            context=propagate.extract(trace_context),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "rabbitmq",

@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libs.runtime.middleware import (
@@ -32,19 +33,36 @@ REQUEST_ID_KEY = "x-request-id"
 log = logging.getLogger("emporium.rpc")
 
 
-def configure_tracing(service: str, exporter: str = "none") -> TracerProvider:
-    """Installs the global tracer provider; `exporter` is `none` or `console`."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+def configure_tracing(
+    service: str, exporter: str = "none", *, record: bool | None = None
+) -> TracerProvider:
+    """Installs the global tracer provider; `exporter` is `none` or `console`.
+
+    Spans are recorded when something will read them (an exporter, or `record=True` for a
+    test's processor), and otherwise only when the caller's trace is sampled. Unrecorded spans
+    still carry trace ids into logs and `traceparent` headers; recording one costs about as much
+    as a confirmed publish (bench/README.md), so nothing pays for spans nobody will see."""
+    global _record_own_traces
+    recorded = exporter != "none" if record is None else record
+    _record_own_traces = recorded
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}),
+        sampler=ParentBased(ALWAYS_ON if recorded else ALWAYS_OFF),
+    )
     if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
 
 
-def tracing_enabled() -> bool:
-    """Whether spans are recorded (an SDK provider is installed); hot paths skip span work
-    when they are not."""
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+_record_own_traces = False
+
+
+def spans_recorded(traceparent: str | None) -> bool:
+    """Whether a span started under `traceparent` (a W3C header, or None for a new trace)
+    would be recorded here. Hot paths skip span work when it would not, and pass the caller's
+    trace context on unchanged instead."""
+    return _record_own_traces or (traceparent is not None and traceparent.endswith("-01"))
 
 
 def add_span_processor(processor: SpanProcessor) -> None:

@@ -19,7 +19,7 @@ from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from libs.rpcclient.discovery import LocalRegistry
-from libs.telemetry.tracing import configure_tracing
+from libs.telemetry.tracing import add_span_processor, configure_tracing
 from libs.testing.databases import sqlite_url
 from libs.testing.rpc import serving
 from services.catalog.app import build as build_catalog
@@ -62,7 +62,8 @@ class SpanRecorder(SpanProcessor):
 @pytest.fixture
 async def recorder() -> SpanRecorder:
     recording = SpanRecorder()
-    configure_tracing("e2e").add_span_processor(recording)
+    configure_tracing("e2e", record=True)
+    add_span_processor(recording)  # to the global provider, whoever installed it
     return recording
 
 

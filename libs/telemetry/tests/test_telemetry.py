@@ -59,7 +59,7 @@ def add_traced_to_server(servicer: Traced, server: Any) -> None:
 @pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
-    configure_tracing("test").add_span_processor(SimpleSpanProcessor(exporter))
+    configure_tracing("test", record=True).add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 
