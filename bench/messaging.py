@@ -306,9 +306,13 @@ def main() -> None:
         results.append(celery(args.url, args.messages, Path(directory)))
     for figures in results:
         print(figures.line())
-    aio, ours, cel = results
-    publish_ratios = [k.publish_rate / p.publish_rate for k, p in zip(kit_rounds, plain_rounds)]
-    consume_ratios = [k.consume_rate / p.consume_rate for k, p in zip(kit_rounds, plain_rounds)]
+    ours, cel = results[1], results[2]
+    publish_ratios = [
+        k.publish_rate / p.publish_rate for k, p in zip(kit_rounds, plain_rounds, strict=True)
+    ]
+    consume_ratios = [
+        k.consume_rate / p.consume_rate for k, p in zip(kit_rounds, plain_rounds, strict=True)
+    ]
     print("ratios (kit / other; against aio-pika the median of the paired rounds):")
     print(f"  {'publish vs aio-pika (target >= 0.9)':<36} {statistics.median(publish_ratios):5.2f}")
     print(f"  {'consume vs aio-pika (target >= 0.9)':<36} {statistics.median(consume_ratios):5.2f}")
