@@ -293,8 +293,11 @@ def main() -> None:
     # runs differ by 20% or more, and pairing cancels the drift between rounds.
     plain_rounds, kit_rounds = [], []
     for number in range(1, args.rounds + 1):
-        plain_rounds.append(asyncio.run(plain(args.url, args.messages)))
-        kit_rounds.append(asyncio.run(kit(args.url, args.messages)))
+        # Alternate which goes first, so neither always follows the deletion of the other's queue.
+        order = (plain, kit) if number % 2 else (kit, plain)
+        first, second = (asyncio.run(run(args.url, args.messages)) for run in order)
+        plain_rounds.append(first if order[0] is plain else second)
+        kit_rounds.append(second if order[0] is plain else first)
         print(
             f"round {number}/{args.rounds}: kit / aio-pika publish "
             f"{kit_rounds[-1].publish_rate / plain_rounds[-1].publish_rate:.2f}, consume "

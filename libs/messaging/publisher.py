@@ -45,6 +45,12 @@ class Publisher:
         )
         await declare(self._channel, self._topology)
 
+    async def connected(self) -> None:
+        """Returns once the connection is up (again, after a drop)."""
+        if self._connection is None:
+            raise PublishFailed("publisher not started")
+        await self._connection.connected.wait()
+
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()

@@ -4,8 +4,9 @@
   whose message TTL dead-letters it back (no delayed-message plugin needed); after
   `max_deliveries`, or at once on a permanent error, it is rejected into `<queue>.dlq`.
   The queue's `x-delivery-limit` is the backstop for a message that crashes its consumers.
-- Commands go to the direct exchange `emporium.commands` (routing key = queue name), domain
-  events to the topic exchange `emporium.events` (routing key `<domain>.<Event>`).
+- Commands go through the default exchange straight to the work queue they name (the routing
+  key is the queue name; mandatory routing makes a missing queue an error), domain events to the
+  topic exchange `emporium.events` (routing key `<domain>.<Event>`).
 - Event streams are RabbitMQ streams bound to the events exchange: an immutable log that
   consumers read from an offset.
 """
@@ -18,15 +19,15 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel
 
 EVENTS_EXCHANGE = "emporium.events"
-COMMANDS_EXCHANGE = "emporium.commands"
+COMMANDS_EXCHANGE = ""  # the default exchange: routes to the queue named by the routing key
 DEAD_LETTER_EXCHANGE = "emporium.dead-letter"
 
 
 @dataclass(frozen=True)
 class WorkQueue:
     name: str
-    # Extra (exchange, routing key) bindings; every work queue also takes commands
-    # addressed to its name.
+    # (exchange, routing key) bindings: events this queue takes besides the commands
+    # addressed to it by name.
     bindings: tuple[tuple[str, str], ...] = ()
     max_deliveries: int = 5
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0)
@@ -74,9 +75,8 @@ class Topology:
 
 async def declare(channel: AbstractChannel, topology: Topology) -> None:
     events = await channel.declare_exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True)
-    commands = await channel.declare_exchange(COMMANDS_EXCHANGE, ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.DIRECT, durable=True)
-    exchanges = {EVENTS_EXCHANGE: events, COMMANDS_EXCHANGE: commands}
+    exchanges = {EVENTS_EXCHANGE: events}
     for work in topology.all_work_queues():
         dlq = await channel.declare_queue(
             work.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
@@ -92,7 +92,6 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
                 "x-delivery-limit": work.max_deliveries,
             },
         )
-        await queue.bind(commands, routing_key=work.name)
         for exchange, routing_key in work.bindings:
             await queue.bind(exchanges[exchange], routing_key=routing_key)
         for delay in sorted(set(work.retry_delays)):

@@ -148,5 +148,11 @@ async def test_consumer_resumes_and_publishes_stay_bounded_after_a_cut(amqp_url:
         await asyncio.wait_for(consumer.wait_until(lambda: "after" in seen), allowed)
         assert time.monotonic() - restored <= allowed
         assert consumer.sessions == 2
+        # The publisher reconnected by itself too.
+        await asyncio.wait_for(pub.connected(), allowed)
+        await pub.publish(command(WORK.name, "through the proxy again"))
+        await asyncio.wait_for(
+            consumer.wait_until(lambda: "through the proxy again" in seen), allowed
+        )
     await consumer.stop()
     await proxy.cut()
