@@ -112,8 +112,8 @@ class LocalBroker:
 
 async def _accepting(port: int) -> bool:
     try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+    except (OSError, TimeoutError):
         return False
     writer.close()
     return True
