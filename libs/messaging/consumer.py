@@ -174,6 +174,8 @@ class _Session:
         # Stop (or restart): no new messages; the ones in flight finish and are acked.
         with contextlib.suppress(Exception):
             await queue.cancel(tag)
+        self.consuming.clear()  # no new messages from here on
+        self._progressed()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), self._grace)
 

@@ -109,7 +109,8 @@ async def test_graceful_stop_finishes_in_flight_messages(amqp_url: str) -> None:
         await pub.publish(command(WORK.name, "waiting"))
     await started.wait()
     stopping = asyncio.create_task(consumer.stop(grace=5))
-    await asyncio.sleep(0)  # let stop() cancel the subscription first
+    # The subscription is cancelled before the message in flight may finish.
+    await asyncio.wait_for(consumer.wait_until(lambda: not consumer.consuming.is_set()), 5)
     release.set()
     await stopping
     assert finished == ["slow"]
