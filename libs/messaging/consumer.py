@@ -255,10 +255,16 @@ class WorkConsumer(_Session):
         await channel.set_qos(prefetch_count=self._prefetch)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            async with self._slots:
-                await self._handle(channel, message)
+            # The client cancels these tasks when the connection drops; the handler finishes
+            # anyway (its ack is then lost, the message comes back, and the inbox absorbs it)
+            # rather than stopping at an arbitrary await, say halfway through its commit.
+            await asyncio.shield(self._in_slot(channel, message))
 
         return await queue.consume(on_message)
+
+    async def _in_slot(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
+        async with self._slots:
+            await self._handle(channel, message)
 
     async def _handle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         try:
@@ -420,7 +426,8 @@ class StreamConsumer(_Session):
                         await message.ack()
                     return
                 try:
-                    await self._handle(message, offset)
+                    # Finishes even if the client cancels this task on a dropped connection.
+                    await asyncio.shield(self._handle(message, offset))
                 except Exception:
                     log.exception(
                         "stream handler failed; re-reading from the stored offset",
