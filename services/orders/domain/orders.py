@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument, not_found
 from libs.runtime.pagination import page_request
-from services.orders.domain.model import ORDER_PREFIX, Order, OrderLine, OrderState
+from libs.runtime.resource_names import resource_id
+from services.orders.domain.model import Order, OrderLine, OrderState
 from services.orders.domain.order_feed import FeedClosed, OrderFeed
 from services.orders.domain.ports import OrderRepository, ProductCatalog, StockReservations
 
-PRODUCT_PREFIX = "products/"
 log = logging.getLogger("emporium.orders")
 
 
@@ -193,28 +193,8 @@ class Orders:
 
 
 def order_id_of(name: str) -> str:
-    order_id = name.removeprefix(ORDER_PREFIX)
-    if not name.startswith(ORDER_PREFIX) or not order_id or "/" in order_id:
-        raise invalid_argument(
-            "INVALID_RESOURCE_NAME",
-            f"{name!r} is not orders/{{order}}",
-            [FieldViolation("name", "must look like orders/{order}", "INVALID_RESOURCE_NAME")],
-        )
-    return order_id
+    return resource_id(name, "orders/{order}")
 
 
 def _product_id(name: str, index: int) -> str:
-    product_id = name.removeprefix(PRODUCT_PREFIX)
-    if not name.startswith(PRODUCT_PREFIX) or not product_id:
-        raise invalid_argument(
-            "INVALID_RESOURCE_NAME",
-            f"{name!r} is not products/{{product}}",
-            [
-                FieldViolation(
-                    f"order.lines[{index}].product",
-                    "must look like products/{product}",
-                    "INVALID_RESOURCE_NAME",
-                )
-            ],
-        )
-    return product_id
+    return resource_id(name, "products/{product}", f"order.lines[{index}].product")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument, not_found
+from libs.runtime.errors import DomainError, ErrorKind, not_found
 from libs.runtime.pagination import page_request
-from services.payments.domain.model import PAYMENT_PREFIX, ChargeRequest, Payment, PaymentState
+from libs.runtime.resource_names import resource_id
+from services.payments.domain.model import ChargeRequest, Payment, PaymentState
 from services.payments.domain.ports import PaymentProvider, PaymentRepository
 
 log = logging.getLogger("emporium.payments")
@@ -63,11 +64,4 @@ class Payments:
 
 
 def payment_id_of(name: str) -> str:
-    payment_id = name.removeprefix(PAYMENT_PREFIX)
-    if not name.startswith(PAYMENT_PREFIX) or not payment_id or "/" in payment_id:
-        raise invalid_argument(
-            "INVALID_RESOURCE_NAME",
-            f"{name!r} is not payments/{{payment}}",
-            [FieldViolation("name", "must look like payments/{payment}", "INVALID_RESOURCE_NAME")],
-        )
-    return payment_id
+    return resource_id(name, "payments/{payment}")
