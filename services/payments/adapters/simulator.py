@@ -118,22 +118,19 @@ class SimulatedProvider:
 
 def ledger_charges(ledger: Path) -> dict[str, int]:
     """How many charges moved money, per idempotency key (for tests and operators)."""
-    connection = sqlite3.connect(ledger)
-    try:
-        rows = connection.execute(
-            "SELECT idempotency_key, count(*) FROM charges GROUP BY idempotency_key"
-        ).fetchall()
-    finally:
-        connection.close()
-    return {key: count for key, count in rows}
+    return _per_key(ledger, "charges")
 
 
 def ledger_requests(ledger: Path) -> dict[str, int]:
     """How many charge requests arrived, per idempotency key."""
+    return _per_key(ledger, "requests")
+
+
+def _per_key(ledger: Path, table: str) -> dict[str, int]:
     connection = sqlite3.connect(ledger)
     try:
         rows = connection.execute(
-            "SELECT idempotency_key, count(*) FROM requests GROUP BY idempotency_key"
+            f"SELECT idempotency_key, count(*) FROM {table} GROUP BY idempotency_key"
         ).fetchall()
     finally:
         connection.close()
