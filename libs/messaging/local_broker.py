@@ -8,10 +8,11 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from libs.runtime.server import free_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
@@ -28,7 +29,7 @@ class LocalBroker:
                 f"{SERVER} not found: install Debian's rabbitmq-server (tools/setup does)"
             )
         self.directory = directory.resolve()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.node = f"{name}-{self.port}@localhost"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -46,7 +47,7 @@ class LocalBroker:
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(_free_port()),
+            "RABBITMQ_DIST_PORT": str(free_port()),
             "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"),
             "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
@@ -117,9 +118,3 @@ async def _accepting(port: int) -> bool:
         return False
     writer.close()
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

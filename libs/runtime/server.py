@@ -306,7 +306,7 @@ def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSetti
     """Starts `settings.workers` copies of this service on one port (the kernel spreads new
     connections over them), forwards SIGTERM/SIGINT, and returns when all have exited."""
     prefix = settings_cls._prefix()
-    port = settings.port or _free_port(settings.host)
+    port = settings.port or free_port(settings.host)
     env = {**os.environ, SHARED_PORT_ENV: "1", f"{prefix}PORT": str(port), f"{prefix}WORKERS": "1"}
     workers = [
         subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env)
@@ -325,7 +325,8 @@ def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSetti
     return max(codes, key=abs)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for a process that cannot bind port 0 itself)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
