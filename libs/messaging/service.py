@@ -13,22 +13,31 @@ from libs.storage.database import Database
 
 
 class ServiceMessaging:
+    """With `database`, the service publishes through its outbox (publisher and relay);
+    without, it only consumes."""
+
     def __init__(
         self,
         options: BrokerOptions,
         topology: Topology,
-        database: Database,
+        database: Database | None,
         *,
         outbox_poll_seconds: float = 1.0,
     ) -> None:
-        self.options = options
-        self.topology = topology
-        self.publisher = Publisher(options, topology)
-        self.relay = OutboxRelay(database, self.publisher, poll_interval=outbox_poll_seconds)
+        self._outbox: tuple[Publisher, OutboxRelay] | None = None
+        if database is not None:
+            publisher = Publisher(options, topology)
+            relay = OutboxRelay(database, publisher, poll_interval=outbox_poll_seconds)
+            self._outbox = (publisher, relay)
         self.consumers: list[WorkConsumer | StreamConsumer] = []
 
     def add(self, consumer: WorkConsumer | StreamConsumer) -> None:
         self.consumers.append(consumer)
+
+    def outbox_written(self) -> None:
+        """Call after committing outbox rows: the relay publishes them at once."""
+        if self._outbox is not None:
+            self._outbox[1].notify()
 
     def attach(self, app: GrpcApp) -> None:
         """Starts with the server; on shutdown stops consuming and lets in-flight messages
@@ -36,8 +45,10 @@ class ServiceMessaging:
         grace = app.settings.grace_seconds
 
         async def start() -> None:
-            await self.publisher.start()  # declares the topology before anyone consumes
-            self.relay.start()
+            if self._outbox is not None:
+                publisher, relay = self._outbox
+                await publisher.start()  # declares the topology before anyone consumes
+                relay.start()
             for consumer in self.consumers:
                 consumer.start()
 
@@ -46,8 +57,10 @@ class ServiceMessaging:
                 await consumer.stop(grace)
 
         async def close() -> None:
-            await self.relay.stop()
-            await self.publisher.close()
+            if self._outbox is not None:
+                publisher, relay = self._outbox
+                await relay.stop()
+                await publisher.close()
 
         app.on_start(start)
         app.on_shutdown(drain)

@@ -55,7 +55,7 @@ async def wire(settings: NotificationsSettings) -> Notifications:
         start=settings.start_from,
         prefetch=settings.prefetch,
     )
-    messaging = ServiceMessaging(settings.broker(), Topology(), database)
+    messaging = ServiceMessaging(settings.broker(), Topology(), None)  # it publishes nothing
     messaging.add(consumer)
     # No RPCs of its own: the server is there for health checks (and the mesh).
     app = GrpcApp("notifications", settings, domain="notifications.emporium.dev", policy={})

@@ -47,7 +47,7 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     )
     feed = OrderFeed()
     orders = Orders(
-        SqlOrderRepository(database, messaging.relay.notify),
+        SqlOrderRepository(database, messaging.outbox_written),
         GrpcProductCatalog(catalog),
         GrpcStockReservations(inventory),
         feed,

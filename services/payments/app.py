@@ -29,7 +29,7 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
         decline_rate=settings.provider_decline_rate,
         transient_failure_rate=settings.provider_transient_failure_rate,
     )
-    payments = Payments(SqlPaymentRepository(database, messaging.relay.notify), provider)
+    payments = Payments(SqlPaymentRepository(database, messaging.outbox_written), provider)
     (charge_queue,) = shape.work_queues
     assert charge_queue.name == CHARGE_QUEUE
     messaging.add(
