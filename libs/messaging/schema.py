@@ -4,9 +4,8 @@ offsets. A service adds `messaging_migration(n)` to its migrations."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.storage.database import Migration
+from libs.storage.database import Migration, creating_tables
 
 metadata = sa.MetaData()
 
@@ -43,7 +42,4 @@ stream_offsets = sa.Table(
 
 
 def messaging_migration(version: int) -> Migration:
-    async def create(connection: AsyncConnection) -> None:
-        await connection.run_sync(metadata.create_all)
-
-    return Migration(version, "messaging: outbox, inbox, stream offsets", create)
+    return creating_tables(version, "messaging: outbox, inbox, stream offsets", metadata)

@@ -37,6 +37,15 @@ class Migration:
     apply: Callable[[AsyncConnection], Awaitable[None]]
 
 
+def creating_tables(version: int, description: str, metadata: sa.MetaData) -> Migration:
+    """A migration that creates the tables of `metadata` that do not exist yet."""
+
+    async def create(connection: AsyncConnection) -> None:
+        await connection.run_sync(metadata.create_all)
+
+    return Migration(version, description, create)
+
+
 class Database:
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         parsed = make_url(url)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
-from libs.storage.database import Database, Migration
+from libs.storage.database import Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.catalog.domain.model import (
     ChangeType,
@@ -76,11 +76,7 @@ create_requests = sa.Table(
 )
 
 
-async def _create_schema(connection: AsyncConnection) -> None:
-    await connection.run_sync(metadata.create_all)
-
-
-MIGRATIONS = (Migration(1, "products, labels, change log, create request ids", _create_schema),)
+MIGRATIONS = (creating_tables(1, "products, labels, change log, create request ids", metadata),)
 
 _ORDER_COLUMNS = {
     "title": products.c.title,

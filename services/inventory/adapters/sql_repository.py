@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
-from libs.storage.database import Database, Migration
+from libs.storage.database import Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.inventory.domain.model import Line, Reservation, ReservationState, StockLevel
 from services.inventory.domain.repository import ReserveRequest
@@ -49,11 +49,7 @@ reservation_lines = sa.Table(
 )
 
 
-async def _create_schema(connection: AsyncConnection) -> None:
-    await connection.run_sync(metadata.create_all)
-
-
-MIGRATIONS = (Migration(1, "stock, reservations, reservation lines", _create_schema),)
+MIGRATIONS = (creating_tables(1, "stock, reservations, reservation lines", metadata),)
 
 
 class SqlInventoryRepository:

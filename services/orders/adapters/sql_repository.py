@@ -14,7 +14,7 @@ from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind
-from libs.storage.database import Database, Migration
+from libs.storage.database import Database, Migration, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.orders.adapters.order_messages import created_messages, state_event
 from services.orders.domain.model import Order, OrderLine, OrderState
@@ -43,10 +43,6 @@ order_requests = sa.Table(
 )
 
 
-async def _create_schema(connection: AsyncConnection) -> None:
-    await connection.run_sync(metadata.create_all)
-
-
 async def _add_payment_method(connection: AsyncConnection) -> None:
     # Databases made by migration 1 before this column existed get it here; newer ones
     # already have it from the table definition.
@@ -63,7 +59,7 @@ async def _add_payment_method(connection: AsyncConnection) -> None:
 
 
 MIGRATIONS = (
-    Migration(1, "orders and their request ids", _create_schema),
+    creating_tables(1, "orders and their request ids", metadata),
     Migration(2, "orders: payment method", _add_payment_method),
     messaging_migration(3),
 )

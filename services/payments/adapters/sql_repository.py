@@ -15,7 +15,7 @@ from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind
-from libs.storage.database import Database, Migration
+from libs.storage.database import Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros
 from services.payments.domain.model import ChargeOutcome, ChargeRequest, Payment, PaymentState
 
@@ -40,11 +40,7 @@ payments = sa.Table(
 )
 
 
-async def _create_schema(connection: AsyncConnection) -> None:
-    await connection.run_sync(metadata.create_all)
-
-
-MIGRATIONS = (Migration(1, "payments", _create_schema), messaging_migration(2))
+MIGRATIONS = (creating_tables(1, "payments", metadata), messaging_migration(2))
 
 
 class SqlPaymentRepository:
