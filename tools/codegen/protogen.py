@@ -36,6 +36,7 @@ _THIRD_PARTY_MODULES = (
     "google.protobuf.timestamp_pb2",
     "google.protobuf.duration_pb2",
     "google.protobuf.struct_pb2",
+    "google.protobuf.descriptor_pb2",
 )
 PROTOVALIDATE_FILE = "buf/validate/validate.proto"
 STUBBED_FILES = (
