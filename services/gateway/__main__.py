@@ -1,0 +1,43 @@
+"""`python -m services.gateway`: the HTTP front door (REST/JSON, GraphQL, SSE) on uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+import uvicorn
+
+from libs.runtime.config import ConfigError, load_settings
+from libs.telemetry.logging import configure_logging
+from libs.telemetry.tracing import configure_tracing
+from services.gateway.app import build
+from services.gateway.config import GatewaySettings
+
+
+def main() -> None:
+    try:
+        settings = load_settings(GatewaySettings)
+    except ConfigError as error:
+        print(f"GatewaySettings: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging("gateway", settings.log_level)
+    configure_tracing("gateway", settings.trace_exporter)
+    # Bind first, so port 0 is resolved before the app logs `serving` with the real port.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((settings.host, settings.port))
+    settings = settings.model_copy(update={"port": listener.getsockname()[1]})
+    gateway = build(settings)
+    config = uvicorn.Config(
+        gateway.app,
+        log_config=None,  # our JSON logs; the access log is the gateway's own
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.grace_seconds),
+        lifespan="on",
+    )
+    asyncio.run(uvicorn.Server(config).serve(sockets=[listener]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Wiring: the ASGI app from the contracts, its upstreams and stores, by plain constructors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, descriptor_pb2, json_format
+from graphql import GraphQLSchema, graphql
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+
+from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
+from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from emporium.identity.v1 import identity_service_pb2 as identity_pb
+from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from emporium.orders.v1 import orders_service_pb2 as orders_pb
+from emporium.orders.v1 import orders_service_pb2_grpc as orders_grpc
+from emporium.payments.v1 import payments_service_pb2 as payments_pb
+from emporium.payments.v1 import payments_service_pb2_grpc as payments_grpc
+from libs.resilience.backoff import Backoff
+from libs.resilience.breaker import BreakerPolicy
+from libs.rpcclient.channels import ChannelFactory
+from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
+from libs.rpcclient.upstream import Upstream, UpstreamPolicy
+from libs.runtime.deadline import inbound_deadline
+from libs.security.credentials import CertificateFiles
+from libs.security.tokens import Jwks, JwksCache, TokenVerifier
+from services.gateway.caching import ResponseCache
+from services.gateway.config import GatewaySettings
+from services.gateway.dispatch import Dispatcher
+from services.gateway.graphql_api import SchemaBuilder
+from services.gateway.idempotency import (
+    IdempotencyStore,
+    LocalIdempotencyStore,
+    RedisIdempotencyStore,
+)
+from services.gateway.observability import RequestTelemetry
+from services.gateway.openapi import build_document, docs_page
+from services.gateway.problems import Problem
+from services.gateway.ratelimit import BucketPolicy, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from services.gateway.references import References
+from services.gateway.rest import Authenticator, Limits, RestApi
+from services.gateway.routes import ExposedService, Router, build_routes
+
+log = logging.getLogger("emporium.gateway")
+
+
+def _exposed(upstream: str, messages: Any, grpc_module: Any, service: str) -> ExposedService:
+    return ExposedService(upstream, grpc_module, messages.DESCRIPTOR.services_by_name[service])
+
+
+# The services behind the front door. Their annotated RPCs become routes by themselves; a new
+# service needs one line here (its upstream and generated module).
+EXPOSED = (
+    _exposed("identity", identity_pb, identity_grpc, "IdentityService"),
+    _exposed("catalog", catalog_pb, catalog_grpc, "CatalogService"),
+    _exposed("inventory", inventory_pb, inventory_grpc, "InventoryService"),
+    _exposed("orders", orders_pb, orders_grpc, "OrdersService"),
+    _exposed("payments", payments_pb, payments_grpc, "PaymentsService"),
+)
+
+
+@dataclass
+class Gateway:
+    """The ASGI app and what it owns (for tests and the bench)."""
+
+    app: Any
+    settings: GatewaySettings
+    upstreams: dict[str, Upstream]
+    cache: ResponseCache
+    jwks: JwksCache
+    skipped: list[str] = field(default_factory=list)
+
+
+def _resolver(settings: GatewaySettings) -> Resolver:
+    if settings.discovery == "local":
+        return LocalRegistry(settings.registry_file)
+    return KubernetesDns(settings.kubernetes_namespace)
+
+
+def _upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
+    credentials = None
+    if settings.security == "mtls":
+        credentials = CertificateFiles.for_service(settings.certs_dir, "gateway")
+    channels = ChannelFactory(
+        _resolver(settings),
+        credentials=credentials.channel_credentials() if credentials else None,
+    )
+    policy = UpstreamPolicy(
+        default_timeout=settings.request_timeout_seconds,
+        breaker=BreakerPolicy(cooldown=settings.upstream_breaker_cooldown_seconds),
+    )
+    names = {exposed.upstream for exposed in EXPOSED}
+    return {name: Upstream(name, channels.channel(name), policy) for name in sorted(names)}
+
+
+async def _watch_catalog(upstream: Upstream, cache: ResponseCache) -> None:
+    """Empties the response cache at every catalog change; keeps it off while disconnected.
+
+    A plain stub on the upstream's channel, not the client kit: this is a feed the gateway
+    keeps open for its lifetime (reconnecting with backoff), and catalog sends the stream's
+    headers once the watcher is subscribed, which is when the cache may turn on."""
+    stub = catalog_grpc.CatalogServiceStub(upstream.channel)
+    backoff = Backoff()
+    attempt = 0
+    while True:
+        call = stub.WatchProducts(catalog_pb.WatchProductsRequest())
+        try:
+            await call.initial_metadata()
+            cache.invalidate(enabled=True)
+            attempt = 0
+            async for _change in call:
+                cache.invalidate()
+        except grpc.aio.AioRpcError as error:
+            log.info("catalog change feed lost; cache off", extra={"code": error.code().name})
+        finally:
+            call.cancel()
+        cache.invalidate(enabled=False)
+        attempt += 1
+        await asyncio.sleep(backoff.delay(attempt))
+
+
+def build(settings: GatewaySettings) -> Gateway:
+    upstreams = _upstreams(settings)
+    routes, skipped = build_routes(EXPOSED)
+    for reason in skipped:
+        log.warning("RPC not exposed", extra={"why": reason})
+    dispatcher = Dispatcher(EXPOSED, upstreams)
+    identity = upstreams["identity"].stub(identity_grpc.IdentityServiceStub)
+
+    async def fetch_jwks() -> Jwks:
+        return json_format.MessageToDict(await identity.GetJwks(identity_pb.GetJwksRequest()))
+
+    jwks = JwksCache(fetch_jwks, refetch_interval=settings.jwks_refetch_seconds)
+    verifier = TokenVerifier(
+        jwks,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        leeway_seconds=settings.clock_skew_seconds,
+    )
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    limiter: RateLimiter = RedisRateLimiter(redis) if redis else LocalRateLimiter()
+    idempotency: IdempotencyStore = (
+        RedisIdempotencyStore(
+            redis, settings.idempotency_ttl_seconds, settings.request_timeout_seconds * 2
+        )
+        if redis
+        else LocalIdempotencyStore(
+            settings.idempotency_ttl_seconds, settings.request_timeout_seconds * 2
+        )
+    )
+    cache = ResponseCache(settings.cache_ttl_seconds)
+    references = References(routes, dispatcher)
+    buckets = {
+        "read": BucketPolicy(settings.rate_read_burst, settings.rate_read_per_second),
+        "write": BucketPolicy(settings.rate_write_burst, settings.rate_write_per_second),
+    }
+    limits = Limits(
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout=settings.request_timeout_seconds,
+        stream_timeout=settings.stream_timeout_seconds,
+        trusted_proxies=settings.trusted_proxies,
+        buckets=buckets,
+    )
+    authenticator = Authenticator(verifier)
+    rest = RestApi(
+        Router(routes), dispatcher, authenticator, limiter, idempotency, cache, references, limits
+    )
+    full_view = {
+        r.operation_id for r in routes if r.safe and references.has_references(r.method.output_type)
+    }
+    document = build_document(routes, title="Emporium", full_view=full_view)
+    schema = SchemaBuilder(dispatcher, references).build(routes)
+    openapi_body = json.dumps(document).encode()
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_body, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_page(document))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def graphql_endpoint(request: Request) -> Response:
+        return await _graphql(request, schema, rest, authenticator, settings)
+
+    async def rest_endpoint(request: Request) -> Response:
+        # Every upstream call of this request shares its budget (the client kit reads it).
+        with _budget(settings.request_timeout_seconds):
+            return await rest(request)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(_watch_catalog(upstreams["catalog"], cache))
+        log.info("serving", extra={"port": settings.port, "routes": len(routes)})
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            for upstream in upstreams.values():
+                await upstream.close()
+            if redis is not None:
+                await redis.aclose()
+
+    every_verb = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+    app = Starlette(
+        routes=[
+            HttpRoute("/openapi.json", openapi, methods=["GET"]),
+            HttpRoute("/docs", docs, methods=["GET"]),
+            HttpRoute("/healthz", healthz, methods=["GET"]),
+            HttpRoute("/graphql", graphql_endpoint, methods=["GET", "POST"]),
+            HttpRoute("/{path:path}", rest_endpoint, methods=every_verb),
+        ],
+        lifespan=lifespan,
+    )
+    return Gateway(RequestTelemetry(app), settings, upstreams, cache, jwks, skipped)
+
+
+@contextlib.contextmanager
+def _budget(seconds: float) -> Iterator[None]:
+    token = inbound_deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        inbound_deadline.reset(token)
+
+
+async def _graphql(
+    request: Request,
+    schema: GraphQLSchema,
+    rest: RestApi,
+    authenticator: Authenticator,
+    settings: GatewaySettings,
+) -> Response:
+    request.state.route = "/graphql"
+    headers: dict[str, str] = {}
+    try:
+        principal = await authenticator.principal(request.headers.get("authorization"))
+        request.state.principal = principal.subject
+        if request.method == "GET":
+            payload: Any = {
+                "query": request.query_params.get("query", ""),
+                "variables": json.loads(request.query_params.get("variables") or "{}"),
+                "operationName": request.query_params.get("operationName"),
+            }
+        else:
+            payload = json.loads(await rest.read_body(request) or b"{}")
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            raise Problem(400, 'send {"query": "..."} as JSON', reason="INVALID_REQUEST")
+    except Problem as problem:
+        problem.headers = {**headers, **problem.headers}
+        return problem.response(request.url.path, request.state.request_id)
+    except ValueError:
+        return Problem(400, "the body is not JSON", reason="INVALID_REQUEST").response(
+            request.url.path, request.state.request_id
+        )
+
+    async def rate_limit(method: descriptor.MethodDescriptor) -> None:
+        reads = (
+            method.GetOptions().idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+        )
+        route_class = "read" if reads else "write"
+        await rest.rate_limit(request, principal, route_class, headers)
+
+    with _budget(settings.request_timeout_seconds):
+        result = await graphql(
+            schema,
+            payload["query"],
+            variable_values=payload.get("variables") or None,
+            operation_name=payload.get("operationName"),
+            context_value={"principal": principal, "rate_limit": rate_limit},
+        )
+    body: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        body["errors"] = [error.formatted for error in result.errors]
+    status = 200 if result.data is not None or not result.errors else 400
+    return JSONResponse(body, status_code=status, headers=headers)

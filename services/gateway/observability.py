@@ -1,0 +1,75 @@
+"""Per-request telemetry, as pure ASGI middleware (it must not buffer SSE streams): a server
+span continuing the caller's `traceparent`, the request id (X-Request-ID, echoed or made), and
+one JSON access-log line per request when it ends."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.telemetry.logging import request_id
+
+access_log = logging.getLogger("emporium.gateway.access")
+_tracer = trace.get_tracer("emporium.gateway")
+_MAX_REQUEST_ID = 200
+
+
+class RequestTelemetry:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming = headers.get("x-request-id", "")
+        rid = incoming if 0 < len(incoming) <= _MAX_REQUEST_ID else uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+        token = request_id.set(rid)
+        parent = propagate.extract(headers)
+        span = _tracer.start_span(
+            f"{scope['method']} {scope['path']}", context=parent, kind=SpanKind.SERVER
+        )
+        attached = context.attach(trace.set_span_in_context(span, parent))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = state.get("route", scope["path"])
+            span.update_name(f"{scope['method']} {route}")
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            span_context = span.get_span_context()
+            access_log.info(
+                "request",
+                extra={
+                    "http_method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "principal": state.get("principal") or "anonymous",
+                    "trace_id": format(span_context.trace_id, "032x"),
+                },
+            )
+            span.end()
+            context.detach(attached)
+            request_id.reset(token)

@@ -1,0 +1,300 @@
+"""OpenAPI 3.1 for the routes, generated from the same descriptors the gateway serves.
+
+Path templates are expanded so that every path parameter is one segment
+(`/v1/{name=orders/*}` → `/v1/orders/{order}`), messages become component schemas in their
+proto3 JSON form, field behaviours become readOnly/writeOnly, and every operation documents its
+problem+json errors and who may call it (`x-emporium-access`).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from google.api import field_behavior_pb2
+from google.protobuf import descriptor
+from google.protobuf.descriptor import FieldDescriptor
+
+from services.gateway.routes import Route
+from services.gateway.transcoding import json_name
+
+_VARIABLE = re.compile(r"\{(?P<field>[a-z_][a-z0-9_.]*)(?:=(?P<pattern>[^}]+))?\}")
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number"},
+    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0},
+    # proto3 JSON writes 64-bit integers as strings and reads either form.
+    FieldDescriptor.TYPE_INT64: {"type": ["string", "integer"], "format": "int64"},
+    FieldDescriptor.TYPE_SINT64: {"type": ["string", "integer"], "format": "int64"},
+    FieldDescriptor.TYPE_SFIXED64: {"type": ["string", "integer"], "format": "int64"},
+    FieldDescriptor.TYPE_UINT64: {"type": ["string", "integer"], "format": "uint64"},
+    FieldDescriptor.TYPE_FIXED64: {"type": ["string", "integer"], "format": "uint64"},
+}
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
+    "google.protobuf.FieldMask": {"type": "string", "description": "comma-separated field paths"},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Value": {},
+}
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details with the gRPC status's ErrorInfo and BadRequest",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "code": {"type": "string", "description": "the gRPC status code"},
+        "reason": {"type": "string", "description": "google.rpc.ErrorInfo.reason"},
+        "domain": {"type": "string"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "violations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "description": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
+        "request_id": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+
+
+def openapi_path(template: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """(OpenAPI path, [(parameter, request field, its literal prefix)]) for a template."""
+    path = ""
+    parameters: list[tuple[str, str, str]] = []
+    position = 0
+    for match in _VARIABLE.finditer(template):
+        path += template[position : match.start()]
+        segments = (match["pattern"] or "*").split("/")
+        rendered = []
+        for index, segment in enumerate(segments):
+            if segment in ("*", "**"):
+                before = segments[index - 1] if index else match["field"].split(".")[-1]
+                parameter = before.removesuffix("s") if before.endswith("s") else before
+                rendered.append("{" + parameter + "}")
+                parameters.append((parameter, match["field"], "/".join(segments[:index])))
+            else:
+                rendered.append(segment)
+        path += "/".join(rendered)
+        position = match.end()
+    return path + template[position:], parameters
+
+
+def _behaviors(field: FieldDescriptor) -> set[int]:
+    options = field.GetOptions()
+    return set(options.Extensions[field_behavior_pb2.field_behavior])
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, dict[str, Any]] = {}
+
+    def ref(self, message_type: descriptor.Descriptor) -> dict[str, Any]:
+        if message_type.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[message_type.full_name])
+        name = message_type.full_name
+        if name not in self.components:
+            self.components[name] = {}  # placeholder: recursive messages refer to themselves
+            self.components[name] = self._object(message_type)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _object(self, message_type: descriptor.Descriptor) -> dict[str, Any]:
+        properties = {}
+        for field in message_type.fields:
+            schema = self.field(field)
+            behaviors = _behaviors(field)
+            if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+                schema["readOnly"] = True
+            if field_behavior_pb2.INPUT_ONLY in behaviors:
+                schema["writeOnly"] = True
+            properties[json_name(field)] = schema
+        return {"type": "object", "properties": properties}
+
+    def field(self, field: FieldDescriptor) -> dict[str, Any]:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value = field.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.single(value)}
+        single = self.single(field)
+        if field.is_repeated:
+            return {"type": "array", "items": single}
+        return single
+
+    def single(self, field: FieldDescriptor) -> dict[str, Any]:
+        if field.message_type is not None:
+            return self.ref(field.message_type)
+        if field.enum_type is not None:
+            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+        return dict(_SCALARS[field.type])
+
+
+def _query_parameters(
+    schemas: _Schemas, message_type: descriptor.Descriptor, bound: set[str]
+) -> list[dict[str, Any]]:
+    parameters = []
+    for field in message_type.fields:
+        if field.name in bound or json_name(field) in bound:
+            continue
+        is_message = field.message_type is not None
+        if is_message and field.message_type.full_name not in _WELL_KNOWN:
+            continue  # nested messages go in bodies, not query strings
+        if _behaviors(field) & {field_behavior_pb2.OUTPUT_ONLY}:
+            continue
+        schema = schemas.field(field)
+        parameters.append(
+            {"name": field.name, "in": "query", "required": False, "schema": schema}
+            | ({"explode": True} if field.is_repeated else {})
+        )
+    return parameters
+
+
+def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) -> dict[str, Any]:
+    """`full_view`: operation ids that accept `?view=FULL` (their responses hold references)."""
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        path, path_parameters = openapi_path(route.template)
+        method = route.method
+        parameters: list[dict[str, Any]] = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": r"^[^/:?#]+$"},
+                "description": f"the last segment of `{field}` ({prefix}/…)",
+            }
+            for name, field, prefix in path_parameters
+        ]
+        bound = {field.split(".")[0] for _, field, _ in path_parameters}
+        operation: dict[str, Any] = {
+            "operationId": route.operation_id,
+            "summary": f"{method.containing_service.name}.{method.name}",
+            "tags": [method.containing_service.full_name],
+            "x-emporium-access": _access(route),
+            "responses": {
+                "default": {
+                    "description": "an error",
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    },
+                }
+            },
+        }
+        if "anonymous" in route.access.roles:
+            operation["security"] = [{}, {"bearer": []}]
+        if route.body == "*":
+            body_schema = schemas.ref(method.input_type)
+        elif route.body:
+            body_schema = schemas.field(method.input_type.fields_by_name[route.body])
+            bound.add(route.body)
+        if route.body:
+            if route.streams_in:
+                body_schema = {"type": "array", "items": body_schema}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema}},
+            }
+        else:
+            parameters += _query_parameters(schemas, method.input_type, bound)
+        if route.operation_id in full_view:
+            parameters.append(
+                {
+                    "name": "view",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["BASIC", "FULL"]},
+                    "description": "FULL adds the resources this one refers to",
+                }
+            )
+        if route.verb != "GET" and not route.streams_in:
+            parameters.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                }
+            )
+        operation["parameters"] = parameters
+        output = schemas.ref(method.output_type)
+        if route.streams_in and method.server_streaming:
+            content = {"application/json": {"schema": {"type": "array", "items": output}}}
+        elif route.streams_out:
+            content = {"text/event-stream": {"schema": {"type": "string"}}}
+        else:
+            content = {"application/json": {"schema": output}}
+        operation["responses"]["200"] = {"description": "OK", "content": content}
+        if route.verb == "GET" and not route.streams_out:
+            operation["responses"]["304"] = {"description": "not modified (If-None-Match)"}
+        paths.setdefault(path, {})[route.verb.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": "1",
+            "description": "Generated from the Emporium contracts (google.api.http).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {**schemas.components, "Problem": PROBLEM_SCHEMA},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def _access(route: Route) -> dict[str, Any]:
+    access: dict[str, Any] = {"roles": sorted(route.access.roles)}
+    if route.access.owner_roles:
+        access["owner"] = {
+            "roles": sorted(route.access.owner_roles),
+            "field": route.access.request_field or route.access.resource_field,
+        }
+    return access
+
+
+def docs_page(document: dict[str, Any]) -> str:
+    """A self-contained page (no CDN) listing every operation and who may call it."""
+    rows = []
+    for path, operations in document["paths"].items():
+        for verb, operation in operations.items():
+            access = operation["x-emporium-access"]
+            who = ", ".join(access["roles"])
+            if "owner" in access:
+                who += f"; {', '.join(access['owner']['roles'])} (own {access['owner']['field']})"
+            rows.append(
+                f"<tr><td><code>{verb.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(operation['summary'])}</td><td>{html.escape(who)}</td></tr>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Emporium API</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;"
+        "text-align:left;border-bottom:1px solid #ddd}</style></head><body>"
+        "<h1>Emporium API</h1><p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>"
+        " (OpenAPI 3.1) · GraphQL: <a href='/graphql'>/graphql</a>. Errors are "
+        "<code>application/problem+json</code>; send <code>Authorization: Bearer &lt;token&gt;"
+        "</code> from <code>POST /v1/token</code>.</p><table><tr><th>method</th><th>path</th>"
+        "<th>RPC</th><th>who may call</th></tr>" + "".join(rows) + "</table></body></html>"
+    )

@@ -1,0 +1,193 @@
+"""The whole fleet behind a gateway, in one process, for the gateway's tests and bench: identity,
+catalog (sample products), inventory, orders and payments on port 0 found through a registry
+file, and the gateway on uvicorn on port 0. Real SQLite files, a real broker (a fresh vhost)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import uvicorn
+
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from libs.rpcclient.discovery import LocalRegistry
+from libs.testing.rpc import serving
+from services.catalog.app import build as build_catalog
+from services.catalog.config import CatalogSettings
+from services.catalog.seed import SAMPLES
+from services.gateway.app import Gateway, build
+from services.gateway.config import GatewaySettings
+from services.identity.app import build as build_identity
+from services.identity.config import IdentitySettings
+from services.inventory.app import build as build_inventory
+from services.inventory.config import InventorySettings
+from services.orders.app import build as build_orders
+from services.orders.config import OrdersSettings
+from services.payments.app import build as build_payments
+from services.payments.config import PaymentsSettings
+from tools.identity.__main__ import init as init_identity
+
+ISSUER = "https://identity.test"
+PRODUCTS = [f"products/{sample[0].lower()}" for sample in SAMPLES]
+
+
+@dataclass
+class Fleet:
+    directory: Path
+    registry: LocalRegistry
+    gateways: list[Gateway]
+    urls: list[str]
+    inventory: inventory_grpc.InventoryServiceAsyncStub
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def secret(self, account: str) -> str:
+        return (self.directory / "identity" / "secrets" / account).read_text().strip()
+
+    def client(self, index: int = 0, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.urls[index], timeout=30, **kwargs)
+
+    async def token(self, username: str, password: str | None = None) -> str:
+        async with self.client() as http:
+            response = await http.post(
+                "/v1/token",
+                json={
+                    "grant_type": "password",
+                    "username": username,
+                    "password": password or self.secret(username),
+                },
+            )
+        response.raise_for_status()
+        return str(response.json()["accessToken"])
+
+    async def customer(self, user_id: str) -> str:
+        """Signs a customer up and returns their access token."""
+        async with self.client() as http:
+            created = await http.post(
+                "/v1/users", params={"user_id": user_id}, json={"password": "correct horse"}
+            )
+        assert created.status_code == 200, created.text
+        return await self.token(user_id, "correct horse")
+
+    async def stock(self, units: int = 100) -> None:
+        adjust = self.inventory.AdjustStock(None)
+        for product in PRODUCTS:
+            item = "inventory/items/" + product.removeprefix("products/")
+            await adjust.write(inventory_pb.AdjustStockRequest(item=item, delta=units))
+            await adjust.read()
+        await adjust.done_writing()
+
+
+@asynccontextmanager
+async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[Gateway, str]]:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    gateway = build(settings.model_copy(update={"port": port}))
+    config = uvicorn.Config(gateway.app, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)  # uvicorn offers no started event to await
+    try:
+        yield gateway, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
+
+
+@asynccontextmanager
+async def running_fleet(
+    directory: Path,
+    amqp_url: str,
+    *,
+    replicas: int = 1,
+    payments: bool = True,
+    **gateway_settings: Any,
+) -> AsyncIterator[Fleet]:
+    init_identity(directory / "identity")
+    registry = LocalRegistry(directory / "registry.json")
+
+    def sqlite(name: str) -> str:
+        return f"sqlite+aiosqlite:///{directory / name}.sqlite3"
+
+    async with AsyncExitStack() as stack:
+        apps: list[tuple[str, Any]] = [
+            (
+                "identity",
+                await build_identity(
+                    IdentitySettings(
+                        database_url=sqlite("identity"),
+                        keys_dir=directory / "identity" / "keys",
+                        clients_file=directory / "identity" / "clients.json",
+                        users_file=directory / "identity" / "users.json",
+                        issuer=ISSUER,
+                    )
+                ),
+            ),
+            (
+                "catalog",
+                await build_catalog(
+                    CatalogSettings(database_url=sqlite("catalog"), seed_sample_products=True)
+                ),
+            ),
+            (
+                "inventory",
+                await build_inventory(InventorySettings(database_url=sqlite("inventory"))),
+            ),
+        ]
+        channels: dict[str, grpc.aio.Channel] = {}
+        for name, app in apps:
+            channels[name] = await stack.enter_async_context(serving(app))
+            registry.register(name, app.address)
+        orders = await build_orders(
+            OrdersSettings(
+                database_url=sqlite("orders"),
+                amqp_url=amqp_url,
+                outbox_poll_seconds=0.2,
+                registry_file=registry.path,
+                watch_poll_seconds=0.5,
+            )
+        )
+        await stack.enter_async_context(serving(orders))
+        registry.register("orders", orders.address)
+        if payments:
+            payments_app = await build_payments(
+                PaymentsSettings(
+                    database_url=sqlite("payments"),
+                    amqp_url=amqp_url,
+                    provider_ledger=directory / "ledger.sqlite3",
+                    provider_latency_seconds=0,
+                    outbox_poll_seconds=0.2,
+                )
+            )
+            await stack.enter_async_context(serving(payments_app))
+            registry.register("payments", payments_app.address)
+        else:
+            registry.register("payments", "127.0.0.1:9")  # nothing listens: UNAVAILABLE
+        settings = GatewaySettings(registry_file=registry.path, issuer=ISSUER, **gateway_settings)
+        gateways, urls = [], []
+        for _ in range(replicas):
+            gateway, url = await stack.enter_async_context(serve_gateway(settings))
+            gateways.append(gateway)
+            urls.append(url)
+        yield Fleet(
+            directory,
+            registry,
+            gateways,
+            urls,
+            inventory_grpc.InventoryServiceStub(channels["inventory"]),
+        )

@@ -1,0 +1,164 @@
+"""REST through the gateway to the real fleet: the new user's path (acceptance 1 in-process),
+transcoding, pagination, conditional GETs, idempotency keys, SSE, problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet
+
+
+@pytest.fixture
+async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
+    async with running_fleet(tmp_path, amqp_url) as started:
+        await started.stock()
+        yield started
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def sse_messages(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    event, data = "message", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = line.removeprefix("data: ")
+        elif line == "" and data:
+            yield event, json.loads(data)
+            event, data = "message", ""
+
+
+async def test_a_new_customer_orders_and_watches_it_confirm(fleet: Fleet) -> None:
+    token = await fleet.customer("ann")
+    async with fleet.client(headers=bearer(token)) as http:
+        order = {
+            "customer": "customers/ann",
+            "lines": [
+                {"product": PRODUCTS[0], "quantity": 2},
+                {"product": PRODUCTS[1], "quantity": 1},
+            ],
+        }
+        key = str(uuid.uuid4())
+        created = await http.post("/v1/orders", json=order, headers={"Idempotency-Key": key})
+        assert created.status_code == 200, created.text
+        name = created.json()["name"]
+        states = []
+        async with http.stream("GET", f"/v1/{name}:watch") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for event, data in sse_messages(stream):
+                if event == "end":
+                    break
+                assert event == "message", data
+                states.append(data["state"])
+        assert states[0] == "ORDER_STATE_PENDING_PAYMENT"
+        assert states[-1] == "ORDER_STATE_CONFIRMED"
+        full = await http.get(f"/v1/{name}", params={"view": "FULL"})
+        assert full.status_code == 200
+        lines = full.json()["lines"]
+        assert [line["productDetails"]["name"] for line in lines] == PRODUCTS[:2]
+        assert "warnings" not in full.json()
+        replay = await http.post("/v1/orders", json=order, headers={"Idempotency-Key": key})
+        assert replay.json() == created.json()
+        assert replay.headers["idempotent-replayed"] == "true"
+
+
+async def test_products_page_by_page_with_link_headers(fleet: Fleet) -> None:
+    seen: list[str] = []
+    async with fleet.client() as http:
+        url: str | None = "/v1/products?page_size=2&order_by=price"
+        pages = 0
+        while url:
+            page = await http.get(url)
+            assert page.status_code == 200
+            seen += [p["name"] for p in page.json().get("products", [])]
+            pages += 1
+            link = page.headers.get("link")
+            url = link.split(">")[0].removeprefix("<") if link else None
+    assert sorted(seen) == sorted(PRODUCTS)
+    assert pages == (len(PRODUCTS) + 1) // 2
+
+
+async def test_conditional_get_and_cache_invalidated_by_a_change(fleet: Fleet) -> None:
+    staff = await fleet.token("staff")
+    async with fleet.client() as http:
+        first = await http.get(f"/v1/{PRODUCTS[0]}")
+        etag = first.headers["etag"]
+        assert first.headers["cache-control"].startswith("public, max-age=")
+        again = await http.get(f"/v1/{PRODUCTS[0]}", headers={"If-None-Match": etag})
+        assert again.status_code == 304
+        changed = await http.patch(
+            f"/v1/{PRODUCTS[0]}",
+            params={"update_mask": "title"},
+            json={"title": "Renamed"},
+            headers=bearer(staff),
+        )
+        assert changed.status_code == 200, changed.text
+
+        async def fresh() -> httpx.Response:
+            while True:  # the feed invalidates asynchronously; poll until it has
+                response = await http.get(f"/v1/{PRODUCTS[0]}", headers={"If-None-Match": etag})
+                if response.status_code == 200:
+                    return response
+                await asyncio.sleep(0.02)
+
+        response = await asyncio.wait_for(fresh(), 5)
+        assert response.json()["title"] == "Renamed"
+        assert fleet.gateways[0].cache.invalidations >= 2
+
+
+async def test_bad_input_is_problem_json_with_violations(fleet: Fleet) -> None:
+    token = await fleet.customer("bob")
+    async with fleet.client(headers=bearer(token)) as http:
+        bad = await http.post("/v1/orders", json={"customer": "customers/bob", "lines": []})
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == "application/problem+json"
+        problem = bad.json()
+        assert problem["status"] == 400 and problem["code"] == "INVALID_ARGUMENT"
+        assert "order.lines" in [v["field"] for v in problem["violations"]]
+        assert {"type", "title", "detail", "instance"} <= problem.keys()
+        not_json = await http.post(
+            "/v1/orders", content=b"{", headers={"Content-Type": "application/json"}
+        )
+        assert not_json.status_code == 400
+        missing = await http.get("/v1/products/nope")
+        assert missing.status_code == 404 and missing.json()["reason"]
+        unknown = await http.get("/v1/nothing-here")
+        assert unknown.status_code == 404
+        wrong_verb = await http.delete("/v1/orders")
+        assert wrong_verb.status_code == 405 and "POST" in wrong_verb.headers["allow"]
+        # and the gateway keeps serving
+        assert (await http.get("/v1/products")).status_code == 200
+
+
+async def test_body_limit(amqp_url: str, tmp_path: Path) -> None:
+    async with running_fleet(tmp_path, amqp_url, payments=False, max_body_bytes=2048) as fleet:
+        token = await fleet.customer("cyd")
+        async with fleet.client(headers=bearer(token)) as http:
+            big = await http.post("/v1/orders", json={"customer": "x" * 5000})
+    assert big.status_code == 413
+    assert big.json()["reason"] == "BODY_TOO_LARGE"
+
+
+async def test_jwks_openapi_docs_and_request_ids(fleet: Fleet) -> None:
+    async with fleet.client() as http:
+        jwks = await http.get("/.well-known/jwks.json")
+        assert jwks.json()["keys"][0]["kty"] == "OKP"
+        spec = (await http.get("/openapi.json")).json()
+        assert spec["openapi"] == "3.1.0"
+        assert "/v1/orders/{order}" in spec["paths"]
+        docs = await http.get("/docs")
+        assert "CancelOrder" in docs.text
+        echoed = await http.get("/v1/products", headers={"X-Request-ID": "abc-123"})
+        assert echoed.headers["x-request-id"] == "abc-123"
+        assert len((await http.get("/v1/products")).headers["x-request-id"]) >= 16
