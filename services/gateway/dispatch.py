@@ -108,7 +108,10 @@ class Dispatcher:
     ) -> message.Message | list[message.Message]:
         """Client and bidi streams over plain HTTP: a JSON array in, the response (or the
         array of responses) out, once the client's side is complete."""
-        for request in requests:
+        # Every request is checked (ownership may differ per message), and an empty stream
+        # is checked as one empty request, so the roles apply even with nothing to send.
+        empty = message_factory.GetMessageClass(method.input_type)()
+        for request in requests or [empty]:
             await self._authorize(method, request, principal)
 
         async def feed() -> AsyncIterator[message.Message]:
@@ -132,19 +135,34 @@ class Dispatcher:
         *,
         stream_timeout: float,
     ) -> AsyncIterator[message.Message]:
+        """Authorizes, then opens the stream. When ownership depends on the resource, the
+        first message (the resource now) is read and checked before anything is returned, so
+        a refusal is an error response rather than a stream that ends in an error."""
         rule, decision = await self._authorize(method, request, principal)
-        first = True
-        try:
-            async for response in self._call(method)(
-                request, metadata=forwarded(principal), timeout=stream_timeout
-            ):
-                owner_check = first and decision is Decision.CHECK_RESOURCE
-                if owner_check and not rule.owns(principal, response):
-                    raise _denied(principal, method, "not the owner")
-                first = False
-                yield response
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+        call = self._call(method)(request, metadata=forwarded(principal), timeout=stream_timeout)
+        first: message.Message | None = None
+        if decision is Decision.CHECK_RESOURCE:
+            try:
+                first = await anext(call)
+            except StopAsyncIteration:
+                first = None
+            except grpc.aio.AioRpcError as error:
+                raise from_rpc_error(error) from None
+            if first is None or not rule.owns(principal, first):
+                raise _denied(principal, method, "not the owner")
+        return _relay(first, call)
+
+
+async def _relay(
+    first: message.Message | None, call: AsyncIterator[message.Message]
+) -> AsyncIterator[message.Message]:
+    try:
+        if first is not None:
+            yield first
+        async for response in call:
+            yield response
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
 
 
 def _reads_only(method: descriptor.MethodDescriptor) -> bool:

@@ -172,7 +172,7 @@ class RestApi:
             return _json(document, headers)
         rpc_request = build_request(route, path_values, request.query_params.multi_items(), body)
         if route.streams_out:
-            return self._events(route, rpc_request, principal, headers)
+            return await self._events(route, rpc_request, principal, headers)
         key = request.headers.get("idempotency-key")
         if route.safe or key is None:
             return await self._unary(request, route, rpc_request, principal, headers)
@@ -284,14 +284,14 @@ class RestApi:
             headers["Cache-Control"] = "private, no-cache"
         return _conditional(request, body, etag, headers)
 
-    def _events(
+    async def _events(
         self,
         route: Route,
         rpc_request: message.Message,
         principal: Principal,
         headers: dict[str, str],
     ) -> StreamingResponse:
-        stream = self._dispatcher.server_stream(
+        stream = await self._dispatcher.server_stream(
             route.method, rpc_request, principal, stream_timeout=self._limits.stream_timeout
         )
         return StreamingResponse(
