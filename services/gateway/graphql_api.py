@@ -32,6 +32,7 @@ from graphql import (
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfo,
+    GraphQLScalarType,
     GraphQLSchema,
     GraphQLString,
 )
@@ -52,6 +53,11 @@ _AS_STRING = frozenset(
 )
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
 _FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+
+# Map fields (and Struct) have no GraphQL shape: they travel as their JSON object.
+JSON_SCALAR = GraphQLScalarType(
+    "JSON", description="a JSON value: map fields, in their proto3 JSON form"
+)
 
 # What a resolver needs from the request: who is calling (set by the HTTP endpoint).
 Context = dict[str, Any]
@@ -146,8 +152,9 @@ class SchemaBuilder:
             def fields() -> dict[str, GraphQLField]:
                 result: dict[str, GraphQLField] = {}
                 for field in message_type.fields:
-                    if field.message_type is not None and field.message_type.GetOptions().map_entry:
-                        continue  # no maps in the contracts yet
+                    if _is_map(field):
+                        result[json_name(field)] = GraphQLField(JSON_SCALAR)
+                        continue
                     single = self._single_output(field)
                     repeated = field.is_repeated
                     result[json_name(field)] = GraphQLField(
@@ -182,9 +189,10 @@ class SchemaBuilder:
 
             def fields() -> dict[str, GraphQLInputField]:
                 result = {
-                    json_name(f): GraphQLInputField(self.input_field(f))
+                    json_name(f): GraphQLInputField(
+                        JSON_SCALAR if _is_map(f) else self.input_field(f)
+                    )
                     for f in message_type.fields
-                    if not (f.message_type is not None and f.message_type.GetOptions().map_entry)
                 }
                 return result or {"_": GraphQLInputField(GraphQLBoolean)}
 
@@ -221,3 +229,7 @@ class SchemaBuilder:
 def _plain(arguments: Any) -> Any:
     """GraphQL's argument values as plain JSON (enum values are their names already)."""
     return json.loads(json.dumps(arguments))
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry

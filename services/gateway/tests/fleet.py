@@ -5,6 +5,7 @@ file, and the gateway on uvicorn on port 0. Real SQLite files, a real broker (a 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -78,6 +79,18 @@ class Fleet:
             )
         assert created.status_code == 200, created.text
         return await self.token(user_id, "correct horse")
+
+    async def settled(self, http: httpx.AsyncClient, order: str) -> list[str]:
+        """Watches an order over SSE until its stream ends; returns the states it went through."""
+        states = []
+        async with http.stream("GET", f"/v1/{order}:watch") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for event, data in sse_messages(stream):
+                if event == "end":
+                    break
+                assert event == "message", data
+                states.append(str(data["state"]))
+        return states
 
     async def stock(self, units: int = 100) -> None:
         adjust = self.inventory.AdjustStock(None)
@@ -191,3 +204,16 @@ async def running_fleet(
             urls,
             inventory_grpc.InventoryServiceStub(channels["inventory"]),
         )
+
+
+async def sse_messages(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    """(event, data) for each Server-Sent Event of a streaming response."""
+    event, data = "message", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = line.removeprefix("data: ")
+        elif line == "" and data:
+            yield event, json.loads(data)
+            event, data = "message", ""

@@ -4,11 +4,9 @@ transcoding, pagination, conditional GETs, idempotency keys, SSE, problem+json."
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,18 +25,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def sse_messages(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
-    event, data = "message", ""
-    async for line in response.aiter_lines():
-        if line.startswith("event: "):
-            event = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            data = line.removeprefix("data: ")
-        elif line == "" and data:
-            yield event, json.loads(data)
-            event, data = "message", ""
-
-
 async def test_a_new_customer_orders_and_watches_it_confirm(fleet: Fleet) -> None:
     token = await fleet.customer("ann")
     async with fleet.client(headers=bearer(token)) as http:
@@ -53,14 +39,7 @@ async def test_a_new_customer_orders_and_watches_it_confirm(fleet: Fleet) -> Non
         created = await http.post("/v1/orders", json=order, headers={"Idempotency-Key": key})
         assert created.status_code == 200, created.text
         name = created.json()["name"]
-        states = []
-        async with http.stream("GET", f"/v1/{name}:watch") as stream:
-            assert stream.headers["content-type"].startswith("text/event-stream")
-            async for event, data in sse_messages(stream):
-                if event == "end":
-                    break
-                assert event == "message", data
-                states.append(data["state"])
+        states = await fleet.settled(http, name)
         assert states[0] == "ORDER_STATE_PENDING_PAYMENT"
         assert states[-1] == "ORDER_STATE_CONFIRMED"
         full = await http.get(f"/v1/{name}", params={"view": "FULL"})
