@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,3 +41,15 @@ async def amqp_url() -> AsyncIterator[str]:
     """A fresh RabbitMQ vhost on the test broker."""
     async with fresh_vhost() as url:
         yield url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (tools/setup starts one). Tests share it, so each keeps to its own key
+    prefix (`redis_key_prefix`)."""
+    return os.environ.get("EMPORIUM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_key_prefix() -> str:
+    return f"emporium-test-{uuid.uuid4().hex[:12]}:"

@@ -152,15 +152,17 @@ def build(settings: GatewaySettings) -> Gateway:
         leeway_seconds=settings.clock_skew_seconds,
     )
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    limiter: RateLimiter = RedisRateLimiter(redis) if redis else LocalRateLimiter()
+    prefix = settings.redis_key_prefix
+    lock_seconds = settings.request_timeout_seconds * 2  # a crashed request frees its key
+    limiter: RateLimiter = (
+        RedisRateLimiter(redis, prefix + "ratelimit:") if redis else LocalRateLimiter()
+    )
     idempotency: IdempotencyStore = (
         RedisIdempotencyStore(
-            redis, settings.idempotency_ttl_seconds, settings.request_timeout_seconds * 2
+            redis, settings.idempotency_ttl_seconds, lock_seconds, prefix + "idempotency:"
         )
         if redis
-        else LocalIdempotencyStore(
-            settings.idempotency_ttl_seconds, settings.request_timeout_seconds * 2
-        )
+        else LocalIdempotencyStore(settings.idempotency_ttl_seconds, lock_seconds)
     )
     cache = ResponseCache(settings.cache_ttl_seconds)
     references = References(routes, dispatcher)

@@ -28,6 +28,7 @@ class GatewaySettings(ServiceSettings):
         description="redis://host:port/db: rate limits and idempotency keys shared by every "
         "replica; unset keeps them in-process",
     )
+    redis_key_prefix: str = Field(default="emporium:", description="namespace of our Redis keys")
     issuer: str = Field(default="https://identity.emporium.local", description="tokens' iss")
     audience: str = Field(default="emporium", description="tokens' aud")
     clock_skew_seconds: float = Field(default=30.0, ge=0, le=300)

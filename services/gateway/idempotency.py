@@ -94,7 +94,7 @@ class RedisIdempotencyStore:
         redis: Redis,
         ttl_seconds: float,
         lock_seconds: float,
-        prefix: str = "emporium:idempotency:",
+        prefix: str,
     ) -> None:
         self._redis = redis
         self._ttl_ms = int(ttl_seconds * 1000)

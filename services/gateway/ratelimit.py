@@ -95,7 +95,7 @@ return {allowed, tostring(tokens)}
 
 
 class RedisRateLimiter:
-    def __init__(self, redis: Redis, prefix: str = "emporium:ratelimit:") -> None:
+    def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_TAKE)
