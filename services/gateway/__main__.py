@@ -28,16 +28,20 @@ def main() -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((settings.host, settings.port))
     settings = settings.model_copy(update={"port": listener.getsockname()[1]})
-    gateway = build(settings)
-    config = uvicorn.Config(
-        gateway.app,
-        log_config=None,  # our JSON logs; the access log is the gateway's own
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.grace_seconds),
-        lifespan="on",
-    )
-    asyncio.run(uvicorn.Server(config).serve(sockets=[listener]))
 
+    async def serve() -> None:
+        # Built inside the loop: gRPC's aio channels belong to the loop that creates them.
+        gateway = build(settings)
+        config = uvicorn.Config(
+            gateway.app,
+            log_config=None,  # our JSON logs; the access log is the gateway's own
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.grace_seconds),
+            lifespan="on",
+        )
+        await uvicorn.Server(config).serve(sockets=[listener])
+
+    asyncio.run(serve())
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from services.gateway.references import References
 from services.gateway.routes import Route, Router
 from services.gateway.transcoding import build_request, parse_json, to_json
 
+log = logging.getLogger("emporium.gateway")
 JSON = "application/json"
 MAX_IDEMPOTENCY_KEY = 255
 SSE_HEARTBEAT_SECONDS = 15.0
@@ -105,6 +107,9 @@ class RestApi:
             problem = from_domain_error(error)
         except Problem as raised:
             problem = raised
+        except Exception:
+            log.exception("unexpected error", extra={"path": request.url.path})
+            problem = Problem(500, "the gateway failed; the request id identifies the log line")
         problem.headers = {**headers, **problem.headers}
         return problem.response(request.url.path, request.state.request_id)
 

@@ -25,6 +25,7 @@ from libs.messaging.local_broker import LocalBroker, LocalBrokerError
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from tools.certificates.__main__ import ensure as ensure_certificates
+from tools.identity.__main__ import init as init_identity
 
 REPO = Path(__file__).resolve().parents[2]
 CERTS = REPO / "var" / "certs"
@@ -43,7 +44,20 @@ def _sqlite(var: Path, name: str) -> str:
 
 
 def services(var: Path) -> list[ServiceSpec]:
+    identity = var / "identity"
     return [
+        # First: the gateway and (when they verify tokens) the services read its keys.
+        ServiceSpec(
+            "identity",
+            "services.identity",
+            50056,
+            {
+                "IDENTITY_DATABASE_URL": _sqlite(var, "identity"),
+                "IDENTITY_KEYS_DIR": str(identity / "keys"),
+                "IDENTITY_CLIENTS_FILE": str(identity / "clients.json"),
+                "IDENTITY_USERS_FILE": str(identity / "users.json"),
+            },
+        ),
         ServiceSpec(
             "catalog",
             "services.catalog",
@@ -87,6 +101,46 @@ def services(var: Path) -> list[ServiceSpec]:
                 "NOTIFICATIONS_MAILDIR": str(var / "mail"),
             },
         ),
+        # Last: the HTTP front door; it finds every service through the registry.
+        ServiceSpec(
+            "gateway",
+            "services.gateway",
+            8080,
+            {
+                "GATEWAY_REGISTRY_FILE": str(var / "registry.json"),
+                **({"GATEWAY_REDIS_URL": redis} if (redis := os.environ.get("EMPORIUM_REDIS_URL")) else {}),
+            },
+        ),
+    ]
+
+
+_JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
+
+
+def curl_walkthrough(gateway: str, secrets: Path) -> list[str]:
+    """Shell lines a new user can paste: stock as staff, sign up, page through products,
+    order with an Idempotency-Key, watch it over SSE until CONFIRMED, read it with its products.
+    tests/e2e/test_front_door_curl.py runs exactly these lines."""
+    json_header = "-H 'Content-Type: application/json'"
+    return [
+        f"G=http://{gateway}",
+        f"STAFF=$(curl -s $G/v1/token {json_header} -d \"{{\\\"grant_type\\\": \\\"password\\\", "
+        f"\\\"username\\\": \\\"staff\\\", \\\"password\\\": \\\"$(cat {secrets}/staff)\\\"}}\" "
+        f"| {_JSON_FIELD} access_token)",
+        f"curl -s $G/v1/inventory/items:adjust -H \"Authorization: Bearer $STAFF\" {json_header} "
+        "-d '[{\"item\": \"inventory/items/mug-01\", \"delta\": 10}]'; echo",
+        f"curl -s \"$G/v1/users?user_id=ann\" {json_header} -d '{{\"password\": \"correct horse battery\"}}'; echo",
+        f"TOKEN=$(curl -s $G/v1/token {json_header} -d '{{\"grant_type\": \"password\", "
+        f"\"username\": \"ann\", \"password\": \"correct horse battery\"}}' | {_JSON_FIELD} access_token)",
+        "curl -si \"$G/v1/products?page_size=2\" | grep -i '^link:'    # rel=\"next\": the next page",
+        f"ORDER=$(curl -s $G/v1/orders -H \"Authorization: Bearer $TOKEN\" "
+        "-H \"Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)\" "
+        f"{json_header} -d '{{\"customer\": \"customers/ann\", \"lines\": [{{\"product\": "
+        f"\"products/mug-01\", \"quantity\": 2}}]}}' | {_JSON_FIELD} name)",
+        "curl -sN \"$G/v1/$ORDER:watch\" -H \"Authorization: Bearer $TOKEN\"    "
+        "# Server-Sent Events until CONFIRMED",
+        "curl -s \"$G/v1/$ORDER?view=FULL\" -H \"Authorization: Bearer $TOKEN\"; echo    "
+        "# with each line's productDetails",
     ]
 
 
@@ -103,7 +157,12 @@ def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
 
     lines = ["", "Emporium is running:"]
     lines += [f"  {name:<14} {process.address}" for name, process in running.items()]
+    gateway = running["gateway"].address
     lines += [
+        "",
+        f"The front door is http://{gateway} (OpenAPI: /openapi.json, docs: /docs, GraphQL: "
+        "/graphql). As a new customer, with curl:",
+        *(f"  {line}" for line in curl_walkthrough(gateway, var / "identity" / "secrets")),
         "",
         "Try it (mTLS with the operator's development certificate; grpcurl finds the API",
         "through server reflection):",
@@ -174,6 +233,42 @@ async def broker_url(var: Path, stack: contextlib.AsyncExitStack) -> str:
     return node.url
 
 
+async def start_fleet(
+    var: Path,
+    amqp_url: str,
+    registry: LocalRegistry,
+    *,
+    certs: Path = CERTS,
+    echo_log: bool = True,
+) -> dict[str, ServiceProcess]:
+    """Starts every service in order (each registered once serving); the caller terminates
+    them. Ports: <SERVICE>_PORT, else the spec's (0 picks free ones)."""
+    written = init_identity(var / "identity")
+    if written:
+        print(f"identity secrets created in {var / 'identity'}: {', '.join(written)}")
+    running: dict[str, ServiceProcess] = {}
+    try:
+        for spec in services(var):
+            port = os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
+            print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
+            prefix = spec.name.upper()
+            env = {
+                f"{prefix}_PORT": port,
+                f"{prefix}_SECURITY": "mtls",
+                f"{prefix}_CERTS_DIR": str(certs),
+                "EMPORIUM_AMQP_URL": amqp_url,
+                **spec.env,
+            }
+            running[spec.name] = await start_service(spec.module, env, echo_log=echo_log)
+            registry.register(spec.name, running[spec.name].address)
+    except BaseException:
+        for process in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                await process.terminate()
+        raise
+    return running
+
+
 async def run(var: Path) -> int:
     async with contextlib.AsyncExitStack() as stack:
         return await _run(var, stack)
@@ -189,19 +284,7 @@ async def _run(var: Path, stack: contextlib.AsyncExitStack) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         amqp_url = await broker_url(var, stack)
-        for spec in services(var):
-            port = os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
-            print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
-            prefix = spec.name.upper()
-            env = {
-                f"{prefix}_PORT": port,
-                f"{prefix}_SECURITY": "mtls",
-                f"{prefix}_CERTS_DIR": str(CERTS),
-                "EMPORIUM_AMQP_URL": amqp_url,
-                **spec.env,
-            }
-            running[spec.name] = await start_service(spec.module, env, echo_log=True)
-            registry.register(spec.name, running[spec.name].address)
+        running.update(await start_fleet(var, amqp_url, registry))
         print(banner(running, amqp_url, var), flush=True)
         exited = [asyncio.ensure_future(p.process.wait()) for p in running.values()]
         stopping = asyncio.ensure_future(stop.wait())

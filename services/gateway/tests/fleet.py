@@ -69,7 +69,7 @@ class Fleet:
                 },
             )
         response.raise_for_status()
-        return str(response.json()["accessToken"])
+        return str(response.json()["access_token"])
 
     async def customer(self, user_id: str) -> str:
         """Signs a customer up and returns their access token."""

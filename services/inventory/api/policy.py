@@ -4,8 +4,11 @@ from libs.security.certificates import spiffe_id
 from libs.security.policy import MethodPolicy
 
 _READERS = frozenset({spiffe_id("orders"), spiffe_id("gateway"), spiffe_id("operator")})
-# Only the order path holds, commits and releases stock.
-_RESERVERS = frozenset({spiffe_id("orders"), spiffe_id("payments"), spiffe_id("operator")})
+# The order path holds, commits and releases stock; through the gateway, only what the
+# contract's access policy admits (service clients and admins).
+_RESERVERS = frozenset(
+    {spiffe_id("orders"), spiffe_id("payments"), spiffe_id("gateway"), spiffe_id("operator")}
+)
 
 POLICY: MethodPolicy = {
     "GetStockLevel": _READERS,
@@ -13,5 +16,5 @@ POLICY: MethodPolicy = {
     "ReserveStock": _RESERVERS,
     "CommitReservation": _RESERVERS,
     "ReleaseReservation": _RESERVERS,
-    "AdjustStock": frozenset({spiffe_id("warehouse"), spiffe_id("operator")}),
+    "AdjustStock": frozenset({spiffe_id("warehouse"), spiffe_id("gateway"), spiffe_id("operator")}),
 }

@@ -1,0 +1,53 @@
+"""The front door as a new user meets it (acceptance 1): the fleet as processes over mTLS,
+started the way `tools/run` starts it, and the curl walk-through `tools/run` prints, run as
+printed: stock as staff, sign up, page through products, order with an Idempotency-Key,
+watch it over Server-Sent Events until CONFIRMED, and read it with `?view=FULL`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from libs.rpcclient.discovery import LocalRegistry
+from tools.certificates.__main__ import ensure
+from tools.launcher.__main__ import curl_walkthrough, services, start_fleet
+
+
+async def test_curl_walkthrough(
+    tmp_path: Path, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for spec in services(tmp_path):
+        monkeypatch.setenv(f"{spec.name.upper()}_PORT", "0")
+    certs = tmp_path / "certs"
+    ensure(certs)
+    registry = LocalRegistry(tmp_path / "registry.json")
+    running = await start_fleet(tmp_path, amqp_url, registry, certs=certs, echo_log=False)
+    try:
+        script = "\n".join(
+            ["set -euo pipefail"]
+            + curl_walkthrough(running["gateway"].address, tmp_path / "identity" / "secrets")
+        )
+        shell = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            script,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(shell.communicate(), 60)
+    finally:
+        for process in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                await process.terminate()
+    output = stdout.decode()
+    assert shell.returncode == 0, stderr.decode() + output
+    assert '"name": "users/ann"' in output  # signed up
+    assert 'rel="next"' in output  # products, page by page
+    events = [line for line in output.splitlines() if line.startswith("event: ")]
+    assert events[-1] == "event: end"
+    assert "ORDER_STATE_PENDING_PAYMENT" in output and "ORDER_STATE_CONFIRMED" in output
+    full = output.strip().splitlines()[-1]
+    assert '"productDetails"' in full and '"products/mug-01"' in full
