@@ -43,5 +43,6 @@ def main() -> None:
 
     asyncio.run(serve())
 
+
 if __name__ == "__main__":
     main()

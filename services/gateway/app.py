@@ -16,6 +16,7 @@ from google.protobuf import descriptor, descriptor_pb2, json_format
 from graphql import GraphQLSchema, graphql
 from redis.asyncio import Redis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route as HttpRoute
@@ -230,8 +231,16 @@ def build(settings: GatewaySettings) -> Gateway:
             HttpRoute("/{path:path}", rest_endpoint, methods=every_verb),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_problem},
     )
     return Gateway(RequestTelemetry(app), settings, upstreams, cache, jwks, skipped)
+
+
+async def _http_problem(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (a path no route pattern accepts) as problem+json too."""
+    status = error.status_code if isinstance(error, HTTPException) else 500
+    problem = Problem(status, str(getattr(error, "detail", "")) or "no such resource")
+    return problem.response(request.url.path, getattr(request.state, "request_id", None))
 
 
 @contextlib.contextmanager

@@ -77,6 +77,18 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
+# One Server-Sent Event: `message` carries a response message as JSON, `error` a problem
+# (once the stream is open its status cannot change), `end` the end of the stream.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "error", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+    },
+}
+
+
 def openapi_path(template: str) -> tuple[str, list[tuple[str, str, str]]]:
     """(OpenAPI path, [(parameter, request field, its literal prefix)]) for a template."""
     path = ""
@@ -240,7 +252,7 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
         if route.streams_in and method.server_streaming:
             content = {"application/json": {"schema": {"type": "array", "items": output}}}
         elif route.streams_out:
-            content = {"text/event-stream": {"schema": {"type": "string"}}}
+            content = {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}
         else:
             content = {"application/json": {"schema": output}}
         operation["responses"]["200"] = {"description": "OK", "content": content}

@@ -108,7 +108,11 @@ def services(var: Path) -> list[ServiceSpec]:
             8080,
             {
                 "GATEWAY_REGISTRY_FILE": str(var / "registry.json"),
-                **({"GATEWAY_REDIS_URL": redis} if (redis := os.environ.get("EMPORIUM_REDIS_URL")) else {}),
+                **(
+                    {"GATEWAY_REDIS_URL": redis}
+                    if (redis := os.environ.get("EMPORIUM_REDIS_URL"))
+                    else {}
+                ),
             },
         ),
     ]
@@ -124,22 +128,22 @@ def curl_walkthrough(gateway: str, secrets: Path) -> list[str]:
     json_header = "-H 'Content-Type: application/json'"
     return [
         f"G=http://{gateway}",
-        f"STAFF=$(curl -s $G/v1/token {json_header} -d \"{{\\\"grant_type\\\": \\\"password\\\", "
-        f"\\\"username\\\": \\\"staff\\\", \\\"password\\\": \\\"$(cat {secrets}/staff)\\\"}}\" "
+        f'STAFF=$(curl -s $G/v1/token {json_header} -d "{{\\"grant_type\\": \\"password\\", '
+        f'\\"username\\": \\"staff\\", \\"password\\": \\"$(cat {secrets}/staff)\\"}}" '
         f"| {_JSON_FIELD} access_token)",
-        f"curl -s $G/v1/inventory/items:adjust -H \"Authorization: Bearer $STAFF\" {json_header} "
-        "-d '[{\"item\": \"inventory/items/mug-01\", \"delta\": 10}]'; echo",
-        f"curl -s \"$G/v1/users?user_id=ann\" {json_header} -d '{{\"password\": \"correct horse battery\"}}'; echo",
-        f"TOKEN=$(curl -s $G/v1/token {json_header} -d '{{\"grant_type\": \"password\", "
-        f"\"username\": \"ann\", \"password\": \"correct horse battery\"}}' | {_JSON_FIELD} access_token)",
-        "curl -si \"$G/v1/products?page_size=2\" | grep -i '^link:'    # rel=\"next\": the next page",
-        f"ORDER=$(curl -s $G/v1/orders -H \"Authorization: Bearer $TOKEN\" "
-        "-H \"Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)\" "
-        f"{json_header} -d '{{\"customer\": \"customers/ann\", \"lines\": [{{\"product\": "
-        f"\"products/mug-01\", \"quantity\": 2}}]}}' | {_JSON_FIELD} name)",
-        "curl -sN \"$G/v1/$ORDER:watch\" -H \"Authorization: Bearer $TOKEN\"    "
+        f'curl -s $G/v1/inventory/items:adjust -H "Authorization: Bearer $STAFF" {json_header} '
+        '-d \'[{"item": "inventory/items/mug-01", "delta": 10}]\'; echo',
+        f'curl -s "$G/v1/users?user_id=ann" {json_header} -d \'{{"password": "correct horse battery"}}\'; echo',
+        f'TOKEN=$(curl -s $G/v1/token {json_header} -d \'{{"grant_type": "password", '
+        f'"username": "ann", "password": "correct horse battery"}}\' | {_JSON_FIELD} access_token)',
+        'curl -si "$G/v1/products?page_size=2" | grep -i \'^link:\'    # rel="next": the next page',
+        f'ORDER=$(curl -s $G/v1/orders -H "Authorization: Bearer $TOKEN" '
+        '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
+        f'{json_header} -d \'{{"customer": "customers/ann", "lines": [{{"product": '
+        f'"products/mug-01", "quantity": 2}}]}}\' | {_JSON_FIELD} name)',
+        'curl -sN "$G/v1/$ORDER:watch" -H "Authorization: Bearer $TOKEN"    '
         "# Server-Sent Events until CONFIRMED",
-        "curl -s \"$G/v1/$ORDER?view=FULL\" -H \"Authorization: Bearer $TOKEN\"; echo    "
+        'curl -s "$G/v1/$ORDER?view=FULL" -H "Authorization: Bearer $TOKEN"; echo    '
         "# with each line's productDetails",
     ]
 

@@ -69,8 +69,9 @@ async def test_one_idempotency_record_across_replicas(replicas: Fleet) -> None:
     key = str(uuid.uuid4())
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
     async with replicas.client(0) as first, replicas.client(1) as second:
+        clients = (first, second)
         responses = await asyncio.gather(
-            *((first, second)[i % 2].post("/v1/orders", json=order, headers=headers) for i in range(20))
+            *(clients[i % 2].post("/v1/orders", json=order, headers=headers) for i in range(20))
         )
         statuses = Counter(r.status_code for r in responses)
         assert set(statuses) <= {200, 409}, statuses
