@@ -26,9 +26,9 @@ async def test_curl_walkthrough(
     registry = LocalRegistry(tmp_path / "registry.json")
     running = await start_fleet(tmp_path, amqp_url, registry, certs=certs, echo_log=False)
     try:
+        secrets = tmp_path / "identity" / "secrets"
         script = "\n".join(
-            ["set -euo pipefail"]
-            + curl_walkthrough(running["gateway"].address, tmp_path / "identity" / "secrets")
+            ["set -euo pipefail", *curl_walkthrough(running["gateway"].address, secrets)]
         )
         shell = await asyncio.create_subprocess_exec(
             "bash",

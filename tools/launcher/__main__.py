@@ -133,7 +133,8 @@ def curl_walkthrough(gateway: str, secrets: Path) -> list[str]:
         f"| {_JSON_FIELD} access_token)",
         f'curl -s $G/v1/inventory/items:adjust -H "Authorization: Bearer $STAFF" {json_header} '
         '-d \'[{"item": "inventory/items/mug-01", "delta": 10}]\'; echo',
-        f'curl -s "$G/v1/users?user_id=ann" {json_header} -d \'{{"password": "correct horse battery"}}\'; echo',
+        f'curl -s "$G/v1/users?user_id=ann" {json_header} '
+        '-d \'{"password": "correct horse battery"}\'; echo',
         f'TOKEN=$(curl -s $G/v1/token {json_header} -d \'{{"grant_type": "password", '
         f'"username": "ann", "password": "correct horse battery"}}\' | {_JSON_FIELD} access_token)',
         'curl -si "$G/v1/products?page_size=2" | grep -i \'^link:\'    # rel="next": the next page',
