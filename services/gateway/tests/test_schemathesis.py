@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from services.gateway.app import EXPOSED
 from services.gateway.routes import build_routes
 from services.gateway.tests.fleet import running_fleet
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
-UNLIMITED = {
+UNLIMITED: dict[str, Any] = {
     "rate_read_per_second": 100_000.0,
     "rate_read_burst": 100_000,
     "rate_write_per_second": 100_000.0,

@@ -1,0 +1,223 @@
+"""The gateway's cost, in one run: `GET /v1/products/{id}` through the gateway against a minimal
+hand-written Starlette route making the same gRPC call (bench/starlette_baseline.py), and against
+calling catalog over gRPC directly; then the gateway → orders → catalog + inventory chain
+(CreateOrder with an Idempotency-Key, as a customer). Every server is its own process on
+loopback, plaintext. HTTP load comes from wrk (C, one thread), gRPC load and the order chain
+from this process (grpc.aio, httpx; closed loop).
+
+    tools/bench gateway  [--seconds 10] [--concurrency 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+
+import grpc
+import httpx
+
+from bench.load import Result, closed_loop, faster, ratio_line, wrk
+from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
+from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from libs.rpcclient.discovery import LocalRegistry
+from libs.runtime.processes import ServiceProcess, start_service
+from libs.testing.broker import fresh_vhost
+from services.catalog.seed import SAMPLES
+from tools.identity.__main__ import init as init_identity
+
+PRODUCT = f"products/{SAMPLES[0][0].lower()}"
+UNLIMITED = {
+    "GATEWAY_RATE_READ_PER_SECOND": "1000000",
+    "GATEWAY_RATE_READ_BURST": "1000000",
+    "GATEWAY_RATE_WRITE_PER_SECOND": "1000000",
+    "GATEWAY_RATE_WRITE_BURST": "1000000",
+}
+
+
+async def start_fleet(
+    directory: Path, amqp_url: str, stack: AsyncExitStack
+) -> dict[str, ServiceProcess]:
+    init_identity(directory / "identity")
+    registry = LocalRegistry(directory / "registry.json")
+    running: dict[str, ServiceProcess] = {}
+
+    async def start(name: str, module: str, env: dict[str, str]) -> None:
+        process = await start_service(module, {"EMPORIUM_SECURITY": "insecure", **env})
+        stack.push_async_callback(process.terminate)
+        running[name] = process
+        registry.register(name, process.address)
+
+    def sqlite(name: str) -> str:
+        return f"sqlite+aiosqlite:///{directory / name}.sqlite3"
+
+    identity = directory / "identity"
+    await start(
+        "identity",
+        "services.identity",
+        {
+            "IDENTITY_DATABASE_URL": sqlite("identity"),
+            "IDENTITY_KEYS_DIR": str(identity / "keys"),
+            "IDENTITY_CLIENTS_FILE": str(identity / "clients.json"),
+            "IDENTITY_USERS_FILE": str(identity / "users.json"),
+        },
+    )
+    await start(
+        "catalog",
+        "services.catalog",
+        {"CATALOG_DATABASE_URL": sqlite("catalog"), "CATALOG_SEED_SAMPLE_PRODUCTS": "true"},
+    )
+    await start("inventory", "services.inventory", {"INVENTORY_DATABASE_URL": sqlite("inventory")})
+    await start(
+        "orders",
+        "services.orders",
+        {
+            "ORDERS_DATABASE_URL": sqlite("orders"),
+            "ORDERS_REGISTRY_FILE": str(registry.path),
+            "EMPORIUM_AMQP_URL": amqp_url,
+        },
+    )
+    await start(
+        "payments",
+        "services.payments",
+        {
+            "PAYMENTS_DATABASE_URL": sqlite("payments"),
+            "PAYMENTS_PROVIDER_LEDGER": str(directory / "ledger.sqlite3"),
+            "PAYMENTS_PROVIDER_LATENCY_SECONDS": "0",
+            "EMPORIUM_AMQP_URL": amqp_url,
+        },
+    )
+    gateway_env = {"GATEWAY_PORT": "0", "GATEWAY_REGISTRY_FILE": str(registry.path), **UNLIMITED}
+    # The fair comparison has the response cache off; the cached figure is shown beside it.
+    await start("gateway", "services.gateway", {**gateway_env, "GATEWAY_CACHE_TTL_SECONDS": "0"})
+    await start("gateway (cached)", "services.gateway", gateway_env)
+    await start(
+        "starlette",
+        "bench.starlette_baseline",
+        {"CATALOG_TARGET": running["catalog"].address},
+    )
+    return running
+
+
+async def http_get(label: str, address: str, args: argparse.Namespace) -> Result:
+    return await wrk(
+        label, f"http://{address}/v1/{PRODUCT}", concurrency=args.concurrency, seconds=args.seconds
+    )
+
+
+async def direct_grpc(address: str, args: argparse.Namespace) -> Result:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = catalog_grpc.CatalogServiceStub(channel)
+        request = catalog_pb.GetProductRequest(name=PRODUCT)
+        return await closed_loop(
+            "catalog direct (gRPC)",
+            lambda: stub.GetProduct(request),
+            concurrency=args.concurrency,
+            seconds=args.seconds,
+        )
+
+
+async def order_chain(running: dict[str, ServiceProcess], args: argparse.Namespace) -> Result:
+    async with grpc.aio.insecure_channel(running["inventory"].address) as channel:
+        adjust = inventory_grpc.InventoryServiceStub(channel).AdjustStock(None)
+        item = "inventory/items/" + PRODUCT.removeprefix("products/")
+        await adjust.write(inventory_pb.AdjustStockRequest(item=item, delta=1_000_000))
+        await adjust.read()
+        await adjust.done_writing()
+    base = f"http://{running['gateway'].address}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        await http.post(
+            "/v1/users", params={"user_id": "bench"}, json={"password": "bench-password"}
+        )
+        token = (
+            await http.post(
+                "/v1/token",
+                json={"grant_type": "password", "username": "bench", "password": "bench-password"},
+            )
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        order = {"customer": "customers/bench", "lines": [{"product": PRODUCT, "quantity": 1}]}
+
+        async def create() -> None:
+            response = await http.post(
+                "/v1/orders", json=order, headers={**headers, "Idempotency-Key": str(uuid.uuid4())}
+            )
+            response.raise_for_status()
+
+        return await closed_loop(
+            "CreateOrder gateway→orders→inventory",
+            create,
+            concurrency=args.concurrency,
+            seconds=args.seconds,
+        )
+
+
+async def run(args: argparse.Namespace) -> None:
+    best: dict[str, Result] = {}
+    async with AsyncExitStack() as stack:
+        amqp_url = await stack.enter_async_context(fresh_vhost())
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        print(
+            "starting identity, catalog, inventory, orders, payments, two gateways and the "
+            "Starlette baseline ...",
+            flush=True,
+        )
+        running = await start_fleet(scratch, amqp_url, stack)
+
+        def address(name: str) -> str:
+            return running[name].address
+
+        for round_number in range(args.rounds):
+            print(f"round {round_number + 1}/{args.rounds} ...", flush=True)
+            measurements: list[tuple[str, Callable[[], Awaitable[Result]]]] = [
+                (
+                    "starlette",
+                    partial(http_get, "hand-written Starlette route", address("starlette"), args),
+                ),
+                ("gateway", partial(http_get, "gateway (cache off)", address("gateway"), args)),
+                (
+                    "cached",
+                    partial(http_get, "gateway (cache on)", address("gateway (cached)"), args),
+                ),
+                ("direct", partial(direct_grpc, running["catalog"].address, args)),
+            ]
+            for label, measure in measurements:
+                result = await measure()
+                best[label] = faster(result, best.get(label, result))
+        chain = await order_chain(running, args)
+    print(
+        f"\n{platform.node()} · {platform.processor() or platform.machine()} · "
+        f"{time.strftime('%Y-%m-%d')} · concurrency {args.concurrency} · {args.seconds}s · "
+        f"best of {args.rounds} rounds"
+    )
+    for label in ("direct", "starlette", "gateway", "cached"):
+        print(best[label].line())
+    print(chain.line("orders/s"))
+    print(
+        ratio_line(
+            "gateway / hand-written route", best["gateway"].rate, best["starlette"].rate, target=0.9
+        )
+    )
+    print(ratio_line("cached gateway / hand-written", best["cached"].rate, best["starlette"].rate))
+    print(ratio_line("gateway / catalog direct", best["gateway"].rate, best["direct"].rate))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
