@@ -51,6 +51,22 @@ class ServiceSettings(BaseSettings):
         "Linkerd/Istio sidecar does mTLS and names the caller; insecure: tests and tools only",
     )
     certs_dir: Path = Field(default=Path("var/certs"), description="tools/certs output (mtls)")
+    # Where identity is, so the service verifies callers' tokens itself (libs.security.
+    # authentication); unset, only the SPIFFE policy applies.
+    identity_target: str | None = Field(
+        default_factory=lambda: os.environ.get("EMPORIUM_IDENTITY_TARGET") or None,
+        description="host:port or dns:///... of identity, for token verification",
+    )
+    token_issuer: str = Field(
+        default_factory=lambda: os.environ.get(
+            "EMPORIUM_TOKEN_ISSUER", "https://identity.emporium.local"
+        ),
+        description="tokens' iss",
+    )
+    token_audience: str = Field(
+        default_factory=lambda: os.environ.get("EMPORIUM_TOKEN_AUDIENCE", "emporium"),
+        description="tokens' aud",
+    )
     workers: int = Field(
         default=1, ge=1, le=64, description="processes serving one port (SO_REUSEPORT)"
     )

@@ -28,9 +28,11 @@ from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
 from libs.runtime.validation import RequestValidation
+from libs.security.authentication import TokenAuthentication, identity_jwks
 from libs.security.credentials import CertificateFiles
 from libs.security.identity import TransportSecurity
 from libs.security.policy import Authorization, MethodPolicy
+from libs.security.tokens import TokenVerifier
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.tracing import ServerTelemetry, configure_tracing
 
@@ -105,6 +107,7 @@ def default_chain(
     domain: str,
     translators: Sequence[ExceptionTranslator] = (),
     authorization: Authorization | None = None,
+    tokens: TokenAuthentication | None = None,
 ) -> list[Middleware]:
     """Outermost first: telemetry sees every outcome (denials included); the caller's identity
     is checked before anything else runs; errors become rich statuses; then input validation,
@@ -112,6 +115,8 @@ def default_chain(
     chain: list[Middleware] = [ServerTelemetry(), DeadlineScope()]
     if authorization is not None:
         chain.append(authorization)
+    if tokens is not None:
+        chain.append(tokens)
     return [*chain, ErrorTranslation(domain, translators), RequestValidation()]
 
 
@@ -133,8 +138,12 @@ class GrpcApp:
             raise ConfigError(f"{name}: security={settings.security} needs a method policy")
         authorization = Authorization(policy or {}, self.security, domain)
         self._gate = ShutdownGate()
+        self._identity_channel: grpc.aio.Channel | None = None
+        tokens = self._token_authentication(domain)
         chain = (
-            list(chain) if chain is not None else default_chain(domain, translators, authorization)
+            list(chain)
+            if chain is not None
+            else default_chain(domain, translators, authorization, tokens)
         )
         self._chain: list[Middleware] = [self._gate, *chain]
         self._server = grpc.aio.server(options=self._channel_options())
@@ -148,6 +157,23 @@ class GrpcApp:
         self._serving: bool | None = None
         self._stopped = asyncio.Event()
         self.port = 0
+
+    def _token_authentication(self, domain: str) -> TokenAuthentication | None:
+        target = self.settings.identity_target
+        if not target:
+            return None
+        if self.security is TransportSecurity.MTLS:
+            files = CertificateFiles.for_service(self.settings.certs_dir, self.name)
+            channel = grpc.aio.secure_channel(target, files.channel_credentials())
+        else:
+            channel = grpc.aio.insecure_channel(target)
+        self._identity_channel = channel
+        verifier = TokenVerifier(
+            identity_jwks(channel),
+            issuer=self.settings.token_issuer,
+            audience=self.settings.token_audience,
+        )
+        return TokenAuthentication(verifier, self.security, domain)
 
     def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
         self._services += register(self._server, add_to_server, servicer, self._chain)
@@ -227,6 +253,8 @@ class GrpcApp:
         await self._server.stop(max(0.0, deadline - loop.time()))
         for hook in self._on_stop:
             await hook()
+        if self._identity_channel is not None:
+            await self._identity_channel.close(None)
         log.info("stopped")
 
     async def run_until_signal(self) -> None:

@@ -264,6 +264,8 @@ async def start_fleet(
                 "EMPORIUM_AMQP_URL": amqp_url,
                 **spec.env,
             }
+            if "identity" in running:  # every service verifies tokens with identity's keys
+                env["EMPORIUM_IDENTITY_TARGET"] = running["identity"].address
             running[spec.name] = await start_service(spec.module, env, echo_log=echo_log)
             registry.register(spec.name, running[spec.name].address)
     except BaseException:

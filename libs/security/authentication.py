@@ -1,0 +1,123 @@
+"""Services verify the caller's token themselves, not only the gateway.
+
+When a service knows where identity is (`<SERVICE>_IDENTITY_TARGET` or
+`EMPORIUM_IDENTITY_TARGET`), every call that carries `authorization: Bearer <jwt>` is verified
+the gateway's way (pinned algorithm, JWKS by kid, iss/aud/exp/nbf) and checked against the
+method's contract access policy: UNAUTHENTICATED `INVALID_TOKEN` or PERMISSION_DENIED
+`ROLE_NOT_ALLOWED`. A call from the gateway's own identity must carry a token unless the method
+admits anonymous callers, so a compromised gateway cannot act without a user. Calls between
+services (no token) stay governed by the SPIFFE policy. Ownership of a resource the request
+does not name (a customer's order read by its name) is the gateway's check.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from emporium.identity.v1 import identity_service_pb2 as identity_pb
+from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
+from libs.runtime.rich_status import abort_with, build_status
+from libs.security.access import AccessRule, Decision
+from libs.security.certificates import spiffe_id
+from libs.security.identity import TransportSecurity, peer_identity
+from libs.security.tokens import (
+    ANONYMOUS_ROLE,
+    InvalidToken,
+    Jwks,
+    JwksCache,
+    Principal,
+    TokenVerifier,
+    bearer_token,
+)
+
+log = logging.getLogger("emporium.security")
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "current_principal", default=None
+)
+
+
+def identity_jwks(channel: grpc.aio.Channel) -> JwksCache:
+    """A JWKS cache filled from identity's GetJwks over `channel`."""
+    stub = identity_grpc.IdentityServiceStub(channel)
+
+    async def fetch() -> Jwks:
+        keys = await stub.GetJwks(identity_pb.GetJwksRequest(), timeout=5)
+        return json_format.MessageToDict(keys)
+
+    return JwksCache(fetch)
+
+
+class TokenAuthentication:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        mode: TransportSecurity,
+        domain: str,
+        front_door: frozenset[str] = frozenset({spiffe_id("gateway")}),
+    ) -> None:
+        self._verifier = verifier
+        self._mode = mode
+        self._domain = domain
+        self._front_door = front_door
+
+    def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
+        rule = AccessRule.of(method.descriptor) if method.descriptor is not None else None
+
+        async def authenticate(request: Any, context: Context) -> None:
+            await self._check(method, rule, request, context)
+
+        return before_each_call(method, behavior, authenticate)
+
+    async def _check(
+        self, method: MethodInfo, rule: AccessRule | None, request: Any, context: Context
+    ) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            token = bearer_token(metadata.get("authorization"))
+            principal = None if token is None else await self._verifier.verify(token)
+        except InvalidToken as error:
+            await self._abort(context, grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN", str(error))
+            return
+        if principal is None:
+            caller = peer_identity(context, self._mode)
+            open_to_anyone = rule is not None and ANONYMOUS_ROLE in rule.roles
+            if caller in self._front_door and not open_to_anyone:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "TOKEN_REQUIRED",
+                    f"{method.full_name} through the front door needs the user's token",
+                )
+            return
+        current_principal.set(principal)
+        if rule is None:
+            return
+        if method.request_streaming:  # no request yet: the roles alone
+            allowed = bool(principal.effective_roles() & (rule.roles | rule.owner_roles))
+        else:
+            allowed = rule.decide(principal, request) not in (
+                Decision.FORBIDDEN,
+                Decision.UNAUTHENTICATED,
+            )
+        if not allowed:
+            log.warning(
+                "token denied", extra={"rpc": method.full_name, "subject": principal.subject}
+            )
+            await self._abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "ROLE_NOT_ALLOWED",
+                f"{principal.subject} may not call {method.full_name}",
+            )
+
+    async def _abort(
+        self, context: Context, code: grpc.StatusCode, reason: str, message: str
+    ) -> None:
+        status = build_status(code, message, reason=reason, domain=self._domain)
+        await abort_with(context, code, status)
