@@ -34,6 +34,13 @@ class Money:
     def from_message(cls, message: money_pb2.Money) -> Money:
         return cls(message.currency_code, message.units, message.nanos)
 
+    def decimal_text(self) -> str:
+        """The amount as a decimal string with at least two fraction digits: "12.50"."""
+        amount = Decimal(self.total_nanos) / NANOS_PER_UNIT
+        text = format(amount.normalize(), "f")
+        whole, _, fraction = text.partition(".")
+        return f"{whole}.{fraction.ljust(2, '0')}"
+
     def to_message(self) -> money_pb2.Money:
         return money_pb2.Money(currency_code=self.currency_code, units=self.units, nanos=self.nanos)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
+from emporium.catalog.v2 import catalog_service_pb2_grpc as pb_v2_grpc
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_unavailable
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.api.mapping import validate_draft
 from services.catalog.api.policy import POLICY
 from services.catalog.api.servicer import DOMAIN, CatalogServicer
+from services.catalog.api.servicer_v2 import CatalogServicerV2
 from services.catalog.config import CatalogSettings
 from services.catalog.domain.catalog import Catalog
 from services.catalog.domain.change_feed import ChangeFeed
@@ -45,6 +47,9 @@ async def build(settings: CatalogSettings) -> GrpcApp:
         "catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
     )
     app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(parts.catalog))
+    app.add_servicer(
+        pb_v2_grpc.add_CatalogServiceServicer_to_server, CatalogServicerV2(parts.catalog)
+    )
     app.add_health_check("database", parts.database.ping)
     app.on_shutdown(parts.feed.close)
     app.on_stop(parts.database.dispose)

@@ -23,6 +23,8 @@ from starlette.routing import Route as HttpRoute
 
 from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from emporium.catalog.v2 import catalog_service_pb2 as catalog_v2_pb
+from emporium.catalog.v2 import catalog_service_pb2_grpc as catalog_v2_grpc
 from emporium.identity.v1 import identity_service_pb2 as identity_pb
 from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
@@ -68,6 +70,7 @@ def _exposed(upstream: str, messages: Any, grpc_module: Any, service: str) -> Ex
 EXPOSED = (
     _exposed("identity", identity_pb, identity_grpc, "IdentityService"),
     _exposed("catalog", catalog_pb, catalog_grpc, "CatalogService"),
+    _exposed("catalog", catalog_v2_pb, catalog_v2_grpc, "CatalogService"),
     _exposed("inventory", inventory_pb, inventory_grpc, "InventoryService"),
     _exposed("orders", orders_pb, orders_grpc, "OrdersService"),
     _exposed("payments", payments_pb, payments_grpc, "PaymentsService"),

@@ -1,5 +1,5 @@
 """The Kubernetes manifests under mesh/: custom resources valid against the Linkerd and Istio
-schemas (mesh/schemas, or EMPORIUM_CRD_SCHEMAS), workloads hardened and probed over gRPC, and
+schemas (mesh/schemas, or EMPORIUM_CRD_SCHEMAS), workloads hardened and probed on their protocol, and
 every kustomization pointing at files that exist."""
 
 from __future__ import annotations
@@ -67,7 +67,12 @@ def test_schema_validation_rejects_a_bad_mode() -> None:
         jsonschema.validate(bad, json.loads(schema_for(bad).read_text()))
 
 
-def test_deployments_are_hardened_and_probed_over_grpc() -> None:
+def _emporium_containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return [c for c in containers if str(c["image"]).startswith("emporium/")]
+
+
+def test_deployments_are_hardened_and_probed_on_their_protocol() -> None:
     deployments = [d for _, d in documents() if d["kind"] == "Deployment"]
     assert deployments
     for deployment in deployments:
@@ -77,14 +82,20 @@ def test_deployments_are_hardened_and_probed_over_grpc() -> None:
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True
             assert security["capabilities"]["drop"] == ["ALL"]
-            assert "grpc" in container["readinessProbe"]
-            assert "grpc" in container["livenessProbe"]
             assert {"requests", "limits"} <= set(container["resources"])
+        for container in _emporium_containers(deployment):
+            # gRPC services are probed with gRPC health; the HTTP gateway on /healthz.
+            port = container["ports"][0]["name"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                expected = "grpc" if port == "grpc" else "httpGet"
+                assert expected in container[probe], (deployment["metadata"]["name"], probe)
 
 
-def test_services_name_their_port_grpc() -> None:
+def test_services_name_their_port_by_protocol() -> None:
     for _, service in (item for item in documents() if item[1]["kind"] == "Service"):
-        assert [port["name"] for port in service["spec"]["ports"]] == ["grpc"]
+        names = [port["name"] for port in service["spec"]["ports"]]
+        expected = {"gateway": ["http"], "redis": ["redis"]}.get(service["metadata"]["name"])
+        assert names == (expected or ["grpc"]), service["metadata"]["name"]
 
 
 def test_kustomizations_point_at_existing_files() -> None:
@@ -97,7 +108,7 @@ def test_kustomizations_point_at_existing_files() -> None:
 def test_services_run_in_mesh_mode_explicitly() -> None:
     """Behind the mesh, in-process TLS is off; that must be said, never a default."""
     for _, deployment in (item for item in documents() if item[1]["kind"] == "Deployment"):
-        for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for container in _emporium_containers(deployment):
             env = {entry["name"]: entry.get("value") for entry in container["env"]}
             security = [value for name, value in env.items() if name.endswith("_SECURITY")]
             assert security == ["mesh"], deployment["metadata"]["name"]
@@ -122,8 +133,7 @@ def test_istio_authorization_names_every_method() -> None:
         for to in rule["to"]
         for path in to["operation"]["paths"]
     }
-    for _, descriptor, _ in SERVICES:
-        if descriptor is None:
-            continue  # a health endpoint only
-        for method in descriptor.methods:
-            assert f"/{descriptor.full_name}/{method.name}" in paths
+    for _, descriptors, _ in SERVICES:
+        for descriptor in descriptors:  # none: a health endpoint only
+            for method in descriptor.methods:
+                assert f"/{descriptor.full_name}/{method.name}" in paths

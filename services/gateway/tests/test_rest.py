@@ -141,3 +141,20 @@ async def test_jwks_openapi_docs_and_request_ids(fleet: Fleet) -> None:
         echoed = await http.get("/v1/products", headers={"X-Request-ID": "abc-123"})
         assert echoed.headers["x-request-id"] == "abc-123"
         assert len((await http.get("/v1/products")).headers["x-request-id"]) >= 16
+
+
+async def test_v1_and_v2_side_by_side(fleet: Fleet) -> None:
+    async with fleet.client() as http:
+        v1 = (await http.get(f"/v1/{PRODUCTS[0]}")).json()
+        v2 = (await http.get(f"/v2/{PRODUCTS[0]}")).json()
+        v2_page = await http.get("/v2/products", params={"page_size": 2})
+        spec = (await http.get("/openapi.json")).json()
+    assert v1["name"] == v2["name"] and v1["etag"] == v2["etag"]
+    assert set(v1["price"]) <= {"currencyCode", "units", "nanos"}
+    units, nanos = int(v1["price"].get("units", "0")), v1["price"].get("nanos", 0)
+    assert v2["price"] == {
+        "amount": f"{units}.{f'{nanos:09d}'.rstrip('0').ljust(2, '0')}",
+        "currency": v1["price"]["currencyCode"],
+    }
+    assert len(v2_page.json()["products"]) == 2 and 'rel="next"' in v2_page.headers["link"]
+    assert {"/v1/products/{product}", "/v2/products/{product}"} <= spec["paths"].keys()
