@@ -1,6 +1,6 @@
 """The Kubernetes manifests under mesh/: custom resources valid against the Linkerd and Istio
-schemas (mesh/schemas, or EMPORIUM_CRD_SCHEMAS), workloads hardened and probed on their protocol, and
-every kustomization pointing at files that exist."""
+schemas (mesh/schemas, or EMPORIUM_CRD_SCHEMAS), workloads hardened and probed on their
+protocol, and every kustomization pointing at files that exist."""
 
 from __future__ import annotations
 
