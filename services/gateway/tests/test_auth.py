@@ -182,6 +182,8 @@ MATRIX: list[tuple[str, str, Any, dict[str, str], dict[str, str]]] = [
     ("GET", "/v1/products", None, {}, _expect(OK, OK, OK, OK, OK)),
     ("GET", f"/v1/{PRODUCTS[0]}", None, {}, _expect(OK, OK, OK, OK, OK)),
     ("GET", "/v1/products:watch", None, {}, _expect(OK, OK, OK, OK, OK)),
+    ("GET", "/v2/products", None, {}, _expect(OK, OK, OK, OK, OK)),
+    ("GET", f"/v2/{PRODUCTS[0]}", None, {}, _expect(OK, OK, OK, OK, OK)),
     (
         "POST",
         "/v1/products",

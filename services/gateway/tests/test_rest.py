@@ -4,6 +4,8 @@ transcoding, pagination, conditional GETs, idempotency keys, SSE, problem+json."
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet
+from libs.telemetry.logging import JsonFormatter
+from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet, sse_messages
 
 
 @pytest.fixture
@@ -158,3 +161,116 @@ async def test_v1_and_v2_side_by_side(fleet: Fleet) -> None:
     }
     assert len(v2_page.json()["products"]) == 2 and 'rel="next"' in v2_page.headers["link"]
     assert {"/v1/products/{product}", "/v2/products/{product}"} <= spec["paths"].keys()
+
+
+async def test_full_view_degrades_with_a_warning(fleet: Fleet) -> None:
+    token = await fleet.customer("ann")
+    staff = await fleet.token("staff")
+    async with fleet.client(headers=bearer(token)) as http:
+        created = await http.post(
+            "/v1/orders",
+            json={
+                "customer": "customers/ann",
+                "lines": [
+                    {"product": PRODUCTS[0], "quantity": 1},
+                    {"product": PRODUCTS[1], "quantity": 1},
+                ],
+            },
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+        name = created.json()["name"]
+        deleted = await http.delete(f"/v1/{PRODUCTS[1]}", headers=bearer(staff))
+        assert deleted.status_code == 200, deleted.text
+        full = await http.get(f"/v1/{name}", params={"view": "FULL"})
+    assert full.status_code == 200
+    document = full.json()
+    assert document["lines"][0]["productDetails"]["name"] == PRODUCTS[0]
+    assert "productDetails" not in document["lines"][1]
+    assert document["warnings"] == [
+        {
+            "field": "lines[1].product",
+            "resource": PRODUCTS[1],
+            "status": 404,
+            "reason": document["warnings"][0]["reason"],
+            "detail": document["warnings"][0]["detail"],
+        }
+    ]
+    assert document["warnings"][0]["reason"]
+
+
+async def test_product_changes_arrive_over_sse(fleet: Fleet) -> None:
+    staff = await fleet.token("staff")
+    async with fleet.client() as http, http.stream("GET", "/v1/products:watch") as stream:
+        assert stream.status_code == 200
+        changed = await http.patch(
+            f"/v1/{PRODUCTS[2]}",
+            params={"update_mask": "title"},
+            json={"title": "Seen over SSE"},
+            headers=bearer(staff),
+        )
+        assert changed.status_code == 200
+        async for event, data in sse_messages(stream):
+            assert event == "message"
+            assert data["changeType"] == "CHANGE_TYPE_UPDATED"
+            assert data["product"]["title"] == "Seen over SSE"
+            break
+
+
+class _Lines(logging.Handler):
+    """Formats each record where it is logged, as the service's JSON handler does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("gateway"))
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_access_log_line_and_trace_propagation(fleet: Fleet) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    token = await fleet.customer("dee")
+    collected = _Lines()
+    access = logging.getLogger("emporium.gateway.access")
+    access.addHandler(collected)
+    access.setLevel(logging.INFO)
+    try:
+        async with fleet.client() as http:
+            response = await http.get(
+                "/v1/orders",
+                params={"customer": "customers/dee"},
+                headers={"traceparent": traceparent, "X-Request-ID": "req-42", **bearer(token)},
+            )
+    finally:
+        access.removeHandler(collected)
+    assert response.status_code == 200
+    line = next(entry for entry in collected.lines if entry.get("route") == "/v1/orders")
+    assert line["http_method"] == "GET" and line["status"] == 200
+    assert line["principal"] == "users/dee"
+    assert float(str(line["latency_ms"])) > 0
+    assert line["trace_id"] == trace_id  # the caller's trace continues
+    assert line["request_id"] == "req-42"
+    assert response.headers["x-request-id"] == "req-42"
+
+
+async def test_an_unreachable_upstream_is_503_and_then_a_fast_open_circuit(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    async with running_fleet(
+        tmp_path, amqp_url, payments=False, upstream_breaker_cooldown_seconds=30
+    ) as fleet:
+        staff = await fleet.token("staff")
+        reasons = []
+        async with fleet.client(headers=bearer(staff)) as http:
+            for _ in range(40):
+                response = await http.get("/v1/payments")
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"] == "application/problem+json"
+                assert int(response.headers["retry-after"]) >= 1
+                reasons.append(response.json().get("reason"))
+                if reasons[-1] == "CIRCUIT_OPEN":
+                    break
+    assert reasons[-1] == "CIRCUIT_OPEN", reasons
+    assert int(response.headers["retry-after"]) > 1  # the breaker's cool-down, not a guess
