@@ -33,7 +33,7 @@ from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from libs.testing.broker import fresh_vhost
 from services.catalog.seed import SAMPLES
-from tools.identity.__main__ import init as init_identity
+from tools.launcher import __main__ as launcher
 
 PRODUCT = f"products/{SAMPLES[0][0].lower()}"
 UNLIMITED = {
@@ -47,64 +47,36 @@ UNLIMITED = {
 async def start_fleet(
     directory: Path, amqp_url: str, stack: AsyncExitStack
 ) -> dict[str, ServiceProcess]:
-    init_identity(directory / "identity")
+    """The fleet as `tools/run` starts it (plaintext, free ports, the gateway's response cache
+    off), plus a second gateway with its cache on and the hand-written baseline."""
     registry = LocalRegistry(directory / "registry.json")
-    running: dict[str, ServiceProcess] = {}
-
-    async def start(name: str, module: str, env: dict[str, str]) -> None:
-        process = await start_service(module, {"EMPORIUM_SECURITY": "insecure", **env})
+    running = await launcher.start_fleet(
+        directory,
+        amqp_url,
+        registry,
+        security="insecure",
+        free_ports=True,
+        env_overrides={
+            "payments": {"PAYMENTS_PROVIDER_LATENCY_SECONDS": "0"},
+            "gateway": {**UNLIMITED, "GATEWAY_CACHE_TTL_SECONDS": "0"},
+        },
+        echo_log=False,
+    )
+    for process in running.values():
         stack.push_async_callback(process.terminate)
-        running[name] = process
-        registry.register(name, process.address)
-
-    def sqlite(name: str) -> str:
-        return f"sqlite+aiosqlite:///{directory / name}.sqlite3"
-
-    identity = directory / "identity"
-    await start(
-        "identity",
-        "services.identity",
-        {
-            "IDENTITY_DATABASE_URL": sqlite("identity"),
-            "IDENTITY_KEYS_DIR": str(identity / "keys"),
-            "IDENTITY_CLIENTS_FILE": str(identity / "clients.json"),
-            "IDENTITY_USERS_FILE": str(identity / "users.json"),
-        },
+    gateway_env = {
+        "GATEWAY_PORT": "0",
+        "GATEWAY_SECURITY": "insecure",
+        "GATEWAY_REGISTRY_FILE": str(registry.path),
+        **UNLIMITED,
+    }
+    extra = (
+        ("gateway (cached)", "services.gateway", gateway_env),
+        ("starlette", "bench.starlette_baseline", {"CATALOG_TARGET": running["catalog"].address}),
     )
-    await start(
-        "catalog",
-        "services.catalog",
-        {"CATALOG_DATABASE_URL": sqlite("catalog"), "CATALOG_SEED_SAMPLE_PRODUCTS": "true"},
-    )
-    await start("inventory", "services.inventory", {"INVENTORY_DATABASE_URL": sqlite("inventory")})
-    await start(
-        "orders",
-        "services.orders",
-        {
-            "ORDERS_DATABASE_URL": sqlite("orders"),
-            "ORDERS_REGISTRY_FILE": str(registry.path),
-            "EMPORIUM_AMQP_URL": amqp_url,
-        },
-    )
-    await start(
-        "payments",
-        "services.payments",
-        {
-            "PAYMENTS_DATABASE_URL": sqlite("payments"),
-            "PAYMENTS_PROVIDER_LEDGER": str(directory / "ledger.sqlite3"),
-            "PAYMENTS_PROVIDER_LATENCY_SECONDS": "0",
-            "EMPORIUM_AMQP_URL": amqp_url,
-        },
-    )
-    gateway_env = {"GATEWAY_PORT": "0", "GATEWAY_REGISTRY_FILE": str(registry.path), **UNLIMITED}
-    # The fair comparison has the response cache off; the cached figure is shown beside it.
-    await start("gateway", "services.gateway", {**gateway_env, "GATEWAY_CACHE_TTL_SECONDS": "0"})
-    await start("gateway (cached)", "services.gateway", gateway_env)
-    await start(
-        "starlette",
-        "bench.starlette_baseline",
-        {"CATALOG_TARGET": running["catalog"].address},
-    )
+    for name, module, env in extra:
+        running[name] = await start_service(module, env)
+        stack.push_async_callback(running[name].terminate)
     return running
 
 

@@ -9,22 +9,18 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import pytest
-
 from libs.rpcclient.discovery import LocalRegistry
 from tools.certificates.__main__ import ensure
-from tools.launcher.__main__ import curl_walkthrough, services, start_fleet
+from tools.launcher.__main__ import curl_walkthrough, start_fleet
 
 
-async def test_curl_walkthrough(
-    tmp_path: Path, amqp_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for spec in services(tmp_path):
-        monkeypatch.setenv(f"{spec.name.upper()}_PORT", "0")
+async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:
     certs = tmp_path / "certs"
     ensure(certs)
     registry = LocalRegistry(tmp_path / "registry.json")
-    running = await start_fleet(tmp_path, amqp_url, registry, certs=certs, echo_log=False)
+    running = await start_fleet(
+        tmp_path, amqp_url, registry, certs=certs, free_ports=True, echo_log=False
+    )
     try:
         secrets = tmp_path / "identity" / "secrets"
         script = "\n".join(

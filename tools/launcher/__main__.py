@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,25 +245,32 @@ async def start_fleet(
     registry: LocalRegistry,
     *,
     certs: Path = CERTS,
+    security: str = "mtls",
+    free_ports: bool = False,
+    env_overrides: Mapping[str, Mapping[str, str]] | None = None,
     echo_log: bool = True,
 ) -> dict[str, ServiceProcess]:
     """Starts every service in order (each registered once serving); the caller terminates
-    them. Ports: <SERVICE>_PORT, else the spec's (0 picks free ones)."""
+    them. Ports: free ones with `free_ports`, else <SERVICE>_PORT, else the spec's.
+    `env_overrides` adds settings per service (the gateway bench turns the cache off)."""
     written = init_identity(var / "identity")
     if written:
         print(f"identity secrets created in {var / 'identity'}: {', '.join(written)}")
     running: dict[str, ServiceProcess] = {}
     try:
         for spec in services(var):
-            port = os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
+            port = (
+                "0" if free_ports else os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
+            )
             print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
             prefix = spec.name.upper()
             env = {
                 f"{prefix}_PORT": port,
-                f"{prefix}_SECURITY": "mtls",
+                f"{prefix}_SECURITY": security,
                 f"{prefix}_CERTS_DIR": str(certs),
                 "EMPORIUM_AMQP_URL": amqp_url,
                 **spec.env,
+                **(env_overrides or {}).get(spec.name, {}),
             }
             if "identity" in running:  # every service verifies tokens with identity's keys
                 env["EMPORIUM_IDENTITY_TARGET"] = running["identity"].address
