@@ -5,20 +5,20 @@ calling catalog over gRPC directly; then the gateway → orders → catalog + in
 loopback, plaintext. HTTP load comes from wrk (C, one thread), gRPC load and the order chain
 from this process (grpc.aio, httpx; closed loop).
 
-    tools/bench gateway  [--seconds 10] [--concurrency 16] [--rounds 2]
+    tools/bench gateway  [--seconds 10] [--concurrency 16] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
+import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -133,37 +133,43 @@ async def order_chain(running: dict[str, ServiceProcess], args: argparse.Namespa
         )
 
 
+def cpu_seconds(process: ServiceProcess) -> float:
+    """User + system CPU the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run(args: argparse.Namespace) -> None:
     best: dict[str, Result] = {}
+    ratios: list[float] = []  # gateway / hand-written, per round (measured back to back)
+    cpu_per_request: dict[str, list[float]] = {"starlette": [], "gateway": []}
     async with AsyncExitStack() as stack:
         amqp_url = await stack.enter_async_context(fresh_vhost())
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        print(
-            "starting identity, catalog, inventory, orders, payments, two gateways and the "
-            "Starlette baseline ...",
-            flush=True,
-        )
+        print("starting the fleet, a second gateway and the Starlette baseline ...", flush=True)
         running = await start_fleet(scratch, amqp_url, stack)
 
-        def address(name: str) -> str:
-            return running[name].address
+        async def measure(label: str, name: str) -> Result:
+            before = cpu_seconds(running[name])
+            result = await http_get(label, running[name].address, args)
+            if name in cpu_per_request:
+                used = cpu_seconds(running[name]) - before
+                cpu_per_request[name].append(used / max(1, result.calls) * 1e6)
+            return result
 
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds} ...", flush=True)
-            measurements: list[tuple[str, Callable[[], Awaitable[Result]]]] = [
-                (
-                    "starlette",
-                    partial(http_get, "hand-written Starlette route", address("starlette"), args),
-                ),
-                ("gateway", partial(http_get, "gateway (cache off)", address("gateway"), args)),
-                (
-                    "cached",
-                    partial(http_get, "gateway (cache on)", address("gateway (cached)"), args),
-                ),
-                ("direct", partial(direct_grpc, running["catalog"].address, args)),
-            ]
-            for label, measure in measurements:
-                result = await measure()
+            baseline = await measure("hand-written Starlette route", "starlette")
+            gateway = await measure("gateway (cache off)", "gateway")
+            ratios.append(gateway.rate / baseline.rate)
+            cached = await measure("gateway (cache on)", "gateway (cached)")
+            direct = await direct_grpc(running["catalog"].address, args)
+            for label, result in (
+                ("starlette", baseline),
+                ("gateway", gateway),
+                ("cached", cached),
+                ("direct", direct),
+            ):
                 best[label] = faster(result, best.get(label, result))
         chain = await order_chain(running, args)
     print(
@@ -174,11 +180,12 @@ async def run(args: argparse.Namespace) -> None:
     for label in ("direct", "starlette", "gateway", "cached"):
         print(best[label].line())
     print(chain.line("orders/s"))
+    for name, samples in cpu_per_request.items():
+        print(f"{name + ' CPU per request':<34} {statistics.median(samples):9.0f} µs (median)")
     print(
-        ratio_line(
-            "gateway / hand-written route", best["gateway"].rate, best["starlette"].rate, target=0.9
-        )
+        f"{'gateway / hand-written, per round':<34} " + " ".join(f"{ratio:.3f}" for ratio in ratios)
     )
+    print(ratio_line("gateway / hand-written (median)", statistics.median(ratios), 1.0, target=0.9))
     print(ratio_line("cached gateway / hand-written", best["cached"].rate, best["starlette"].rate))
     print(ratio_line("gateway / catalog direct", best["gateway"].rate, best["direct"].rate))
 
@@ -187,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -12,10 +12,12 @@ retried (their requests cannot be replayed) but get the deadline, bulkhead and b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,6 +47,7 @@ from libs.runtime.rich_status import (
     status_from_trailers,
 )
 from libs.telemetry.logging import request_id
+from libs.telemetry.tracing import spans_recorded
 
 log = logging.getLogger("emporium.rpcclient")
 meter = metrics.get_meter("emporium.rpc.client")
@@ -155,6 +158,15 @@ class Upstream:
         await self.channel.close(None)
 
     # -- shared by the call wrappers ------------------------------------------------------
+
+    def client_span(self, method: str) -> AbstractContextManager[trace.Span]:
+        """A CLIENT span when spans are recorded (an exporter, or a sampled caller); else no
+        span at all: the caller's context, and so its traceparent, goes out unchanged."""
+        if spans_recorded(None) or trace.get_current_span().is_recording():
+            return self.tracer.start_as_current_span(
+                method, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+            )
+        return contextlib.nullcontext(trace.INVALID_SPAN)
 
     def deadline(self, timeout: float | None) -> float:
         """Absolute monotonic deadline for a call, never past the inbound handler's."""
@@ -287,9 +299,7 @@ class _UnaryCall:
         deadline = upstream.deadline(timeout)
         upstream.stats.calls += 1
         upstream.budget.record_call()
-        with upstream.tracer.start_as_current_span(
-            self._method, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
-        ) as span:
+        with upstream.client_span(self._method) as span:
             wire_metadata = upstream.metadata(metadata)
             attempt = 0
             while True:

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 from opentelemetry import trace
@@ -24,7 +24,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}+00:00",
             "level": record.levelname,
             "service": self._service,
             "pid": record.process,
@@ -69,6 +70,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # The JSON lines carry no file or line number: skip logging's stack walk for them
     # (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
+    logging.logThreads = False  # nor thread or multiprocessing names
+    logging.logMultiprocessing = False
     handler = LineWriter(sys.stderr.fileno())
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

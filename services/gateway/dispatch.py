@@ -53,6 +53,7 @@ def _denied(principal: Principal, method: descriptor.MethodDescriptor, why: str)
 class Dispatcher:
     def __init__(self, services: Iterable[ExposedService], upstreams: Mapping[str, Upstream]):
         self._stubs: dict[str, Any] = {}
+        self._rules: dict[str, AccessRule] = {}  # read from the descriptors once per method
         for exposed in services:
             stub_class = getattr(exposed.grpc_module, f"{exposed.service.name}Stub")
             self._stubs[exposed.service.full_name] = upstreams[exposed.upstream].stub(stub_class)
@@ -63,7 +64,11 @@ class Dispatcher:
     async def _authorize(
         self, method: descriptor.MethodDescriptor, request: message.Message, principal: Principal
     ) -> tuple[AccessRule, Decision]:
-        rule = AccessRule.of(method)
+        rule = self._rules.get(method.full_name)
+        if rule is None:
+            rule = AccessRule.of(method)
+            if rule is not None:
+                self._rules[method.full_name] = rule
         if rule is None:
             raise _denied(principal, method, "no access policy")
         decision = rule.decide(principal, request)
