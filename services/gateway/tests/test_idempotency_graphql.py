@@ -137,3 +137,21 @@ async def test_graphql_applies_the_same_access_rules(fleet: Fleet) -> None:
             json={"query": 'mutation { deleteProduct(name: "products/x") { ok } }'},
         )
         assert mutation.json()["errors"][0]["extensions"]["status"] == 401
+
+
+async def test_graphql_counts_against_the_same_rate_limits(amqp_url: str, tmp_path: Path) -> None:
+    async with (
+        running_fleet(
+            tmp_path, amqp_url, payments=False, rate_read_burst=2, rate_read_per_second=0.01
+        ) as fleet,
+        fleet.client() as http,
+    ):
+        query = {"query": f'{{ getProduct(name: "{PRODUCTS[0]}") {{ name }} }}'}
+        answers = [(await http.post("/graphql", json=query)) for _ in range(3)]
+        rest = await http.get(f"/v1/{PRODUCTS[0]}")
+    assert [a.json()["data"]["getProduct"] for a in answers[:2]] == [{"name": PRODUCTS[0]}] * 2
+    limited = answers[2].json()
+    assert limited["data"]["getProduct"] is None
+    assert limited["errors"][0]["extensions"]["status"] == 429
+    assert "ratelimit" in answers[2].headers
+    assert rest.status_code == 429 and rest.headers["retry-after"]  # one bucket for both
