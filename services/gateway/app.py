@@ -176,7 +176,6 @@ def build(settings: GatewaySettings) -> Gateway:
     }
     limits = Limits(
         max_body_bytes=settings.max_body_bytes,
-        request_timeout=settings.request_timeout_seconds,
         stream_timeout=settings.stream_timeout_seconds,
         trusted_proxies=settings.trusted_proxies,
         buckets=buckets,

@@ -44,7 +44,6 @@ _REQUEST_ID_NAMESPACE = uuid.UUID("0b8e4a0e-6f0c-4f5e-9d4c-6a1f4c2f9e11")
 @dataclass
 class Limits:
     max_body_bytes: int
-    request_timeout: float
     stream_timeout: float
     trusted_proxies: int
     buckets: dict[str, BucketPolicy]

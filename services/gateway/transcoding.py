@@ -20,7 +20,7 @@ from libs.runtime.errors import FieldViolation, invalid_argument
 from services.gateway.routes import Route
 
 # Query parameters the gateway itself reads; never fields of a request.
-GATEWAY_PARAMETERS = frozenset({"view", "access_token"})
+GATEWAY_PARAMETERS = frozenset({"view"})
 _WKT_AS_SCALAR = frozenset(
     {
         "google.protobuf.Timestamp",
