@@ -21,6 +21,14 @@ def main() -> None:
     except ConfigError as error:
         print(f"GatewaySettings: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.workers > 1:
+        print(
+            "GatewaySettings: GATEWAY_WORKERS: the gateway runs one process per replica; "
+            "run more replicas (they share rate limits and idempotency keys through "
+            "GATEWAY_REDIS_URL)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     configure_logging("gateway", settings.log_level)
     configure_tracing("gateway", settings.trace_exporter)
     # Bind first, so port 0 is resolved before the app logs `serving` with the real port.
