@@ -63,6 +63,9 @@ class ServiceSettings(BaseSettings):
         ),
         description="tokens' iss",
     )
+    jwks_refetch_seconds: float = Field(
+        default=30.0, gt=0, description="at most one JWKS fetch per interval on an unknown kid"
+    )
     token_audience: str = Field(
         default_factory=lambda: os.environ.get("EMPORIUM_TOKEN_AUDIENCE", "emporium"),
         description="tokens' aud",

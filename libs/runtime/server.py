@@ -169,7 +169,7 @@ class GrpcApp:
             channel = grpc.aio.insecure_channel(target)
         self._identity_channel = channel
         verifier = TokenVerifier(
-            identity_jwks(channel),
+            identity_jwks(channel, self.settings.jwks_refetch_seconds),
             issuer=self.settings.token_issuer,
             audience=self.settings.token_audience,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from google.protobuf import descriptor, message
+from google.protobuf import descriptor, descriptor_pb2, message
 
 from emporium.access.v1 import access_pb2
 from libs.security.tokens import Principal
@@ -78,3 +78,9 @@ def field_value(msg: message.Message, path: str) -> str:
             return ""
         current = getattr(current, part)
     return current if isinstance(current, str) else ""
+
+
+def reads_only(method: descriptor.MethodDescriptor) -> bool:
+    """Declared without side effects: its resource may be checked after reading it."""
+    level = method.GetOptions().idempotency_level
+    return bool(level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS)

@@ -6,14 +6,17 @@ the gateway's way (pinned algorithm, JWKS by kid, iss/aud/exp/nbf) and checked a
 method's contract access policy: UNAUTHENTICATED `INVALID_TOKEN` or PERMISSION_DENIED
 `ROLE_NOT_ALLOWED`. A call from the gateway's own identity must carry a token unless the method
 admits anonymous callers, so a compromised gateway cannot act without a user. Calls between
-services (no token) stay governed by the SPIFFE policy. Ownership of a resource the request
-does not name (a customer's order read by its name) is the gateway's check.
+services (no token) stay governed by the SPIFFE policy. Ownership is checked here too: a request
+field (`order.customer`) before the handler, a resource's owner on the response of a read (or
+the first message of its stream). Changes to a resource named by the request (CancelOrder) are
+checked by the gateway, which reads the resource first.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -23,7 +26,7 @@ from emporium.identity.v1 import identity_service_pb2 as identity_pb
 from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
 from libs.runtime.rich_status import abort_with, build_status
-from libs.security.access import AccessRule, Decision
+from libs.security.access import AccessRule, Decision, reads_only
 from libs.security.certificates import spiffe_id
 from libs.security.identity import TransportSecurity, peer_identity
 from libs.security.tokens import (
@@ -42,7 +45,7 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 )
 
 
-def identity_jwks(channel: grpc.aio.Channel) -> JwksCache:
+def identity_jwks(channel: grpc.aio.Channel, refetch_interval: float = 30.0) -> JwksCache:
     """A JWKS cache filled from identity's GetJwks over `channel`."""
     stub = identity_grpc.IdentityServiceStub(channel)
 
@@ -50,7 +53,7 @@ def identity_jwks(channel: grpc.aio.Channel) -> JwksCache:
         keys = await stub.GetJwks(identity_pb.GetJwksRequest(), timeout=5)
         return json_format.MessageToDict(keys)
 
-    return JwksCache(fetch)
+    return JwksCache(fetch, refetch_interval=refetch_interval)
 
 
 class TokenAuthentication:
@@ -72,7 +75,46 @@ class TokenAuthentication:
         async def authenticate(request: Any, context: Context) -> None:
             await self._check(method, rule, request, context)
 
-        return before_each_call(method, behavior, authenticate)
+        checked = before_each_call(method, behavior, authenticate)
+        reads = method.descriptor is not None and reads_only(method.descriptor)
+        if rule is None or not rule.resource_field or method.request_streaming or not reads:
+            return checked
+        # A read whose owner is in the resource (a customer's order by its name): the
+        # response, or a stream's first message, is checked before the caller sees it.
+        if method.response_streaming:
+
+            async def owned_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                first = True
+                async for response in checked(request, context):
+                    if first:
+                        await self._check_owner(method, rule, request, response, context)
+                        first = False
+                    yield response
+
+            return owned_stream
+
+        async def owned(request: Any, context: Context) -> Any:
+            response = await checked(request, context)
+            await self._check_owner(method, rule, request, response, context)
+            return response
+
+        return owned
+
+    async def _check_owner(
+        self, method: MethodInfo, rule: AccessRule, request: Any, response: Any, context: Context
+    ) -> None:
+        principal = current_principal.get()
+        if principal is None:
+            return  # a service's own call: the SPIFFE policy governs it
+        if rule.decide(principal, request) is Decision.CHECK_RESOURCE and not rule.owns(
+            principal, response
+        ):
+            await self._abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "NOT_OWNER",
+                f"{principal.subject} may not call {method.full_name} on what is not theirs",
+            )
 
     async def _check(
         self, method: MethodInfo, rule: AccessRule | None, request: Any, context: Context

@@ -92,15 +92,16 @@ class JwksCache:
             )
             if recent and not force:
                 return  # fetched recently (maybe by a concurrent caller): no new fetch
+            # A caller cancelled mid-fetch (a client gone) leaves no trace: only a completed
+            # fetch, successful or not, starts the interval.
             try:
                 jwks = await self._fetch()
             except Exception as error:
+                self._fetched_at, self.fetches = now, self.fetches + 1
                 if self._keys:
                     return  # keep serving with the keys we have; retry after the interval
                 raise InvalidToken(f"cannot fetch the signing keys: {error}") from error
-            finally:
-                self._fetched_at = now
-                self.fetches += 1
+            self._fetched_at, self.fetches = now, self.fetches + 1
             self._keys = {
                 str(jwk["kid"]): jwt.PyJWK(dict(jwk))
                 for jwk in jwks.get("keys", [])

@@ -32,9 +32,6 @@ class GatewaySettings(ServiceSettings):
     issuer: str = Field(default="https://identity.emporium.local", description="tokens' iss")
     audience: str = Field(default="emporium", description="tokens' aud")
     clock_skew_seconds: float = Field(default=30.0, ge=0, le=300)
-    jwks_refetch_seconds: float = Field(
-        default=30.0, gt=0, description="at most one JWKS fetch per interval on an unknown kid"
-    )
     request_timeout_seconds: float = Field(
         default=10.0, gt=0, description="budget of a request, upstream calls included"
     )

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor, descriptor_pb2, message, message_factory
+from google.protobuf import descriptor, message, message_factory
 
 from libs.rpcclient.upstream import Upstream
 from libs.runtime.validation import check
-from libs.security.access import AccessRule, Decision
+from libs.security.access import AccessRule, Decision, reads_only
 from libs.security.tokens import Principal
 from services.gateway.problems import Problem, from_rpc_error
 from services.gateway.routes import ExposedService
@@ -77,7 +77,7 @@ class Dispatcher:
         # The contract's buf.validate rules, at the edge: a bad request is refused before it
         # costs an upstream call, and before a stream has sent its 200.
         check(request)
-        if decision is Decision.CHECK_RESOURCE and not _reads_only(method):
+        if decision is Decision.CHECK_RESOURCE and not reads_only(method):
             # A change: read the resource first, as the caller, and check who owns it.
             lookup = method.containing_service.methods_by_name[rule.lookup]
             read = message_factory.GetMessageClass(lookup.input_type)(
@@ -172,8 +172,3 @@ async def _relay(
             yield response
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
-
-
-def _reads_only(method: descriptor.MethodDescriptor) -> bool:
-    level = method.GetOptions().idempotency_level
-    return level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS

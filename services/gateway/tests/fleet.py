@@ -140,28 +140,37 @@ async def running_fleet(
         return f"sqlite+aiosqlite:///{directory / name}.sqlite3"
 
     async with AsyncExitStack() as stack:
+        identity = await build_identity(
+            IdentitySettings(
+                database_url=sqlite("identity"),
+                keys_dir=directory / "identity" / "keys",
+                clients_file=directory / "identity" / "clients.json",
+                users_file=directory / "identity" / "users.json",
+                issuer=ISSUER,
+            )
+        )
+        await stack.enter_async_context(serving(identity))
+        registry.register("identity", identity.address)
+        # Every service verifies the tokens the gateway forwards, as in tools/run.
+        tokens: dict[str, Any] = {
+            "identity_target": identity.address,
+            "token_issuer": ISSUER,
+            "jwks_refetch_seconds": gateway_settings.get("jwks_refetch_seconds", 30.0),
+        }
         apps: list[tuple[str, Any]] = [
             (
-                "identity",
-                await build_identity(
-                    IdentitySettings(
-                        database_url=sqlite("identity"),
-                        keys_dir=directory / "identity" / "keys",
-                        clients_file=directory / "identity" / "clients.json",
-                        users_file=directory / "identity" / "users.json",
-                        issuer=ISSUER,
+                "catalog",
+                await build_catalog(
+                    CatalogSettings(
+                        database_url=sqlite("catalog"), seed_sample_products=True, **tokens
                     )
                 ),
             ),
             (
-                "catalog",
-                await build_catalog(
-                    CatalogSettings(database_url=sqlite("catalog"), seed_sample_products=True)
-                ),
-            ),
-            (
                 "inventory",
-                await build_inventory(InventorySettings(database_url=sqlite("inventory"))),
+                await build_inventory(
+                    InventorySettings(database_url=sqlite("inventory"), **tokens)
+                ),
             ),
         ]
         channels: dict[str, grpc.aio.Channel] = {}
@@ -175,6 +184,7 @@ async def running_fleet(
                 outbox_poll_seconds=0.2,
                 registry_file=registry.path,
                 watch_poll_seconds=0.5,
+                **tokens,
             )
         )
         await stack.enter_async_context(serving(orders))
@@ -187,6 +197,7 @@ async def running_fleet(
                     provider_ledger=directory / "ledger.sqlite3",
                     provider_latency_seconds=0,
                     outbox_poll_seconds=0.2,
+                    **tokens,
                 )
             )
             await stack.enter_async_context(serving(payments_app))

@@ -14,10 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jwt
 import pytest
 
+from emporium.orders.v1 import orders_service_pb2 as orders_pb
+from emporium.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from libs.security.access import AccessRule
+from libs.testing.rpc import rich_error
 from services.gateway.app import EXPOSED
 from services.gateway.routes import build_routes
 from services.gateway.tests.fleet import ISSUER, PRODUCTS, Fleet, running_fleet
@@ -279,6 +283,7 @@ async def test_authorization_matrix(fleet: Fleet) -> None:
                 if outcome != expected[caller]:
                     failures.append(
                         f"{verb} {path} as {caller}: {status}, expected {expected[caller]}"
+                        + ("" if ":watch" in url else f" ({response.text[:300]})")
                     )
     assert failures == [], "\n".join(failures)
     # the matrix covers every route the contracts expose
@@ -290,3 +295,36 @@ async def test_authorization_matrix(fleet: Fleet) -> None:
         assert any(verb == route.verb and route.pattern.match(path) for verb, path in covered), (
             route.template
         )
+
+
+async def test_orders_itself_refuses_another_customers_order(fleet: Fleet) -> None:
+    """Defence in depth: the same ownership rule, checked by orders on a direct call."""
+    await fleet.stock()
+    ann, bob = await fleet.customer("ann"), await fleet.customer("bob")
+    async with fleet.client(headers={"Authorization": f"Bearer {ann}"}) as http:
+        order = await http.post(
+            "/v1/orders",
+            json={"customer": "customers/ann", "lines": [{"product": PRODUCTS[0], "quantity": 1}]},
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+    name = order.json()["name"]
+    async with grpc.aio.insecure_channel(fleet.registry.target("orders")) as channel:
+        stub = orders_grpc.OrdersServiceStub(channel)
+        request = orders_pb.GetOrderRequest(name=name)
+        mine = await stub.GetOrder(request, metadata=[("authorization", f"Bearer {ann}")])
+        assert mine.customer == "customers/ann"
+        for call in (
+            lambda token: stub.GetOrder(request, metadata=[("authorization", f"Bearer {token}")]),
+            lambda token: anext(
+                aiter(
+                    stub.WatchOrder(
+                        orders_pb.WatchOrderRequest(name=name),
+                        metadata=[("authorization", f"Bearer {token}")],
+                    )
+                )
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(bob)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert rich_error(refused.value).info.reason == "NOT_OWNER"  # type: ignore[union-attr]
