@@ -42,15 +42,14 @@ from services.gateway.dispatch import Dispatcher
 from services.gateway.problems import Problem
 from services.gateway.references import DETAILS_SUFFIX, References
 from services.gateway.routes import Route
-from services.gateway.transcoding import json_name, parse_message, to_json
-
-_AS_STRING = frozenset(
-    {
-        "google.protobuf.Timestamp",
-        "google.protobuf.Duration",
-        "google.protobuf.FieldMask",
-    }
+from services.gateway.transcoding import (
+    JSON_STRING_TYPES,
+    is_map,
+    json_name,
+    parse_message,
+    to_json,
 )
+
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
 _FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
 
@@ -144,7 +143,7 @@ class SchemaBuilder:
         return self._scalar(field)
 
     def output(self, message_type: descriptor.Descriptor) -> GraphQLOutputType:
-        if message_type.full_name in _AS_STRING:
+        if message_type.full_name in JSON_STRING_TYPES:
             return GraphQLString
         name = message_type.full_name
         if name not in self._outputs:
@@ -152,7 +151,7 @@ class SchemaBuilder:
             def fields() -> dict[str, GraphQLField]:
                 result: dict[str, GraphQLField] = {}
                 for field in message_type.fields:
-                    if _is_map(field):
+                    if is_map(field):
                         result[json_name(field)] = GraphQLField(JSON_SCALAR)
                         continue
                     single = self._single_output(field)
@@ -182,7 +181,7 @@ class SchemaBuilder:
         return GraphQLList(single) if field.is_repeated else single
 
     def input(self, message_type: descriptor.Descriptor) -> GraphQLInputType:
-        if message_type.full_name in _AS_STRING:
+        if message_type.full_name in JSON_STRING_TYPES:
             return GraphQLString
         name = message_type.full_name
         if name not in self._inputs:
@@ -190,7 +189,7 @@ class SchemaBuilder:
             def fields() -> dict[str, GraphQLInputField]:
                 result = {
                     json_name(f): GraphQLInputField(
-                        JSON_SCALAR if _is_map(f) else self.input_field(f)
+                        JSON_SCALAR if is_map(f) else self.input_field(f)
                     )
                     for f in message_type.fields
                 }
@@ -229,7 +228,3 @@ class SchemaBuilder:
 def _plain(arguments: Any) -> Any:
     """GraphQL's argument values as plain JSON (enum values are their names already)."""
     return json.loads(json.dumps(arguments))
-
-
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry

@@ -9,7 +9,6 @@ problem+json errors and who may call it (`x-emporium-access`).
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +16,9 @@ from google.api import field_behavior_pb2
 from google.protobuf import descriptor
 from google.protobuf.descriptor import FieldDescriptor
 
-from services.gateway.routes import Route
-from services.gateway.transcoding import json_name
+from services.gateway.routes import PATH_VARIABLE, Route
+from services.gateway.transcoding import is_map, json_name
 
-_VARIABLE = re.compile(r"\{(?P<field>[a-z_][a-z0-9_.]*)(?:=(?P<pattern>[^}]+))?\}")
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
@@ -94,7 +92,7 @@ def openapi_path(template: str) -> tuple[str, list[tuple[str, str, str]]]:
     path = ""
     parameters: list[tuple[str, str, str]] = []
     position = 0
-    for match in _VARIABLE.finditer(template):
+    for match in PATH_VARIABLE.finditer(template):
         path += template[position : match.start()]
         segments = (match["pattern"] or "*").split("/")
         rendered = []
@@ -142,7 +140,7 @@ class _Schemas:
         return {"type": "object", "properties": properties}
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if is_map(field):
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
         single = self.single(field)

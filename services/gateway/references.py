@@ -18,7 +18,7 @@ from libs.security.tokens import Principal
 from services.gateway.dispatch import Dispatcher
 from services.gateway.problems import Problem
 from services.gateway.routes import Route
-from services.gateway.transcoding import json_name, to_json
+from services.gateway.transcoding import is_map, json_name, to_json
 
 DETAILS_SUFFIX = "Details"
 
@@ -139,7 +139,7 @@ class References:
                     found.append((field, value, document, path))
             elif field.message_type is not None and json_name(field) in document:
                 if field.is_repeated:
-                    if field.message_type.GetOptions().map_entry:
+                    if is_map(field):
                         continue
                     for index, (item, item_doc) in enumerate(
                         zip(value, document[json_name(field)], strict=True)

@@ -17,7 +17,7 @@ from google.protobuf import descriptor
 
 from libs.security.access import AccessRule
 
-_VARIABLE = re.compile(r"\{(?P<field>[a-z_][a-z0-9_.]*)(?:=(?P<pattern>[^}]+))?\}")
+PATH_VARIABLE = re.compile(r"\{(?P<field>[a-z_][a-z0-9_.]*)(?:=(?P<pattern>[^}]+))?\}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
     fields: list[str] = []
     regex = ""
     position = 0
-    for match in _VARIABLE.finditer(template):
+    for match in PATH_VARIABLE.finditer(template):
         regex += re.escape(template[position : match.start()])
         segments = (match["pattern"] or "*").split("/")
         parts = []
@@ -136,7 +136,7 @@ def build_routes(services: Sequence[ExposedService]) -> tuple[list[Route], list[
                     )
                 )
     # Literal text outranks variables: /v1/products:watch before /v1/{name=products/*}.
-    routes.sort(key=lambda r: -len(_VARIABLE.sub("", r.template)))
+    routes.sort(key=lambda r: -len(PATH_VARIABLE.sub("", r.template)))
     return routes, skipped
 
 

@@ -21,11 +21,13 @@ from services.gateway.routes import Route
 
 # Query parameters the gateway itself reads; never fields of a request.
 GATEWAY_PARAMETERS = frozenset({"view"})
-_WKT_AS_SCALAR = frozenset(
+# Well-known types whose proto3 JSON form is a string (GraphQL types them as String too).
+JSON_STRING_TYPES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+)
+# ... and those a query parameter may carry: the above and the scalar wrappers.
+_WKT_AS_SCALAR = JSON_STRING_TYPES | frozenset(
     {
-        "google.protobuf.Timestamp",
-        "google.protobuf.Duration",
-        "google.protobuf.FieldMask",
         "google.protobuf.StringValue",
         "google.protobuf.Int64Value",
         "google.protobuf.Int32Value",
@@ -54,6 +56,10 @@ def parse_json(raw: bytes) -> Any:
 def json_name(field: FieldDescriptor) -> str:
     """The field's proto3 JSON name (lowerCamelCase unless the contract sets json_name)."""
     return str(field.json_name)  # type: ignore[attr-defined]  # missing from the stubs
+
+
+def is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and bool(field.message_type.GetOptions().map_entry)
 
 
 def _field(message_type: descriptor.Descriptor, name: str) -> FieldDescriptor | None:
