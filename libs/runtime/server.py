@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
 from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
@@ -169,7 +170,9 @@ class GrpcApp:
             channel = grpc.aio.insecure_channel(target)
         self._identity_channel = channel
         verifier = TokenVerifier(
-            identity_jwks(channel, self.settings.jwks_refetch_seconds),
+            identity_jwks(
+                identity_grpc.IdentityServiceStub(channel), self.settings.jwks_refetch_seconds
+            ),
             issuer=self.settings.token_issuer,
             audience=self.settings.token_audience,
         )

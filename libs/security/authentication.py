@@ -23,7 +23,6 @@ import grpc
 from google.protobuf import json_format
 
 from emporium.identity.v1 import identity_service_pb2 as identity_pb
-from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
 from libs.runtime.rich_status import abort_with, build_status
 from libs.security.access import AccessRule, Decision, reads_only
@@ -45,12 +44,12 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 )
 
 
-def identity_jwks(channel: grpc.aio.Channel, refetch_interval: float = 30.0) -> JwksCache:
-    """A JWKS cache filled from identity's GetJwks over `channel`."""
-    stub = identity_grpc.IdentityServiceStub(channel)
+def identity_jwks(stub: Any, refetch_interval: float = 30.0) -> JwksCache:
+    """A JWKS cache filled from identity's GetJwks through `stub` (a generated
+    IdentityServiceStub, or the client kit's wrapping of one)."""
 
     async def fetch() -> Jwks:
-        keys = await stub.GetJwks(identity_pb.GetJwksRequest(), timeout=5)
+        keys = await stub.GetJwks(identity_pb.GetJwksRequest(), timeout=5.0)
         return json_format.MessageToDict(keys)
 
     return JwksCache(fetch, refetch_interval=refetch_interval)

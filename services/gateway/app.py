@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor, descriptor_pb2, json_format
+from google.protobuf import descriptor, descriptor_pb2
 from graphql import GraphQLSchema, graphql
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -38,9 +37,10 @@ from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
-from libs.runtime.deadline import inbound_deadline
+from libs.runtime.deadline import budget
+from libs.security.authentication import identity_jwks
 from libs.security.credentials import CertificateFiles
-from libs.security.tokens import Jwks, JwksCache, TokenVerifier
+from libs.security.tokens import JwksCache, TokenVerifier
 from services.gateway.caching import ResponseCache
 from services.gateway.config import GatewaySettings
 from services.gateway.dispatch import Dispatcher
@@ -144,11 +144,7 @@ def build(settings: GatewaySettings) -> Gateway:
         log.warning("RPC not exposed", extra={"why": reason})
     dispatcher = Dispatcher(EXPOSED, upstreams)
     identity = upstreams["identity"].stub(identity_grpc.IdentityServiceStub)
-
-    async def fetch_jwks() -> Jwks:
-        return json_format.MessageToDict(await identity.GetJwks(identity_pb.GetJwksRequest()))
-
-    jwks = JwksCache(fetch_jwks, refetch_interval=settings.jwks_refetch_seconds)
+    jwks = identity_jwks(identity, settings.jwks_refetch_seconds)
     verifier = TokenVerifier(
         jwks,
         issuer=settings.issuer,
@@ -205,7 +201,7 @@ def build(settings: GatewaySettings) -> Gateway:
 
     async def rest_endpoint(request: Request) -> Response:
         # Every upstream call of this request shares its budget (the client kit reads it).
-        with _budget(settings.request_timeout_seconds):
+        with budget(settings.request_timeout_seconds):
             return await rest(request)
 
     @contextlib.asynccontextmanager
@@ -252,15 +248,6 @@ async def _http_problem(request: Request, error: Exception) -> Response:
     return problem.response(request.url.path, getattr(request.state, "request_id", None))
 
 
-@contextlib.contextmanager
-def _budget(seconds: float) -> Iterator[None]:
-    token = inbound_deadline.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        inbound_deadline.reset(token)
-
-
 async def _graphql(
     request: Request,
     schema: GraphQLSchema,
@@ -298,7 +285,7 @@ async def _graphql(
         route_class = "read" if reads else "write"
         await rest.rate_limit(request, principal, route_class, headers)
 
-    with _budget(settings.request_timeout_seconds):
+    with budget(settings.request_timeout_seconds):
         result = await graphql(
             schema,
             payload["query"],

@@ -112,10 +112,14 @@ class RestApi:
         problem.headers = {**headers, **problem.headers}
         return problem.response(request.url.path, request.state.request_id)
 
+    def _caller(self, request: Request, principal: Principal) -> str:
+        """Whose limits and idempotency keys: the principal, or the client IP if anonymous."""
+        return principal.subject or f"ip:{client_ip(request, self._limits.trusted_proxies)}"
+
     async def rate_limit(
         self, request: Request, principal: Principal, route_class: str, headers: dict[str, str]
     ) -> None:
-        caller = principal.subject or f"ip:{client_ip(request, self._limits.trusted_proxies)}"
+        caller = self._caller(request, principal)
         policy = self._limits.buckets[route_class]
         verdict = await self._limiter.take(f"{route_class}:{caller}", policy)
         headers.update(verdict.headers(route_class, policy))
@@ -199,8 +203,7 @@ class RestApi:
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
                 reason="INVALID_IDEMPOTENCY_KEY",
             )
-        caller = principal.subject or f"ip:{client_ip(request, self._limits.trusted_proxies)}"
-        scoped = f"{caller}:{key}"
+        scoped = f"{self._caller(request, principal)}:{key}"
         fingerprint = hashlib.sha256(
             b"\n".join(
                 [

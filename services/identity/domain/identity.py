@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import time
@@ -21,8 +22,13 @@ from services.identity.domain.model import Client, IssuedToken, RefreshGrant, Us
 
 CUSTOMER = "customer"
 _hasher = PasswordHasher()
-# Verified when the user does not exist, so both paths cost one Argon2 verification.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the account does not exist, so both paths cost one Argon2 verification
+    (made on first use: hashing costs tens of milliseconds, not for every import)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountStore(Protocol):
@@ -89,7 +95,7 @@ class Identity:
         if not username or not password:
             raise _missing("password", "username", "password")
         user = await self._store.user(username)
-        matches = await secret_matches(user.password_hash if user else _DUMMY_HASH, password)
+        matches = await secret_matches(user.password_hash if user else _dummy_hash(), password)
         if user is None or not matches:
             raise _invalid_grant("wrong username or password")
         granted = self._narrow(user.roles, scope)
@@ -102,7 +108,9 @@ class Identity:
         if not client_id or not client_secret:
             raise _missing("client_credentials", "client_id", "client_secret")
         client = self._clients.get(client_id)
-        matches = await secret_matches(client.secret_hash if client else _DUMMY_HASH, client_secret)
+        matches = await secret_matches(
+            client.secret_hash if client else _dummy_hash(), client_secret
+        )
         if client is None or not matches:
             raise _invalid_grant("wrong client id or secret", "INVALID_CLIENT")
         granted = self._narrow(client.roles, scope)
