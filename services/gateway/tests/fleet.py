@@ -101,6 +101,19 @@ class Fleet:
         await adjust.done_writing()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server with an event for "listening", instead of polling `started`."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+
 @asynccontextmanager
 async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[Gateway, str]]:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without
@@ -110,12 +123,14 @@ async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[Gatewa
     port = listener.getsockname()[1]
     gateway = build(settings.model_copy(update={"port": port}))
     config = uvicorn.Config(gateway.app, log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)  # uvicorn offers no started event to await
+    ready = asyncio.create_task(server.ready.wait())
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if not server.ready.is_set():
+        ready.cancel()
+        task.result()  # startup failed: raise why
+        raise RuntimeError("the gateway stopped before it started")
     try:
         yield gateway, f"http://127.0.0.1:{port}"
     finally:
