@@ -74,20 +74,15 @@ class Database:
     async def writing(self, lock_table: str | None = None) -> AsyncIterator[AsyncConnection]:
         """One write transaction at a time from this process (SQLite allows one writer anyway,
         and a deferred transaction that upgrades to writing can fail instead of waiting). On
-        PostgreSQL, `lock_table` also serializes writers across replicas. A unique-constraint
-        race that slips through surfaces as ALREADY_EXISTS."""
-        async with self._write_lock:
-            try:
-                async with self.engine.begin() as connection:
-                    if lock_table is not None and not self.is_sqlite:
-                        await connection.execute(
-                            sa.text(f"LOCK TABLE {lock_table} IN SHARE ROW EXCLUSIVE MODE")
-                        )
-                    yield connection
-            except IntegrityError:
-                raise DomainError(
-                    ErrorKind.ALREADY_EXISTS, "CONFLICT", "a concurrent write took the same key"
-                ) from None
+        PostgreSQL, `lock_table` also serializes writers across replicas. An IntegrityError
+        reaches the caller as it is (a repository may turn it into its own error); one nobody
+        handles becomes ALREADY_EXISTS at the RPC edge (`database_errors`)."""
+        async with self._write_lock, self.engine.begin() as connection:
+            if lock_table is not None and not self.is_sqlite:
+                await connection.execute(
+                    sa.text(f"LOCK TABLE {lock_table} IN SHARE ROW EXCLUSIVE MODE")
+                )
+            yield connection
 
     async def ping(self) -> None:
         """Raises while the database cannot answer a query."""
@@ -141,9 +136,14 @@ class Database:
         await self.engine.dispose()
 
 
-def database_unavailable(error: Exception) -> DomainError | None:
+def database_errors(error: Exception) -> DomainError | None:
     """ExceptionTranslator: a lost or refused database connection is UNAVAILABLE (retryable),
-    not INTERNAL."""
+    not INTERNAL; a unique-constraint race no repository turned into its own error is
+    ALREADY_EXISTS `CONFLICT`."""
+    if isinstance(error, IntegrityError):
+        return DomainError(
+            ErrorKind.ALREADY_EXISTS, "CONFLICT", "a concurrent write took the same key"
+        )
     if isinstance(error, OSError | TimeoutError) or (
         isinstance(error, DBAPIError)
         and (error.connection_invalidated or isinstance(error, OperationalError | InterfaceError))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v2 import catalog_service_pb2_grpc as pb_v2_grpc
 from libs.runtime.server import GrpcApp
-from libs.storage.database import Database, database_unavailable
+from libs.storage.database import Database, database_errors
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.api.mapping import validate_draft
 from services.catalog.api.policy import POLICY
@@ -44,7 +44,7 @@ async def build(settings: CatalogSettings) -> GrpcApp:
     if settings.seed_sample_products:
         await seed(parts.catalog)
     app = GrpcApp(
-        "catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+        "catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
     )
     app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(parts.catalog))
     app.add_servicer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
-from libs.storage.database import Database, database_unavailable
+from libs.storage.database import Database, database_errors
 from services.identity.adapters.secret_files import load_clients, load_users
 from services.identity.adapters.sql_repository import MIGRATIONS, SqlAccountStore
 from services.identity.api.policy import POLICY
@@ -32,7 +32,7 @@ async def build(settings: IdentitySettings) -> GrpcApp:
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
     app = GrpcApp(
-        "identity", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+        "identity", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
     )
     app.add_servicer(
         pb_grpc.add_IdentityServiceServicer_to_server, IdentityServicer(identity, keys)

@@ -8,7 +8,7 @@ import logging
 
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
-from libs.storage.database import Database, database_unavailable
+from libs.storage.database import Database, database_errors
 from services.inventory.adapters.sql_repository import MIGRATIONS, SqlInventoryRepository
 from services.inventory.api.policy import POLICY
 from services.inventory.api.servicer import DOMAIN, InventoryServicer
@@ -44,7 +44,7 @@ async def build(settings: InventorySettings) -> GrpcApp:
         feed.close()
 
     app = GrpcApp(
-        "inventory", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+        "inventory", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
     )
     app.add_servicer(pb_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(inventory))
     app.add_health_check("database", database.ping)

@@ -11,7 +11,7 @@ from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
-from libs.storage.database import Database, database_unavailable
+from libs.storage.database import Database, database_errors
 from services.orders.adapters.payment_results import RESULTS_QUEUE, TOPOLOGY, PaymentResults
 from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
 from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
@@ -62,7 +62,7 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         settings,
         domain=DOMAIN,
         policy=POLICY,
-        translators=[database_unavailable, upstream_errors],
+        translators=[database_errors, upstream_errors],
     )
     app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
     messaging.add(

@@ -6,7 +6,7 @@ from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
 from libs.messaging.service import ServiceMessaging
 from libs.runtime.server import GrpcApp
-from libs.storage.database import Database, database_unavailable
+from libs.storage.database import Database, database_errors
 from services.payments.adapters.charge_queue import CHARGE_QUEUE, ChargeHandler, topology
 from services.payments.adapters.simulator import SimulatedProvider
 from services.payments.adapters.sql_repository import MIGRATIONS, SqlPaymentRepository
@@ -44,7 +44,7 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
         )
     )
     app = GrpcApp(
-        "payments", settings, domain=DOMAIN, policy=POLICY, translators=[database_unavailable]
+        "payments", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
     )
     app.add_servicer(pb_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(payments))
     app.add_health_check("database", database.ping)

@@ -180,6 +180,10 @@ async def test_signing_up_twice_is_already_exists(identity: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await sign_up(identity)
     assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # The store's unique key surfaces as the domain's reason, not the storage layer's CONFLICT.
+    info = rich_error(raised.value).info
+    assert info is not None and info.reason == "USER_EXISTS"
+    assert raised.value.details() == "users/ann already exists"
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await identity.stub.CreateUser(
             pb.CreateUserRequest(user_id="bo", user=pb.User(password="short"))
