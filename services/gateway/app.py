@@ -111,30 +111,45 @@ def _upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
     return {name: Upstream(name, channels.channel(name), policy) for name in sorted(names)}
 
 
-async def _watch_catalog(upstream: Upstream, cache: ResponseCache) -> None:
+# The catalog feed retries for the gateway's lifetime: slower than a request's retries.
+FEED_BACKOFF = Backoff(initial=0.5, maximum=10.0)
+
+
+async def _watch_catalog(
+    upstream: Upstream, cache: ResponseCache, backoff: Backoff = FEED_BACKOFF
+) -> None:
     """Empties the response cache at every catalog change; keeps it off while disconnected.
 
     A plain stub on the upstream's channel, not the client kit: this is a feed the gateway
     keeps open for its lifetime (reconnecting with backoff), and catalog sends the stream's
-    headers once the watcher is subscribed, which is when the cache may turn on."""
+    headers once the watcher is subscribed, which is when the cache may turn on. A call that
+    fails also "returns" its (empty) headers, so headers count only while the call is open."""
     stub = catalog_grpc.CatalogServiceStub(upstream.channel)
-    backoff = Backoff()
     attempt = 0
     while True:
         call = stub.WatchProducts(catalog_pb.WatchProductsRequest())
+        code = grpc.StatusCode.UNKNOWN
         try:
             await call.initial_metadata()
-            cache.invalidate(enabled=True)
-            attempt = 0
-            async for _change in call:
-                cache.invalidate()
+            if not call.done():
+                cache.invalidate(enabled=True)
+                attempt = 0
+                log.info("catalog change feed up; cache on")
+                async for _change in call:
+                    cache.invalidate()
+            code = await call.code()
         except grpc.aio.AioRpcError as error:
-            log.info("catalog change feed lost; cache off", extra={"code": error.code().name})
+            code = error.code()
         finally:
             call.cancel()
         cache.invalidate(enabled=False)
         attempt += 1
-        await asyncio.sleep(backoff.delay(attempt))
+        delay = backoff.delay(attempt)
+        log.info(
+            "catalog change feed down; cache off",
+            extra={"code": code.name, "attempt": attempt, "retry_in_seconds": round(delay, 3)},
+        )
+        await asyncio.sleep(delay)
 
 
 def build(settings: GatewaySettings) -> Gateway:
