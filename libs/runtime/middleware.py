@@ -7,9 +7,10 @@ RPC kinds at a fraction of the per-call cost (bench/runtime_overhead.py measures
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -73,8 +74,13 @@ def stream_response(
     """
 
     async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-        async for response in around(request, context, lambda: behavior(request, context)):
-            yield response
+        # Around-generators are async generators, whatever their annotation says.
+        responses = cast(
+            AsyncGenerator[Any, None], around(request, context, lambda: behavior(request, context))
+        )
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                yield response
 
     return wrapped
 
@@ -90,8 +96,9 @@ def before_each_call(
 
         async def checked_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             await check(request, context)
-            async for response in behavior(request, context):
-                yield response
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return checked_stream
 
@@ -100,6 +107,21 @@ def before_each_call(
         return await behavior(request, context)
 
     return checked
+
+
+def _written(behavior: Behavior) -> Behavior:
+    """A streaming behavior as a coroutine that writes each response itself, so that when the
+    client leaves early the generators close here, in the RPC's task. (Handed to grpc as an
+    async generator, they would be left open and closed later by the event loop in another task,
+    whose context cannot restore what the middleware set: "Failed to detach context".)"""
+
+    async def write_all(request: Any, context: Context) -> None:
+        responses = behavior(request, context)
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                await context.write(response)
+
+    return write_all
 
 
 class _HandlerCollector:
@@ -156,6 +178,8 @@ def register(
             behavior: Behavior = getattr(handler, field)
             for middleware in reversed(chain):
                 behavior = middleware.wrap(info, behavior)
+            if info.response_streaming:
+                behavior = _written(behavior)
             wrapped[name] = handler._replace(**{field: behavior})  # type: ignore[attr-defined]
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         # grpc-stubs predates add_registered_method_handlers (grpcio >= 1.62).

@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
 from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
+from libs.runtime.reflection import enable_reflection
 from libs.runtime.validation import RequestValidation
 from libs.security.authentication import TokenAuthentication, identity_jwks
 from libs.security.credentials import CertificateFiles
@@ -81,8 +81,9 @@ class ShutdownGate:
                     await _refuse(context)
                 gate._enter()
                 try:
-                    async for response in behavior(request, context):
-                        yield response
+                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            yield response
                 finally:
                     gate._leave()
 
@@ -204,8 +205,7 @@ class GrpcApp:
     async def start(self) -> int:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if self.settings.reflection:
-            names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
-            reflection.enable_server_reflection(names, self._server)
+            enable_reflection([*self._services, health.SERVICE_NAME], self._server)
         address = f"{self.settings.host}:{self.settings.port}"
         if self.security is TransportSecurity.MTLS:
             files = CertificateFiles.for_service(self.settings.certs_dir, self.name)
