@@ -1,10 +1,15 @@
 """Consumers: a work-queue consumer and an event-stream consumer on one supervised session.
 
 The session connects, declares the topology, consumes, and when the connection drops (broker
-restart, network cut, missed heartbeats) connects again after `reconnect_interval` and resumes.
-Messages are acknowledged only after their handler returned, that is after the handler's
-transaction committed; a message whose ack is lost with the connection is redelivered and the
-inbox absorbs it.
+restart, network cut, missed heartbeats) connects again after `reconnect_interval` (to the
+next node of a cluster first) and resumes. Messages are acknowledged only after their handler
+returned, that is after the handler's transaction committed; a message whose ack is lost with
+the connection is redelivered and the inbox absorbs it.
+
+Every body is decoded by its declared type and validated against the type's buf.validate rules
+before the handler runs, as RPC requests are; a message that is unreadable, of a type the queue
+does not take, or invalid never reaches the handler: a work queue dead-letters it at once with
+the reason, a stream consumer skips it. Both log it once.
 """
 
 from __future__ import annotations
@@ -25,8 +30,22 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.messaging.broker import BrokerOptions, BrokerUnreachable, connect
-from libs.messaging.envelope import ATTEMPT_HEADER, BadMessage, decode, text_headers, to_amqp
+from libs.messaging.broker import BrokerOptions, BrokerUnreachable, connect_next
+from libs.messaging.envelope import (
+    ATTEMPT_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    BadMessage,
+    decode,
+    decode_valid,
+    text_headers,
+    to_amqp,
+)
+from libs.messaging.metrics import (
+    Handling,
+    announce_consumer,
+    consumer_attributes,
+    record_lag,
+)
 from libs.messaging.offsets import load_offset, reset_offset, store_offset
 from libs.messaging.topology import EventStream, Topology, WorkQueue, declare
 from libs.storage.database import Database
@@ -38,16 +57,18 @@ M = TypeVar("M", bound=Message)
 
 
 class PermanentFailure(Exception):
-    """Raised by a handler for a message no retry can fix: it goes straight to the DLQ."""
+    """Raised by a handler for a message no retry can fix (a permanent domain error): it goes
+    straight to the DLQ with this exception's message as the reason."""
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """A received message and where it stands."""
+    """A received message, its body (decoded and validated), and where it stands."""
 
     message: AbstractIncomingMessage
-    attempt: int  # 1 on first delivery
+    attempt: int  # handler attempts, this one included: 1 until the handler failed once
     offset: int | None = None  # streams only
+    decoded: Message | None = None
 
     @property
     def message_id(self) -> str:
@@ -58,6 +79,9 @@ class Delivery:
         return self.message.type or ""
 
     def body(self, expected: type[M]) -> M:
+        """The body as `expected`; PermanentFailure if it is another type."""
+        if isinstance(self.decoded, expected):
+            return self.decoded
         try:
             return decode(self.message, expected)
         except BadMessage as error:
@@ -72,11 +96,22 @@ class _Session:
 
     kind = "consumer"
 
-    def __init__(self, options: BrokerOptions, topology: Topology, queue: str, name: str) -> None:
+    def __init__(
+        self,
+        options: BrokerOptions,
+        topology: Topology,
+        queue: str,
+        name: str,
+        accepts: tuple[type[Message], ...],
+    ) -> None:
         self._options = options
         self._topology = topology
         self._queue_name = queue
+        self._metric_attributes = consumer_attributes(queue, name)
+        announce_consumer(self._metric_attributes)
+        self._accepts = accepts
         self.name = name
+        self._node = -1  # index in options.urls of the node last connected to
         self.consuming = asyncio.Event()
         self.sessions = 0
         self._stop = asyncio.Event()
@@ -123,7 +158,7 @@ class _Session:
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                connection = await connect(self._options)
+                connection, self._node = await connect_next(self._options, self._node)
             except BrokerUnreachable as error:
                 log.warning("%s %s: %s; retrying", self.kind, self.name, error)
                 await self._pause(self._options.reconnect_interval)
@@ -150,8 +185,8 @@ class _Session:
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
         channel = await connection.channel(publisher_confirms=True)
+        await declare(channel, self._topology, replicas=self._options.replicas)
         channel.close_callbacks.add(lambda *_: lost.set())
-        await declare(channel, self._topology)
         queue = await channel.get_queue(self._queue_name, ensure=False)
         tag = await self._consume(channel, queue)
         self.sessions += 1
@@ -191,10 +226,12 @@ class _Session:
         """Counts the message in flight and runs it in its CONSUMER span."""
         self._in_flight += 1
         self._drained.clear()
+        handling = Handling(self._metric_attributes, redelivered=_redelivered(message))
         try:
             with self._span(message) as span:
                 yield span
         finally:
+            handling.done()
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
@@ -243,7 +280,7 @@ class WorkConsumer(_Session):
         prefetch: int = 32,
         concurrency: int | None = None,
     ) -> None:
-        super().__init__(options, topology, queue.name, name)
+        super().__init__(options, topology, queue.name, name, queue.accepts)
         self._work = queue
         self._handler = handler
         self._prefetch = prefetch
@@ -273,17 +310,19 @@ class WorkConsumer(_Session):
             self._progressed()
 
     async def _settle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
-        delivery = Delivery(message, attempt_of(message))
         async with self._tracked(message) as span:
+            try:
+                body = decode_valid(message, self._accepts)
+            except BadMessage as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                await self._dead_letter(channel, message, str(error))
+                return
+            delivery = Delivery(message, attempt_of(message), decoded=body)
             try:
                 await self._handler(delivery)
             except PermanentFailure as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
-                log.error(
-                    "permanent failure; to the dead-letter queue",
-                    extra={"message_id": delivery.message_id, "error": str(error)},
-                )
-                await self._dead_letter(message)
+                await self._dead_letter(channel, message, f"permanent failure: {error}")
                 return
             except Exception as error:
                 span.record_exception(error)
@@ -299,15 +338,9 @@ class WorkConsumer(_Session):
     ) -> None:
         message = delivery.message
         if delivery.attempt >= self._work.max_deliveries:
-            log.error(
-                "delivery limit reached; to the dead-letter queue",
-                extra={
-                    "message_id": delivery.message_id,
-                    "attempts": delivery.attempt,
-                    "error": repr(error),
-                },
+            await self._dead_letter(
+                channel, message, f"failed {delivery.attempt} attempts; last: {error!r}"
             )
-            await self._dead_letter(message)
             return
         delay = self._work.retry_delay(delivery.attempt)
         log.warning(
@@ -342,19 +375,57 @@ class WorkConsumer(_Session):
         with contextlib.suppress(Exception):
             await message.ack()
 
-    async def _dead_letter(self, message: AbstractIncomingMessage) -> None:
-        # Rejected without requeue, the queue's dead-letter exchange routes it to the DLQ.
-        with contextlib.suppress(Exception):
-            await message.reject(requeue=False)
+    async def _dead_letter(
+        self, channel: AbstractChannel, message: AbstractIncomingMessage, reason: str
+    ) -> None:
+        """Into the DLQ with `reason` in a header: a confirmed copy, then the original acked."""
+        log.error(
+            "dead-lettered",
+            extra={
+                "queue": self._work.name,
+                "message_id": message.message_id or "",
+                "message_type": message.type or "",
+                "reason": reason,
+            },
+        )
+        headers = {k: v for k, v in message.headers.items() if k != "x-delivery-count"}
+        headers[DEAD_LETTER_REASON_HEADER] = reason[:2000]
+        copy = to_amqp(
+            body=message.body,
+            message_type=message.type or "",
+            message_id=message.message_id or "",
+            correlation_id=message.correlation_id or "",
+            headers=headers,
+            timestamp=message.timestamp,
+        )
+        copy.content_type = message.content_type  # as it came, even when that was the fault
+        try:
+            async with asyncio.timeout(self._options.publish_timeout):
+                await channel.default_exchange.publish(
+                    copy, self._work.dead_letter_queue, mandatory=True
+                )
+        except Exception:
+            # No copy: rejected, the queue's dead-letter exchange still routes it to the DLQ
+            # (without the header; the log line above has the reason).
+            with contextlib.suppress(Exception):
+                await message.reject(requeue=False)
+        else:
+            with contextlib.suppress(Exception):
+                await message.ack()
         self.dead_lettered += 1
+        Handling.dead_lettered(self._metric_attributes)
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
-    """Deliveries so far, this one included: retries through the retry queues (our header)
-    plus redeliveries by the broker (quorum queues count them in x-delivery-count)."""
-    retried = int(str(message.headers.get(ATTEMPT_HEADER, 1)))
-    redelivered = int(str(message.headers.get("x-delivery-count", 0)))
-    return retried + redelivered
+    """Handler attempts so far, this one included, as the retry queues carried it. The
+    broker's own redeliveries (x-delivery-count: after a crash or a cut connection) do not
+    count: the handler may have done its work, and its inbox absorbs the repeat."""
+    return int(str(message.headers.get(ATTEMPT_HEADER, 1)))
+
+
+def _redelivered(message: AbstractIncomingMessage) -> bool:
+    """Not the message's first delivery: back from a retry queue, or redelivered by the broker."""
+    return ATTEMPT_HEADER in message.headers or bool(message.redelivered)
 
 
 StartAt = Literal["first", "last", "next"] | int | datetime
@@ -382,7 +453,7 @@ class StreamConsumer(_Session):
         start: StartAt = "first",
         prefetch: int = 100,
     ) -> None:
-        super().__init__(options, topology, stream.name, name)
+        super().__init__(options, topology, stream.name, name, stream.accepts)
         self._stream = stream
         self._handler = handler
         self._database = database
@@ -440,6 +511,7 @@ class StreamConsumer(_Session):
                     await message.ack()
                 self.handled += 1
                 self._position = offset
+                record_lag(self._metric_attributes, message.timestamp)
                 self._progressed()
 
         return await queue.consume(on_message, arguments={"x-stream-offset": start})
@@ -447,7 +519,11 @@ class StreamConsumer(_Session):
     async def _handle(self, message: AbstractIncomingMessage, offset: int) -> None:
         async with self._tracked(message), self._database.writing() as connection:
             try:
-                await self._handler(Delivery(message, 1, offset), connection)
+                try:
+                    body = decode_valid(message, self._accepts)
+                except BadMessage as error:
+                    raise PermanentFailure(str(error)) from error
+                await self._handler(Delivery(message, 1, offset, body), connection)
             except PermanentFailure as error:
                 log.error(
                     "skipping a message no retry can fix",

@@ -11,14 +11,19 @@ from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from libs.messaging.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
+from libs.runtime.validation import violations_of
 
 CONTENT_TYPE = "application/x-protobuf"
+# Handler attempts so far (retries through the retry queues); broker redeliveries do not count.
 ATTEMPT_HEADER = "x-emporium-attempt"
+# Why a message is in a dead-letter queue (tools/broker peek shows it).
+DEAD_LETTER_REASON_HEADER = "x-emporium-dead-letter-reason"
 
 M = TypeVar("M", bound=Message)
 
@@ -86,6 +91,39 @@ def decode(message: AbstractIncomingMessage, expected: type[M]) -> M:
     except DecodeError as error:
         raise BadMessage(f"unreadable {message.type}: {error}") from error
     return decoded
+
+
+def decode_valid(message: AbstractIncomingMessage, accepts: tuple[type[Message], ...]) -> Message:
+    """The body decoded by the message's declared type, which must be one of `accepts` (or,
+    when that is empty, any type loaded in this process), and checked against the type's
+    buf.validate rules, as RPC requests are. BadMessage says what is wrong."""
+    if message.content_type != CONTENT_TYPE:
+        raise BadMessage(f"content_type {message.content_type!r}, expected {CONTENT_TYPE}")
+    message_class = _message_class(message.type or "", accepts)
+    decoded = message_class()
+    try:
+        decoded.ParseFromString(message.body)
+    except DecodeError as error:
+        raise BadMessage(f"unreadable {message.type}: {error}") from error
+    violations = violations_of(decoded)
+    if violations:
+        broken = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise BadMessage(f"invalid {message.type}: {broken}")
+    return decoded
+
+
+def _message_class(name: str, accepts: tuple[type[Message], ...]) -> type[Message]:
+    if accepts:
+        for accepted in accepts:
+            if accepted.DESCRIPTOR.full_name == name:
+                return accepted
+        expected = ", ".join(a.DESCRIPTOR.full_name for a in accepts)
+        raise BadMessage(f"type {name!r} is not taken here (expected {expected})")
+    try:
+        pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    except KeyError:
+        raise BadMessage(f"unknown type {name!r}") from None
 
 
 def text_headers(message: AbstractIncomingMessage) -> dict[str, str]:

@@ -1,11 +1,15 @@
-"""A private RabbitMQ node: its own ports, data directory and Erlang cookie, started from the
-Debian rabbitmq-server package. For local runs on a machine with no broker running, and for
-tests that must restart a broker without disturbing anyone else's."""
+"""Private RabbitMQ nodes: each with its own ports, data directory and Erlang cookie, started
+from the Debian rabbitmq-server package. For local runs on a machine with no broker running,
+for tests that must restart a broker without disturbing anyone else's, and (LocalCluster) for
+tests that stop one node of a three-node cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -17,13 +21,19 @@ from libs.runtime.server import free_port
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 
+log = logging.getLogger("emporium.messaging.local_broker")
+
 
 class LocalBrokerError(RuntimeError):
     pass
 
 
 class LocalBroker:
-    def __init__(self, directory: Path, *, port: int = 0, name: str = "emporium") -> None:
+    def __init__(
+        self, directory: Path, *, port: int = 0, name: str = "emporium", cookie: str | None = None
+    ) -> None:
+        """`cookie`: the Erlang cookie; nodes of one cluster share it (default: the one in
+        `directory`, made on first start)."""
         if not SERVER.exists():
             raise LocalBrokerError(
                 f"{SERVER} not found: install Debian's rabbitmq-server (tools/setup does)"
@@ -31,6 +41,7 @@ class LocalBroker:
         self.directory = directory.resolve()
         self.port = port or free_port()
         self.node = f"{name}-{self.port}@localhost"
+        self._cookie = cookie
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,6 +52,10 @@ class LocalBroker:
         base = self.directory
         base.mkdir(parents=True, exist_ok=True)
         (base / "rabbitmq-env.conf").touch()
+        cookie = base / ".erlang.cookie"
+        if self._cookie is not None and not cookie.exists():
+            cookie.write_text(self._cookie)
+            cookie.chmod(0o400)  # Erlang refuses a cookie others can read
         return {
             **os.environ,
             "HOME": str(base),  # the node's and rabbitmqctl's Erlang cookie live here
@@ -83,6 +98,18 @@ class LocalBroker:
                 start_new_session=True,
             )
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    async def kill(self) -> None:
+        """Ends the node at once (SIGKILL), as a crash or a pulled plug would."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGKILL)
+        await asyncio.to_thread(process.wait)
+
     async def stop(self) -> None:
         process = self._process
         if process is None or process.poll() is not None:
@@ -99,13 +126,23 @@ class LocalBroker:
         await self.stop()
         await self.start()
 
-    def ctl(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(CTL), "-n", self.node, *args], env=self._env(), capture_output=True, text=True
+    async def ctl(self, *args: str) -> str:
+        """Runs `rabbitmqctl -n <this node> args`; its output, or LocalBrokerError."""
+        process = await asyncio.create_subprocess_exec(
+            str(CTL),
+            "-n",
+            self.node,
+            *args,
+            env=self._env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
-        if result.returncode != 0:
-            raise LocalBrokerError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
+        out, err = await process.communicate()
+        if process.returncode != 0:
+            raise LocalBrokerError(
+                f"rabbitmqctl -n {self.node} {' '.join(args)}: {err.decode().strip()}"
+            )
+        return out.decode()
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -118,3 +155,76 @@ async def _accepting(port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+class LocalCluster:
+    """`size` private nodes clustered together (a shared Erlang cookie, `join_cluster`), so
+    quorum queues and streams are replicated across them. `url` lists every node's address,
+    as the kit takes a cluster."""
+
+    def __init__(self, directory: Path, *, size: int = 3, name: str = "emporium-cluster") -> None:
+        if size < 1:
+            raise LocalBrokerError(f"a cluster needs at least one node, not {size}")
+        cookie = secrets.token_hex(16).upper()
+        self.nodes = [
+            LocalBroker(directory / f"node{i}", name=f"{name}{i}", cookie=cookie)
+            for i in range(1, size + 1)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    async def start(self) -> None:
+        """Starts every node, then joins the others to the first; returns once all run as
+        one cluster."""
+        log.info("starting %d RabbitMQ nodes", len(self.nodes))
+        await asyncio.gather(*(node.start() for node in self.nodes))
+        seed = self.nodes[0]
+        for node in self.nodes[1:]:
+            log.info("joining %s to %s", node.node, seed.node)
+            await node.ctl("stop_app")
+            await node.ctl("join_cluster", seed.node)
+            await node.ctl("start_app")
+        await seed.ctl("await_online_nodes", str(len(self.nodes)))
+        log.info("cluster of %d nodes up: %s", len(self.nodes), self.url)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.stop() for node in self.nodes))
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.remove()
+
+    async def leader(self, queue: str, vhost: str = "/") -> LocalBroker:
+        """The node that leads quorum queue (or stream) `queue`, as a running node sees it."""
+        asking = next((node for node in self.nodes if node.running), None)
+        if asking is None:
+            raise LocalBrokerError("no node of the cluster is running")
+        listing = json.loads(
+            await asking.ctl(
+                "list_queues", "-p", vhost, "name", "leader", "--formatter", "json", "--quiet"
+            )
+        )
+        leaders = {row["name"]: row["leader"] for row in listing}
+        if queue not in leaders:
+            raise LocalBrokerError(f"no queue {queue!r} in vhost {vhost!r}")
+        for node in self.nodes:
+            if node.node == leaders[queue]:
+                return node
+        raise LocalBrokerError(f"{queue!r} is led by {leaders[queue]!r}, not a node of ours")
+
+    async def members(self, queue: str, vhost: str = "/") -> list[str]:
+        """The nodes holding a replica of quorum queue (or stream) `queue`."""
+        asking = next((node for node in self.nodes if node.running), None)
+        if asking is None:
+            raise LocalBrokerError("no node of the cluster is running")
+        listing = json.loads(
+            await asking.ctl(
+                "list_queues", "-p", vhost, "name", "members", "--formatter", "json", "--quiet"
+            )
+        )
+        for row in listing:
+            if row["name"] == queue:
+                return sorted(str(member) for member in row["members"])
+        raise LocalBrokerError(f"no queue {queue!r} in vhost {vhost!r}")

@@ -1,23 +1,26 @@
 """Publishing with publisher confirms and mandatory routing, each publish bounded in time.
 
 Many publishes may be in flight on one channel at once (each awaits its own confirm), which is
-what lifts throughput past one round trip per message. The connection is robust: after a
-broker restart or a dropped link it reconnects, and publishes made meanwhile fail fast with
-PublishFailed instead of waiting (the outbox retries them).
+what lifts throughput past one round trip per message. After a broker restart, a dropped link
+or a lost cluster node the publisher connects again (to the next node first), declares its
+topology there, and goes on; publishes made meanwhile fail fast with PublishFailed instead of
+waiting, and those whose confirm was lost with the connection fail too (the outbox retries
+them all).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from libs.messaging.broker import BrokerOptions, connect_robust
+from libs.messaging.broker import BrokerOptions, BrokerUnreachable, connect_next
 from libs.messaging.envelope import Outgoing, encode, trace_headers
 from libs.messaging.topology import Topology, declare
 from libs.telemetry.tracing import spans_recorded
@@ -33,25 +36,66 @@ class Publisher:
     def __init__(self, options: BrokerOptions, topology: Topology | None = None) -> None:
         self._options = options
         self._topology = topology or Topology()
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._node = -1  # index in options.urls of the node last connected to
+        self._up = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._keeper: asyncio.Task[None] | None = None
         self._tracer = trace.get_tracer("emporium.messaging")
 
     async def start(self) -> None:
-        self._connection = await connect_robust(self._options)
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        await declare(self._channel, self._topology)
+        """Connects and declares the topology; BrokerUnreachable if no node answers."""
+        await self._open()
+        self._keeper = asyncio.create_task(self._keep_connected(), name="publisher")
+
+    async def _open(self) -> None:
+        connection, self._node = await connect_next(self._options, self._node)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await declare(channel, self._topology, replicas=self._options.replicas)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._lost.clear()
+        connection.close_callbacks.add(lambda *_: self._lost.set())
+        channel.close_callbacks.add(lambda *_: self._lost.set())
+        self._connection, self._channel, self._exchanges = connection, channel, {}
+        self._up.set()
+
+    async def _keep_connected(self) -> None:
+        while not self._closing:
+            await self._lost.wait()
+            if self._closing:
+                return
+            self._up.clear()
+            log.warning("publisher connection lost; reconnecting")
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    await self._connection.close()
+            while not self._closing and not self._up.is_set():
+                try:
+                    await self._open()
+                except (BrokerUnreachable, aio_pika.exceptions.AMQPError, OSError) as error:
+                    log.warning("publisher: %s; retrying", error)
+                    await asyncio.sleep(self._options.reconnect_interval)
 
     async def connected(self) -> None:
         """Returns once the connection is up (again, after a drop)."""
-        if self._connection is None:
+        if self._keeper is None:
             raise PublishFailed("publisher not started")
-        await self._connection.connected.wait()
+        await self._up.wait()
 
     async def close(self) -> None:
+        self._closing = True
+        self._lost.set()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         if self._connection is not None:
             await self._connection.close()
 
@@ -95,6 +139,8 @@ class Publisher:
 
     async def _send(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         limit = self._options.publish_timeout
+        if not self._up.is_set():
+            raise PublishFailed("broker unavailable: reconnecting")
         try:
             target = self._exchanges.get(exchange) or await self._exchange(exchange)
             async with asyncio.timeout(limit):

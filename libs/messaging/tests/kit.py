@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from buf.validate import validate_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import StringValue
 
 from libs.messaging.broker import BrokerOptions
@@ -27,3 +30,42 @@ async def publisher(options: BrokerOptions, topology: Topology) -> AsyncIterator
         yield started
     finally:
         await started.close()
+
+
+def _parcel_type() -> type[Message]:
+    """`emporium.kit_test.Parcel {string name (non-empty); int64 weight (> 0)}`, built at
+    import: a message with buf.validate rules that belongs to no service's contract."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="emporium/kit_test/parcel.proto",
+        package="emporium.kit_test",
+        syntax="proto3",
+        dependency=["buf/validate/validate.proto"],
+    )
+    message = file.message_type.add(name="Parcel")
+    field = descriptor_pb2.FieldDescriptorProto
+    name = message.field.add(
+        name="name", json_name="name", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL
+    )
+    name.options.Extensions[validate_pb2.field].string.min_len = 1
+    weight = message.field.add(
+        name="weight",
+        json_name="weight",
+        number=2,
+        type=field.TYPE_INT64,
+        label=field.LABEL_OPTIONAL,
+    )
+    weight.options.Extensions[validate_pb2.field].int64.gt = 0
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
+    pool.AddSerializedFile(file.SerializeToString())
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("emporium.kit_test.Parcel"))
+
+
+Parcel = _parcel_type()
+
+
+def parcel(name: str, weight: int) -> Message:
+    return json_format.ParseDict({"name": name, "weight": str(weight)}, Parcel())
+
+
+def parcel_name(message: Message) -> str:
+    return str(json_format.MessageToDict(message).get("name", ""))
