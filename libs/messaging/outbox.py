@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +21,18 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.envelope import Outgoing, to_amqp, trace_headers
+from libs.messaging.metrics import (
+    CONFIRMED,
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    SENT,
+    publish_attributes,
+)
 from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.schema import outbox
 from libs.storage.database import Database
 from libs.storage.timestamps import now_micros
+from libs.telemetry.business import count_published
 
 log = logging.getLogger("emporium.messaging.outbox")
 
@@ -78,6 +87,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         self._changed = asyncio.Condition()
+        self._backlog_observed = 0.0
 
     async def wait_until_published(self, count: int) -> None:
         async with self._changed:
@@ -134,6 +144,11 @@ class OutboxRelay:
             *(self._publish(row._mapping) for row in rows), return_exceptions=True
         )
         sent = [row.id for row, result in zip(rows, results, strict=True) if result is None]
+        count_published(
+            row.message_type
+            for row, result in zip(rows, results, strict=True)
+            if result is None
+        )
         return sent, [r for r in results if isinstance(r, BaseException)]
 
     @staticmethod
@@ -155,9 +170,22 @@ class OutboxRelay:
             message_id=row["message_id"],
             correlation_id=row["correlation_id"],
         )
+        attributes = publish_attributes(row["exchange"], row["routing_key"])
+        SENT.add(1, attributes)
         await self._publisher.publish_message(
             row["exchange"], row["routing_key"], message, trace_context=json.loads(row["headers"])
         )
+        CONFIRMED.add(1, attributes)
+
+    async def observe_backlog(self) -> None:
+        """Sets the backlog gauges: unsent rows and the age of the oldest."""
+        query = sa.select(sa.func.count(), sa.func.min(outbox.c.create_us)).where(
+            outbox.c.sent_us.is_(None)
+        )
+        async with self._database.engine.connect() as connection:
+            count, oldest = (await connection.execute(query)).one()
+        OUTBOX_BACKLOG.set(count)
+        OUTBOX_OLDEST_AGE.set(0.0 if oldest is None else (now_micros() - oldest) / 1_000_000)
 
     async def _run(self) -> None:
         rounds = 0
@@ -171,6 +199,11 @@ class OutboxRelay:
                 log.exception("outbox relay round failed")
                 published, failed = 0, 1
             rounds += 1
+            # At most once a second: the count reads the table's unsent rows.
+            if time.monotonic() - self._backlog_observed >= 1.0:
+                self._backlog_observed = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self.observe_backlog()
             if rounds % 1000 == 0:
                 with contextlib.suppress(Exception):
                     await self.prune()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.consumer import StreamConsumer, WorkConsumer
+from libs.messaging.metrics import QueueDepths
 from libs.messaging.outbox import OutboxRelay
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import Topology
@@ -23,6 +24,7 @@ class ServiceMessaging:
         database: Database | None,
         *,
         outbox_poll_seconds: float = 1.0,
+        queue_depth_seconds: float = 10.0,
     ) -> None:
         self._outbox: tuple[Publisher, OutboxRelay] | None = None
         if database is not None:
@@ -30,6 +32,12 @@ class ServiceMessaging:
             relay = OutboxRelay(database, publisher, poll_interval=outbox_poll_seconds)
             self._outbox = (publisher, relay)
         self.consumers: list[WorkConsumer | StreamConsumer] = []
+        # The depth of the work queues this service owns, and of their DLQs, for metrics.
+        self.queue_depths = QueueDepths(
+            options,
+            [n for q in topology.work_queues for n in (q.name, q.dead_letter_queue)],
+            queue_depth_seconds,
+        )
 
     def add(self, consumer: WorkConsumer | StreamConsumer) -> None:
         self.consumers.append(consumer)
@@ -51,12 +59,14 @@ class ServiceMessaging:
                 relay.start()
             for consumer in self.consumers:
                 consumer.start()
+            self.queue_depths.start()
 
         async def drain() -> None:
             for consumer in self.consumers:
                 await consumer.stop(grace)
 
         async def close() -> None:
+            await self.queue_depths.stop()
             if self._outbox is not None:
                 publisher, relay = self._outbox
                 await relay.stop()

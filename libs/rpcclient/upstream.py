@@ -47,7 +47,7 @@ from libs.runtime.rich_status import (
     status_from_trailers,
 )
 from libs.telemetry.logging import request_id
-from libs.telemetry.tracing import spans_recorded
+from libs.telemetry.tracing import DurationByCode, rpc_attributes, spans_recorded
 
 log = logging.getLogger("emporium.rpcclient")
 meter = metrics.get_meter("emporium.rpc.client")
@@ -58,6 +58,15 @@ REJECTIONS = meter.create_counter(
 )
 BREAKER_STATE = meter.create_up_down_counter(
     "rpc.client.breaker.open", description="1 while an upstream's breaker is not closed"
+)
+BUDGET_EXHAUSTED = meter.create_counter(
+    "rpc.client.retry_budget.exhausted",
+    description="retries the upstream's retry budget refused",
+)
+CLIENT_DURATION = meter.create_histogram(
+    "rpc.client.duration",
+    unit="ms",
+    description="calls made, retries included, by method and final status code",
 )
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -133,6 +142,11 @@ class Upstream:
         self.budget = RetryBudget(self.policy.budget)
         self.bulkhead = Bulkhead(self.policy.max_concurrent)
         self._attributes = {"upstream": name}
+        # Exported at 0 from the start, so alerts and dashboards have a series to rate().
+        BREAKER_STATE.add(0, self._attributes)
+        BUDGET_EXHAUSTED.add(0, self._attributes)
+        for reason in ("BULKHEAD_FULL", "CIRCUIT_OPEN"):
+            REJECTIONS.add(0, {"upstream": name, "reason": reason})
         # Resolved once (OTel's proxy tracer costs a few µs a call); services configure tracing
         # before they build their upstreams.
         self.tracer = trace.get_tracer("emporium.rpc.client")
@@ -144,13 +158,16 @@ class Upstream:
         for method in service.methods:
             raw = getattr(stub, method.name)
             idempotent = method.name in self.policy.idempotent or _is_idempotent(method)
+            duration = DurationByCode(
+                CLIENT_DURATION, rpc_attributes(service.full_name, method.name)
+            )
             wrapper: Any
             if method.client_streaming:
-                wrapper = _StreamingRequestCall(self, method.full_name, raw)
+                wrapper = _StreamingRequestCall(self, method.full_name, raw, duration)
             elif method.server_streaming:
-                wrapper = _ServerStreamCall(self, method.full_name, raw, idempotent)
+                wrapper = _ServerStreamCall(self, method.full_name, raw, idempotent, duration)
             else:
-                wrapper = _UnaryCall(self, method.full_name, raw, idempotent)
+                wrapper = _UnaryCall(self, method.full_name, raw, idempotent, duration)
             setattr(stub, method.name, wrapper)
         return stub
 
@@ -250,7 +267,10 @@ class Upstream:
         if pushback is not None and pushback < 0:
             return None
         delay = pushback if pushback is not None else self.policy.backoff.delay(attempt)
-        if time.monotonic() + delay >= deadline or not self.budget.try_spend():
+        if time.monotonic() + delay >= deadline:
+            return None
+        if not self.budget.try_spend():
+            BUDGET_EXHAUSTED.add(1, self._attributes)
             return None
         self.stats.retries += 1
         RETRIES.add(1, {"upstream": self.name})
@@ -280,13 +300,16 @@ class Upstream:
 
 
 class _UnaryCall:
-    def __init__(self, upstream: Upstream, method: str, raw: Any, idempotent: bool) -> None:
+    def __init__(
+        self, upstream: Upstream, method: str, raw: Any, idempotent: bool, duration: DurationByCode
+    ) -> None:
         self._upstream, self._method, self._raw, self._idempotent = (
             upstream,
             method,
             raw,
             idempotent,
         )
+        self._duration = duration
 
     async def __call__(
         self,
@@ -296,10 +319,11 @@ class _UnaryCall:
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Any:
         upstream = self._upstream
+        started = time.perf_counter()
         deadline = upstream.deadline(timeout)
         upstream.stats.calls += 1
         upstream.budget.record_call()
-        with upstream.client_span(self._method) as span:
+        with upstream.client_span(self._method) as span, self._duration.recording(started):
             wire_metadata = upstream.metadata(metadata)
             attempt = 0
             while True:
@@ -323,13 +347,16 @@ class _UnaryCall:
 
 
 class _ServerStreamCall:
-    def __init__(self, upstream: Upstream, method: str, raw: Any, idempotent: bool) -> None:
+    def __init__(
+        self, upstream: Upstream, method: str, raw: Any, idempotent: bool, duration: DurationByCode
+    ) -> None:
         self._upstream, self._method, self._raw, self._idempotent = (
             upstream,
             method,
             raw,
             idempotent,
         )
+        self._duration = duration
 
     def __call__(
         self,
@@ -341,6 +368,16 @@ class _ServerStreamCall:
         return self._stream(request, timeout, metadata)
 
     async def _stream(
+        self,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109 - the generated stubs' signature
+        metadata: Sequence[tuple[str, str]] | None,
+    ) -> AsyncIterator[Any]:
+        with self._duration.recording(time.perf_counter()):
+            async for message in self._attempts(request, timeout, metadata):
+                yield message
+
+    async def _attempts(
         self,
         request: Any,
         timeout: float | None,  # noqa: ASYNC109 - the generated stubs' signature
@@ -386,8 +423,11 @@ class _ServerStreamCall:
 class _StreamingRequestCall:
     """Client and bidi streams: deadline, bulkhead and breaker; the call object as gRPC gives it."""
 
-    def __init__(self, upstream: Upstream, method: str, raw: Any) -> None:
+    def __init__(
+        self, upstream: Upstream, method: str, raw: Any, duration: DurationByCode
+    ) -> None:
         self._upstream, self._method, self._raw = upstream, method, raw
+        self._duration = duration
 
     def __call__(
         self,
@@ -397,14 +437,21 @@ class _StreamingRequestCall:
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Any:
         upstream = self._upstream
+        started = time.perf_counter()
         remaining = upstream.deadline(timeout) - time.monotonic()
         upstream.stats.calls += 1
-        permit = upstream.admit(self._method)
+        try:
+            permit = upstream.admit(self._method)
+        except grpc.aio.AioRpcError as refused:
+            self._duration.record(started, refused.code())
+            raise
         upstream.stats.attempts += 1
         call = self._raw(
             request_iterator, timeout=max(remaining, 0.0), metadata=upstream.metadata(metadata)
         )
-        settled = asyncio.ensure_future(_settle_when_done(upstream, permit, call))
+        settled = asyncio.ensure_future(
+            _settle_when_done(upstream, permit, call, self._duration, started)
+        )
         _background.add(settled)
         settled.add_done_callback(_background.discard)
         return call
@@ -413,7 +460,9 @@ class _StreamingRequestCall:
 _background: set[asyncio.Future[None]] = set()
 
 
-async def _settle_when_done(upstream: Upstream, permit: Permit, call: Any) -> None:
+async def _settle_when_done(
+    upstream: Upstream, permit: Permit, call: Any, duration: DurationByCode, started: float
+) -> None:
     unsettled: Permit | None = permit
     code: grpc.StatusCode | None = None
     try:
@@ -426,6 +475,7 @@ async def _settle_when_done(upstream: Upstream, permit: Permit, call: Any) -> No
         code = None
     finally:
         upstream.stream_ended(unsettled, code)
+        duration.record(started, code or grpc.StatusCode.CANCELLED)
 
 
 def upstream_errors(error: Exception) -> DomainError | None:

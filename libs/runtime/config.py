@@ -73,6 +73,15 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(
         default=1, ge=1, le=64, description="processes serving one port (SO_REUSEPORT)"
     )
+    # Prometheus scrapes it; unset serves no endpoint (OTLP export, when configured, still runs).
+    # EMPORIUM_METRICS_PORT sets it fleet-wide (the manifests' monitoring component does).
+    metrics_port: int | None = Field(
+        default_factory=lambda: os.environ.get("EMPORIUM_METRICS_PORT") or None,
+        validate_default=True,
+        ge=0,
+        le=65535,
+        description="/metrics HTTP port; 0 picks a free one",
+    )
 
     @classmethod
     def settings_customise_sources(

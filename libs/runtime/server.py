@@ -35,6 +35,7 @@ from libs.security.identity import TransportSecurity
 from libs.security.policy import Authorization, MethodPolicy
 from libs.security.tokens import TokenVerifier
 from libs.telemetry.logging import configure_logging
+from libs.telemetry.metrics import configure_metrics, serve_worker_metrics
 from libs.telemetry.tracing import ServerTelemetry, configure_tracing
 
 log = logging.getLogger("emporium.runtime")
@@ -321,6 +322,11 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
     if settings.workers > 1 and not os.environ.get(SHARED_PORT_ENV):
         raise SystemExit(supervise_workers(settings, settings_cls))
     configure_tracing(service, settings.trace_exporter)
+    # A worker serves its metrics on loopback, to its supervisor (which merges them).
+    worker = bool(os.environ.get(SHARED_PORT_ENV))
+    metrics = configure_metrics(
+        service, settings.metrics_port, host="127.0.0.1" if worker else settings.host
+    )
 
     async def main() -> None:
         app = await build(settings)
@@ -331,17 +337,29 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
     except ConfigError as error:
         print(f"{settings_cls.__name__}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        metrics.shutdown()
 
 
 def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSettings]) -> int:
     """Starts `settings.workers` copies of this service on one port (the kernel spreads new
-    connections over them), forwards SIGTERM/SIGINT, and returns when all have exited."""
+    connections over them), forwards SIGTERM/SIGINT, and returns when all have exited. With a
+    metrics port, each worker serves its own on loopback and this process serves them merged
+    (libs.telemetry.metrics.WorkerMetrics)."""
     prefix = settings_cls._prefix()
     port = settings.port or free_port(settings.host)
     env = {**os.environ, SHARED_PORT_ENV: "1", f"{prefix}PORT": str(port), f"{prefix}WORKERS": "1"}
+    metrics_ports = [free_port() for _ in range(settings.workers)]
+    if settings.metrics_port is not None:
+        serve_worker_metrics(metrics_ports, settings.metrics_port, settings.host)
     workers = [
-        subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env)
-        for _ in range(settings.workers)
+        subprocess.Popen(
+            [sys.executable, *sys.orig_argv[1:]],
+            env=env
+            if settings.metrics_port is None
+            else {**env, f"{prefix}METRICS_PORT": str(metrics_port)},
+        )
+        for metrics_port in metrics_ports
     ]
     log.info("supervising workers", extra={"port": port, "workers": [w.pid for w in workers]})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,16 +19,39 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry import metrics
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from libs.runtime.errors import DomainError, ErrorKind
 
 log = logging.getLogger("emporium.storage")
 
 SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+_open: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _pool_usage(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
+    """`db.client.connections.usage` (the database conventions): connections in use and idle
+    in each open Database's pool."""
+    observations = []
+    for database in list(_open):
+        pool = database.engine.pool
+        if isinstance(pool, QueuePool):
+            name = {"db.client.connections.pool.name": database.pool_name}
+            observations += [
+                metrics.Observation(pool.checkedout(), {**name, "state": "used"}),
+                metrics.Observation(pool.checkedin(), {**name, "state": "idle"}),
+            ]
+    return observations
+
+
+metrics.get_meter("emporium.storage").create_observable_up_down_counter(
+    "db.client.connections.usage", [_pool_usage], description="pool connections by state"
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ class Database:
                 f"use one of {', '.join(d + '://' for d in SUPPORTED_DRIVERS)}"
             )
         self.url = parsed
+        self.pool_name = parsed.render_as_string(hide_password=True)
         self._write_lock = asyncio.Lock()
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -69,6 +94,7 @@ class Database:
                 pool_size=10,
                 connect_args={"timeout": connect_timeout},
             )
+        _open.add(self)
 
     @asynccontextmanager
     async def writing(self, lock_table: str | None = None) -> AsyncIterator[AsyncConnection]:

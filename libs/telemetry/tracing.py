@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing: the tracer provider and server spans for all four RPC kinds.
+"""OpenTelemetry tracing: the tracer provider, and server spans and the `rpc.server.duration`
+histogram for all four RPC kinds.
 
 The span middleware continues the caller's trace from W3C `traceparent` metadata and keeps the
 span open for the whole stream, not just its start (the generic OTel gRPC instrumentation runs as
@@ -7,16 +8,23 @@ a per-call interceptor; wrapping once at registration is cheaper, see libs.runti
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -28,6 +36,7 @@ from libs.runtime.middleware import (
     unary_response,
 )
 from libs.telemetry.logging import request_id
+from libs.telemetry.metrics import otlp_endpoint
 
 REQUEST_ID_KEY = "x-request-id"
 log = logging.getLogger("emporium.rpc")
@@ -36,14 +45,16 @@ log = logging.getLogger("emporium.rpc")
 def configure_tracing(
     service: str, exporter: str = "none", *, record: bool | None = None
 ) -> TracerProvider:
-    """Installs the global tracer provider; `exporter` is `none` or `console`.
+    """Installs the global tracer provider; `exporter` is `none` or `console`, and spans also
+    go to the OTLP collector named by OTEL_EXPORTER_OTLP_ENDPOINT when it is set.
 
     Spans are recorded when something will read them (an exporter, or `record=True` for a
     test's processor), and otherwise only when the caller's trace is sampled. Unrecorded spans
     still carry trace ids into logs and `traceparent` headers; recording one costs about as much
     as a confirmed publish (bench/README.md), so nothing pays for spans nobody will see."""
     global _record_own_traces
-    recorded = exporter != "none" if record is None else record
+    otlp = otlp_endpoint() is not None
+    recorded = (exporter != "none" or otlp) if record is None else record
     _record_own_traces = recorded
     provider = TracerProvider(
         resource=Resource.create({"service.name": service}),
@@ -51,6 +62,11 @@ def configure_tracing(
     )
     if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    if otlp:
+        # Imported only when used; the exporter reads the standard OTEL_EXPORTER_OTLP_* settings.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -71,20 +87,65 @@ def add_span_processor(processor: SpanProcessor) -> None:
         provider.add_span_processor(processor)
 
 
+SERVER_DURATION = metrics.get_meter("emporium.rpc.server").create_histogram(
+    "rpc.server.duration", unit="ms", description="RPCs served, by method and status code"
+)
+
+
+def rpc_attributes(service: str, method: str) -> dict[str, str]:
+    """The RPC conventions' attributes of a method, as spans and metrics carry them."""
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+
+class DurationByCode:
+    """Records an RPC's duration with its method's attributes and status code; one attribute
+    set per code, made once (the hot path builds no dictionaries)."""
+
+    def __init__(self, histogram: metrics.Histogram, attributes: dict[str, str]) -> None:
+        self._histogram = histogram
+        self._attributes = attributes
+        self._by_code: dict[int, dict[str, str | int]] = {}
+
+    def record(self, started: float, code: grpc.StatusCode) -> None:
+        number = code.value[0]
+        attributes = self._by_code.get(number)
+        if attributes is None:
+            attributes = self._by_code[number] = {
+                **self._attributes,
+                "rpc.grpc.status_code": number,
+            }
+        self._histogram.record((time.perf_counter() - started) * 1000, attributes)
+
+    @contextlib.contextmanager
+    def recording(self, started: float) -> Iterator[None]:
+        """Records the block's duration with the code it ended with: OK, an AioRpcError's
+        code, CANCELLED (also for a stream its reader left), or UNKNOWN for anything else."""
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            yield
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a stream left early
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.record(started, code)
+
+
 class ServerTelemetry:
-    """Middleware: a SERVER span per RPC and the request id in the logging context."""
+    """Middleware: a SERVER span per RPC, its duration in `rpc.server.duration` (the RED
+    metrics: rate and errors are the histogram's count by code), and the request id in the
+    logging context."""
 
     def __init__(self) -> None:
         self._tracer = trace.get_tracer("emporium.rpc.server")
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
-        attributes = {
-            "rpc.system": "grpc",
-            "rpc.service": method.service,
-            "rpc.method": method.name,
-            "rpc.grpc.kind": method.kind,
-        }
+        attributes = {**rpc_attributes(method.service, method.name), "rpc.grpc.kind": method.kind}
         span_name = f"{method.service}/{method.name}"
+        duration = DurationByCode(SERVER_DURATION, rpc_attributes(method.service, method.name))
 
         def start(context: Context) -> tuple[trace.Span, object]:
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
@@ -102,16 +163,18 @@ class ServerTelemetry:
         async def around_unary(
             request: Any, context: Context, call_next: Callable[[], Awaitable[Any]]
         ) -> Any:
+            started = time.perf_counter()
             span, activation = start(context)
             try:
                 with activation:  # type: ignore[attr-defined]
                     return await call_next()
             finally:
-                _end(span, context)
+                duration.record(started, _end(span, context))
 
         async def around_stream(
             request: Any, context: Context, call_next: Callable[[], AsyncIterator[Any]]
         ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
             span, activation = start(context)
             sent = 0
             try:
@@ -121,18 +184,21 @@ class ServerTelemetry:
                         yield response
             finally:
                 span.set_attribute("rpc.grpc.messages_sent", sent)
-                _end(span, context)
+                duration.record(started, _end(span, context))
 
         if method.response_streaming:
             return stream_response(around_stream, behavior)
         return unary_response(around_unary, behavior)
 
 
-def _end(span: trace.Span, context: Context) -> None:
+def _end(span: trace.Span, context: Context) -> grpc.StatusCode:
+    """Ends the span with the RPC's status code, and returns that code."""
     # A handler that returned normally leaves the code unset: that is OK.
     code = context.code() or grpc.StatusCode.OK
-    if isinstance(code, grpc.StatusCode):
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
     span.end()
+    return code

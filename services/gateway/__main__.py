@@ -10,6 +10,7 @@ import uvicorn
 
 from libs.runtime.config import ConfigError, load_settings
 from libs.telemetry.logging import configure_logging
+from libs.telemetry.metrics import configure_metrics
 from libs.telemetry.tracing import configure_tracing
 from services.gateway.app import build
 from services.gateway.config import GatewaySettings
@@ -31,6 +32,7 @@ def main() -> None:
         raise SystemExit(2)
     configure_logging("gateway", settings.log_level)
     configure_tracing("gateway", settings.trace_exporter)
+    metrics = configure_metrics("gateway", settings.metrics_port, host=settings.host)
     # Bind first, so port 0 is resolved before the app logs `serving` with the real port.
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without
     # it Nagle + delayed ACK cost 40 ms on every keep-alive response.
@@ -53,7 +55,10 @@ def main() -> None:
         )
         await uvicorn.Server(config).serve(sockets=[listener])
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        metrics.shutdown()
 
 
 if __name__ == "__main__":

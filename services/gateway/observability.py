@@ -1,6 +1,7 @@
 """Per-request telemetry, as pure ASGI middleware (it must not buffer SSE streams): a server
-span continuing the caller's `traceparent`, the request id (X-Request-ID, echoed or made), and
-one JSON access-log line per request when it ends."""
+span continuing the caller's `traceparent`, the request id (X-Request-ID, echoed or made), the
+`http.server.request.duration` histogram by route template and status, and one JSON access-log
+line per request when it ends."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +20,9 @@ from libs.telemetry.tracing import spans_recorded
 
 access_log = logging.getLogger("emporium.gateway.access")
 _ids = RandomIdGenerator()
+REQUEST_DURATION = metrics.get_meter("emporium.gateway").create_histogram(
+    "http.server.request.duration", unit="s", description="HTTP requests by route and status"
+)
 
 
 def _unsampled_child(parent: context.Context) -> trace.SpanContext:
@@ -71,6 +75,17 @@ class RequestTelemetry:
             await self.app(scope, receive, send_with_id)
         finally:
             route = state.get("route", scope["path"])
+            elapsed = time.perf_counter() - started
+            REQUEST_DURATION.record(
+                elapsed,
+                {
+                    "http.request.method": scope["method"],
+                    # A path no route matched is not a label value: it would make a series
+                    # per probe of random paths.
+                    "http.route": route if "route" in state or status < 400 else "unmatched",
+                    "http.response.status_code": status,
+                },
+            )
             if span.is_recording():
                 span.update_name(f"{scope['method']} {route}")
                 span.set_attribute("http.route", route)
@@ -84,7 +99,7 @@ class RequestTelemetry:
                         "http_method": scope["method"],
                         "route": route,
                         "status": status,
-                        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "latency_ms": round(elapsed * 1000, 2),
                         "principal": state.get("principal") or "anonymous",
                     },
                 )
