@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
@@ -23,7 +24,11 @@ async def build(settings: InventorySettings) -> GrpcApp:
     database = Database(settings.database_url)
     await database.migrate(MIGRATIONS)
     feed = LevelFeed()
-    inventory = Inventory(SqlInventoryRepository(database), feed)
+    inventory = Inventory(
+        SqlInventoryRepository(database),
+        feed,
+        default_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
+    )
 
     async def sweep_expired() -> None:
         while True:

@@ -16,3 +16,9 @@ class InventorySettings(ServiceSettings):
         description="sqlite+aiosqlite:///<path> (embedded) or postgresql+asyncpg://...",
     )
     expiry_sweep_seconds: float = Field(default=5.0, gt=0, description="how often to expire")
+    reservation_ttl_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        le=86400,
+        description="how long a reservation holds stock when ReserveStock names no ttl",
+    )

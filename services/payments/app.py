@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
 from libs.messaging.service import ServiceMessaging
+from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.payments.adapters.charge_queue import CHARGE_QUEUE, ChargeHandler, topology
@@ -26,10 +29,17 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
     provider = SimulatedProvider(
         settings.provider_ledger,
         latency=settings.provider_latency_seconds,
+        jitter=settings.provider_latency_jitter_seconds,
         decline_rate=settings.provider_decline_rate,
         transient_failure_rate=settings.provider_transient_failure_rate,
     )
     payments = Payments(SqlPaymentRepository(database, messaging.outbox_written), provider)
+    reconcile_after = timedelta(seconds=settings.reconcile_after_seconds)
+
+    async def reconcile() -> None:
+        await payments.reconcile(reconcile_after)
+
+    reconciler = Periodic("payment-reconciler", settings.reconcile_every_seconds, reconcile)
     (charge_queue,) = shape.work_queues
     assert charge_queue.name == CHARGE_QUEUE
     messaging.add(
@@ -43,11 +53,15 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
             concurrency=settings.concurrency,
         )
     )
-    app = GrpcApp(
-        "payments", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
-    )
+    app = GrpcApp("payments", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors])
     app.add_servicer(pb_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(payments))
     app.add_health_check("database", database.ping)
     messaging.attach(app)
+    reconciler.attach(app)
     app.on_stop(database.dispose)
+
+    async def close_ledger() -> None:
+        provider.close()
+
+    app.on_stop(close_ledger)
     return app

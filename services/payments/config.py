@@ -25,5 +25,15 @@ class PaymentsSettings(MessagingSettings):
     # The built-in provider is a simulator; its ledger stands in for the provider's books.
     provider_ledger: Path = Field(default=Path("var/payment-provider.sqlite3"))
     provider_latency_seconds: float = Field(default=0.05, ge=0)
+    provider_latency_jitter_seconds: float = Field(
+        default=0.0, ge=0, description="a random extra latency, up to this, per provider call"
+    )
     provider_decline_rate: float = Field(default=0.0, ge=0, le=1)
     provider_transient_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    reconcile_after_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="a payment PENDING this long is settled from the provider's record of its"
+        " key (declined if the provider never saw it); longer than a command's retries",
+    )
+    reconcile_every_seconds: float = Field(default=10.0, gt=0, description="reconciler period")

@@ -76,6 +76,25 @@ class SqlInventoryRepository:
             ).scalar_one()
         return [_level(row._mapping) for row in rows], int(total)
 
+    async def reservations(self, offset: int, limit: int) -> tuple[list[Reservation], int]:
+        async with self._engine.connect() as connection:
+            ids = (
+                (
+                    await connection.execute(
+                        sa.select(reservations.c.id)
+                        .order_by(reservations.c.create_us, reservations.c.id)
+                        .offset(offset)
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            total = (
+                await connection.execute(sa.select(sa.func.count()).select_from(reservations))
+            ).scalar_one()
+            return [await _reservation(connection, rid) for rid in ids], int(total)
+
     async def reserve(self, request: ReserveRequest) -> tuple[Reservation, list[StockLevel]]:
         now = now_micros()
         async with self._database.writing() as connection:

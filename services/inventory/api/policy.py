@@ -13,6 +13,7 @@ _RESERVERS = frozenset(
 POLICY: MethodPolicy = {
     "GetStockLevel": _READERS,
     "ListStockLevels": _READERS,
+    "ListReservations": _READERS,
     "ReserveStock": _RESERVERS,
     "CommitReservation": _RESERVERS,
     "ReleaseReservation": _RESERVERS,

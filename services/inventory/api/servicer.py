@@ -48,6 +48,14 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
             stock_levels=[level_message(level) for level in levels], next_page_token=token
         )
 
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: Context
+    ) -> pb.ListReservationsResponse:
+        found, token = await self._inventory.reservations(request.page_size, request.page_token)
+        return pb.ListReservationsResponse(
+            reservations=[reservation_message(r) for r in found], next_page_token=token
+        )
+
     async def ReserveStock(
         self, request: pb.ReserveStockRequest, context: Context
     ) -> pb.Reservation:

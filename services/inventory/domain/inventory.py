@@ -18,8 +18,6 @@ from services.inventory.domain.model import (
 )
 from services.inventory.domain.repository import InventoryRepository, ReserveRequest
 
-DEFAULT_TTL = timedelta(minutes=15)
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -31,10 +29,12 @@ class Inventory:
         repository: InventoryRepository,
         feed: LevelFeed,
         *,
+        default_ttl: timedelta = timedelta(minutes=15),
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._repository = repository
         self.feed = feed
+        self._default_ttl = default_ttl
         self._clock = clock
 
     async def level(self, name: str) -> StockLevel:
@@ -47,6 +47,11 @@ class Inventory:
         page = page_request(page_size, page_token)
         levels, total = await self._repository.levels(page.offset, page.limit)
         return levels, page.next_token(len(levels), total)
+
+    async def reservations(self, page_size: int, page_token: str) -> tuple[list[Reservation], str]:
+        page = page_request(page_size, page_token)
+        found, total = await self._repository.reservations(page.offset, page.limit)
+        return found, page.next_token(len(found), total)
 
     async def reserve(
         self,
@@ -75,7 +80,7 @@ class Inventory:
             ),
             request_id=request_id,
             fingerprint=fingerprint,
-            expire_time=self._clock() + (ttl or DEFAULT_TTL),
+            expire_time=self._clock() + (ttl or self._default_ttl),
         )
         reservation, changed = await self._repository.reserve(request)
         self.feed.publish(changed)

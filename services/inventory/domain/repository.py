@@ -24,6 +24,10 @@ class InventoryRepository(Protocol):
 
     async def levels(self, offset: int, limit: int) -> tuple[list[StockLevel], int]: ...
 
+    async def reservations(self, offset: int, limit: int) -> tuple[list[Reservation], int]:
+        """Reservations, oldest first, and how many there are."""
+        ...
+
     async def reserve(self, request: ReserveRequest) -> tuple[Reservation, list[StockLevel]]:
         """All lines or none; raises FAILED_PRECONDITION INSUFFICIENT_STOCK. A known request_id
         returns its first reservation (and no changed levels)."""

@@ -1,16 +1,23 @@
-"""The `payments.charge` work queue: its topology and the handler that charges."""
+"""The `payments.charge` work queue: its topology and the handler of the four payment
+commands (AuthorizePayment, CapturePayment, VoidPayment, RefundPayment)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from emporium.payments.v1 import payment_messages_pb2 as messages
 from libs.messaging.consumer import Delivery, PermanentFailure
 from libs.messaging.topology import EventStream, Topology, WorkQueue
 from libs.money import Money
-from services.payments.domain.model import ChargeRequest
+from libs.runtime.errors import DomainError, ErrorKind
+from services.payments.domain.model import PaymentRequest
 from services.payments.domain.payments import Payments
+from services.payments.domain.ports import ProviderRefused
 
 CHARGE_QUEUE = "payments.charge"
 EVENTS_STREAM = "payments.events"
+# Errors no retry can fix: the message goes to the DLQ at once, with the reason.
+_PERMANENT = (ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND, ErrorKind.FAILED_PRECONDITION)
 
 
 def topology(max_deliveries: int, retry_delays: tuple[float, ...]) -> Topology:
@@ -26,13 +33,33 @@ def topology(max_deliveries: int, retry_delays: tuple[float, ...]) -> Topology:
 class ChargeHandler:
     def __init__(self, payments: Payments) -> None:
         self._payments = payments
+        self._commands: dict[str, Callable[[Delivery], Awaitable[object]]] = {
+            messages.AuthorizePayment.DESCRIPTOR.full_name: self._authorize,
+            messages.CapturePayment.DESCRIPTOR.full_name: self._capture,
+            messages.VoidPayment.DESCRIPTOR.full_name: self._void,
+            messages.RefundPayment.DESCRIPTOR.full_name: self._refund,
+        }
 
     async def __call__(self, delivery: Delivery) -> None:
-        command = delivery.body(messages.ChargePayment)
-        if not command.order.startswith("orders/") or not command.amount.currency_code:
-            raise PermanentFailure(f"ChargePayment without order or amount: {command!r}")
-        await self._payments.charge(
-            ChargeRequest(
+        handle = self._commands.get(delivery.message_type)
+        if handle is None:
+            raise PermanentFailure(
+                f"payments.charge takes {', '.join(sorted(self._commands))};"
+                f" not {delivery.message_type!r}"
+            )
+        try:
+            await handle(delivery)
+        except DomainError as error:
+            if error.kind in _PERMANENT:
+                raise PermanentFailure(str(error)) from error
+            raise
+        except ProviderRefused as error:
+            raise PermanentFailure(f"the provider refused: {error}") from error
+
+    async def _authorize(self, delivery: Delivery) -> object:
+        command = delivery.body(messages.AuthorizePayment)
+        return await self._payments.authorize(
+            PaymentRequest(
                 order=command.order,
                 customer=command.customer,
                 amount=Money.from_message(command.amount),
@@ -40,3 +67,20 @@ class ChargeHandler:
             ),
             delivery.message_id,
         )
+
+    async def _capture(self, delivery: Delivery) -> object:
+        command = delivery.body(messages.CapturePayment)
+        return await self._payments.capture(command.order, delivery.message_id)
+
+    async def _void(self, delivery: Delivery) -> object:
+        command = delivery.body(messages.VoidPayment)
+        request = PaymentRequest(
+            order=command.order,
+            customer=command.customer,
+            amount=Money.from_message(command.amount),
+        )
+        return await self._payments.void(request, command.reason, delivery.message_id)
+
+    async def _refund(self, delivery: Delivery) -> object:
+        command = delivery.body(messages.RefundPayment)
+        return await self._payments.refund_order(command.order, command.reason, delivery.message_id)

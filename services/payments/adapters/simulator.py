@@ -2,8 +2,9 @@
 transient failure rate, for local runs, tests and load.
 
 Its ledger (a SQLite file shared by every worker process, standing in for the provider's own
-books) records each charge that moved money and each request that asked for one, so a test
-can prove that redelivered requests never charged twice.
+books) holds one record per idempotency key (authorized, declined, captured, voided,
+refunded), an append-only log of the operations that moved it, and every request that asked,
+so a test can prove that redelivered requests never authorized twice.
 """
 
 from __future__ import annotations
@@ -11,23 +12,32 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from libs.money import Money
-from services.payments.domain.model import ChargeOutcome
-from services.payments.domain.ports import ProviderUnavailable
+from services.payments.domain.model import ProviderRecord, ProviderStatus
+from services.payments.domain.ports import ProviderRefused, ProviderUnavailable
 
 ALWAYS_DECLINED = "cards/declined"
+T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-  idempotency_key TEXT NOT NULL, reference TEXT NOT NULL, approved INTEGER NOT NULL,
-  decline_reason TEXT NOT NULL, currency TEXT NOT NULL, amount_nanos INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS charges_key ON charges (idempotency_key);
-CREATE TABLE IF NOT EXISTS requests (idempotency_key TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS refunds (idempotency_key TEXT NOT NULL, reference TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+  idempotency_key TEXT PRIMARY KEY, reference TEXT NOT NULL, status TEXT NOT NULL,
+  decline_reason TEXT NOT NULL, currency TEXT NOT NULL, amount_nanos INTEGER NOT NULL,
+  captured_nanos INTEGER NOT NULL DEFAULT 0, refunded_nanos INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS operations (idempotency_key TEXT NOT NULL, operation TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS operations_key ON operations (idempotency_key);
+CREATE TABLE IF NOT EXISTS requests (idempotency_key TEXT NOT NULL, operation TEXT NOT NULL);
 """
+_RECORD = (
+    "SELECT idempotency_key, status, currency, amount_nanos, reference, decline_reason,"
+    " captured_nanos, refunded_nanos FROM accounts"
+)
 
 
 class SimulatedProvider:
@@ -36,102 +46,186 @@ class SimulatedProvider:
         ledger: Path,
         *,
         latency: float = 0.05,
+        jitter: float = 0.0,
         decline_rate: float = 0.0,
         transient_failure_rate: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
-        self._ledger = ledger
         self._latency = latency
+        self._jitter = jitter
         self._decline_rate = decline_rate
         self._transient_failure_rate = transient_failure_rate
         self._rng = rng or random.Random()
         ledger.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as connection:
-            connection.executescript(_SCHEMA)
+        # One connection for the process, used from worker threads one at a time; other
+        # processes share the file (WAL, and BEGIN IMMEDIATE around each operation).
+        self._connection = sqlite3.connect(
+            ledger, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._ledger, timeout=30, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        return connection
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
 
-    async def charge(self, idempotency_key: str, amount: Money, method: str) -> ChargeOutcome:
-        # Half the round trip before the provider charges, half for its answer to come back:
-        # a worker that dies in the second half has charged without knowing it.
-        await asyncio.sleep(self._latency / 2)
-        if self._rng.random() < self._transient_failure_rate:
+    async def _call(
+        self, operation: Callable[[sqlite3.Connection], T], *, fallible: bool = True
+    ) -> T:
+        # Half the round trip before the provider acts, half for its answer to come back: a
+        # worker that dies in the second half has moved money without knowing it.
+        latency = self._latency + self._rng.random() * self._jitter
+        await asyncio.sleep(latency / 2)
+        if fallible and self._rng.random() < self._transient_failure_rate:
             raise ProviderUnavailable("simulated provider outage")
-        declined = method == ALWAYS_DECLINED or self._rng.random() < self._decline_rate
-        outcome = await asyncio.to_thread(self._charge_once, idempotency_key, amount, declined)
-        await asyncio.sleep(self._latency / 2)
-        return outcome
+        result = await asyncio.to_thread(self._transaction, operation)
+        await asyncio.sleep(latency / 2)
+        return result
 
-    def _charge_once(self, key: str, amount: Money, declined: bool) -> ChargeOutcome:
-        connection = self._connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")  # one charger at a time, across processes
-            connection.execute("INSERT INTO requests VALUES (?)", (key,))
-            earlier = connection.execute(
-                "SELECT approved, reference, decline_reason FROM charges WHERE idempotency_key = ?",
-                (key,),
-            ).fetchone()
+    def _transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
+            try:
+                result = operation(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return result
+
+    async def authorize(self, key: str, amount: Money, method: str) -> ProviderRecord:
+        declined = method == ALWAYS_DECLINED or self._rng.random() < self._decline_rate
+
+        def authorize_once(connection: sqlite3.Connection) -> ProviderRecord:
+            connection.execute("INSERT INTO requests VALUES (?, 'authorize')", (key,))
+            earlier = _record(connection, key)
             if earlier is not None:
-                connection.execute("COMMIT")
-                return ChargeOutcome(bool(earlier[0]), earlier[1], earlier[2])
-            outcome = ChargeOutcome(
-                approved=not declined,
-                reference=f"sim_{uuid.uuid4().hex[:16]}",
-                decline_reason="card declined" if declined else "",
-            )
+                return earlier
             connection.execute(
-                "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO accounts (idempotency_key, reference, status, decline_reason,"
+                " currency, amount_nanos) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     key,
-                    outcome.reference,
-                    int(outcome.approved),
-                    outcome.decline_reason,
+                    f"sim_{uuid.uuid4().hex[:16]}",
+                    (ProviderStatus.DECLINED if declined else ProviderStatus.AUTHORIZED).value,
+                    "card declined" if declined else "",
                     amount.currency_code,
                     amount.total_nanos,
                 ),
             )
-            connection.execute("COMMIT")
-            return outcome
-        finally:
-            connection.close()
+            connection.execute("INSERT INTO operations VALUES (?, 'authorize')", (key,))
+            record = _record(connection, key)
+            assert record is not None
+            return record
 
-    async def refund(self, idempotency_key: str, reference: str, amount: Money) -> None:
-        await asyncio.sleep(self._latency)
-        await asyncio.to_thread(self._refund_once, idempotency_key, reference)
+        return await self._call(authorize_once)
 
-    def _refund_once(self, key: str, reference: str) -> None:
-        connection = self._connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            done = connection.execute(
-                "SELECT 1 FROM refunds WHERE idempotency_key = ?", (key,)
-            ).fetchone()
-            if done is None:
-                connection.execute("INSERT INTO refunds VALUES (?, ?)", (key, reference))
-            connection.execute("COMMIT")
-        finally:
-            connection.close()
+    async def capture(self, key: str, reference: str, amount: Money) -> None:
+        await self._call(
+            lambda c: _move(c, key, "capture", ProviderStatus.AUTHORIZED, ProviderStatus.CAPTURED)
+        )
+
+    async def void(self, key: str, reference: str) -> None:
+        await self._call(
+            lambda c: _move(c, key, "void", ProviderStatus.AUTHORIZED, ProviderStatus.VOIDED)
+        )
+
+    async def refund(self, key: str, reference: str, amount: Money) -> None:
+        await self._call(
+            lambda c: _move(c, key, "refund", ProviderStatus.CAPTURED, ProviderStatus.REFUNDED)
+        )
+
+    async def outcome(self, key: str) -> ProviderRecord | None:
+        # The reporting side stays up through a simulated outage of the payment side, so a
+        # reconciler can settle what the outage left behind.
+        return await self._call(lambda c: _look_up(c, key), fallible=False)
+
+    async def records(self) -> list[ProviderRecord]:
+        def read(connection: sqlite3.Connection) -> list[ProviderRecord]:
+            return [_from_row(row) for row in connection.execute(_RECORD).fetchall()]
+
+        return await asyncio.to_thread(self._transaction, read)
+
+
+def _move(
+    connection: sqlite3.Connection,
+    key: str,
+    operation: str,
+    source: ProviderStatus,
+    target: ProviderStatus,
+) -> None:
+    connection.execute("INSERT INTO requests VALUES (?, ?)", (key, operation))
+    record = _record(connection, key)
+    if record is None:
+        if operation == "void":
+            return  # nothing held under this key: nothing to let go
+        raise ProviderRefused(f"{operation}: no authorization under key {key!r}")
+    if record.status is target:
+        return  # asked again: the first outcome stands
+    if record.status is not source:
+        if operation == "void" and record.status is ProviderStatus.DECLINED:
+            return
+        raise ProviderRefused(f"{operation}: key {key!r} is {record.status.value.lower()}")
+    column = {
+        "capture": ", captured_nanos = amount_nanos",
+        "refund": ", refunded_nanos = captured_nanos",
+    }
+    connection.execute(
+        f"UPDATE accounts SET status = ?{column.get(operation, '')} WHERE idempotency_key = ?",
+        (target.value, key),
+    )
+    connection.execute("INSERT INTO operations VALUES (?, ?)", (key, operation))
+
+
+def _look_up(connection: sqlite3.Connection, key: str) -> ProviderRecord | None:
+    connection.execute("INSERT INTO requests VALUES (?, 'outcome')", (key,))
+    return _record(connection, key)
+
+
+def _record(connection: sqlite3.Connection, key: str) -> ProviderRecord | None:
+    row = connection.execute(_RECORD + " WHERE idempotency_key = ?", (key,)).fetchone()
+    return _from_row(row) if row else None
+
+
+def _from_row(row: tuple[str, str, str, int, str, str, int, int]) -> ProviderRecord:
+    key, status, currency, amount, reference, decline_reason, captured, refunded = row
+    return ProviderRecord(
+        key=key,
+        status=ProviderStatus(status),
+        amount=Money.from_total_nanos(currency, amount),
+        reference=reference,
+        decline_reason=decline_reason,
+        captured=Money.from_total_nanos(currency, captured),
+        refunded=Money.from_total_nanos(currency, refunded),
+    )
 
 
 def ledger_charges(ledger: Path) -> dict[str, int]:
-    """How many charges moved money, per idempotency key (for tests and operators)."""
-    return _per_key(ledger, "charges")
+    """How many authorizations the provider made, per idempotency key (for tests)."""
+    return _per_key(
+        ledger,
+        "SELECT idempotency_key, count(*) FROM operations"
+        " WHERE operation = 'authorize' GROUP BY idempotency_key",
+    )
 
 
-def ledger_requests(ledger: Path) -> dict[str, int]:
-    """How many charge requests arrived, per idempotency key."""
-    return _per_key(ledger, "requests")
+def ledger_requests(ledger: Path, operation: str = "authorize") -> dict[str, int]:
+    """How many requests for `operation` (authorize, capture, void, refund, outcome) arrived,
+    per idempotency key."""
+    return _per_key(
+        ledger,
+        "SELECT idempotency_key, count(*) FROM requests WHERE operation = ?"
+        " GROUP BY idempotency_key",
+        (operation,),
+    )
 
 
-def _per_key(ledger: Path, table: str) -> dict[str, int]:
+def _per_key(ledger: Path, query: str, parameters: tuple[str, ...] = ()) -> dict[str, int]:
     connection = sqlite3.connect(ledger)
     try:
-        rows = connection.execute(
-            f"SELECT idempotency_key, count(*) FROM {table} GROUP BY idempotency_key"
-        ).fetchall()
+        rows = connection.execute(query, parameters).fetchall()
     finally:
         connection.close()
     return {key: count for key, count in rows}

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from emporium.payments.v1 import payment_messages_pb2 as messages
-from libs.messaging.envelope import event
 from libs.messaging.inbox import first_time
 from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
-from libs.runtime.errors import DomainError, ErrorKind
-from libs.storage.database import Database, creating_tables
-from libs.storage.timestamps import from_micros, now_micros
-from services.payments.domain.model import ChargeOutcome, ChargeRequest, Payment, PaymentState
+from libs.storage.database import Database, Migration, creating_tables
+from libs.storage.timestamps import from_micros, now_micros, to_micros
+from services.payments.adapters.payment_events import state_event
+from services.payments.domain.model import Payment, PaymentRequest, PaymentState
 
-DOMAIN_EVENTS = "payments"
 INBOX = "payments.charge"
 
 metadata = sa.MetaData()
@@ -37,10 +35,37 @@ payments = sa.Table(
     sa.Column("provider_reference", sa.String(80), nullable=False),
     sa.Column("create_us", sa.BigInteger, nullable=False),
     sa.Column("update_us", sa.BigInteger, nullable=False),
+    sa.Column("void_reason", sa.String(200), nullable=False, server_default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
 )
 
 
-MIGRATIONS = (creating_tables(1, "payments", metadata), messaging_migration(2))
+async def _authorize_capture_void(connection: AsyncConnection) -> None:
+    # Databases made before authorize/capture: the new columns, and the old states' names.
+    columns = await connection.run_sync(
+        lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("payments")}
+    )
+    if "void_reason" not in columns:
+        await connection.execute(
+            sa.text("ALTER TABLE payments ADD COLUMN void_reason VARCHAR(200) NOT NULL DEFAULT ''")
+        )
+    if "attempts" not in columns:
+        await connection.execute(
+            sa.text("ALTER TABLE payments ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        )
+    for old, new in (("SUCCEEDED", "CAPTURED"), ("FAILED", "DECLINED")):
+        await connection.execute(payments.update().where(payments.c.state == old).values(state=new))
+
+
+MIGRATIONS = (
+    creating_tables(1, "payments", metadata),
+    messaging_migration(2),
+    Migration(3, "payments: authorize, capture, void", _authorize_capture_void),
+)
+
+
+class _Lost(Exception):
+    """A guarded update found the payment in another state."""
 
 
 class SqlPaymentRepository:
@@ -52,15 +77,15 @@ class SqlPaymentRepository:
         async with self._database.engine.connect() as connection:
             return await _get(connection, payment_id)
 
-    async def open(self, request: ChargeRequest) -> Payment:
+    async def open(self, request: PaymentRequest, state: PaymentState) -> tuple[Payment, bool]:
         existing = await self.get(request.payment_id)
         if existing is not None:
-            return existing
+            return existing, False
         now = now_micros()
         async with self._database.writing("payments") as connection:
             raced = await _get(connection, request.payment_id)
             if raced is not None:
-                return raced
+                return raced, False
             await connection.execute(
                 payments.insert().values(
                     id=request.payment_id,
@@ -69,67 +94,104 @@ class SqlPaymentRepository:
                     currency=request.amount.currency_code,
                     amount_nanos=request.amount.total_nanos,
                     payment_method=request.payment_method,
-                    state=PaymentState.PENDING.value,
+                    state=state.value,
                     decline_reason="",
                     provider_reference="",
+                    void_reason="voided before it was authorized"
+                    if state is PaymentState.VOIDED
+                    else "",
+                    attempts=0,
                     create_us=now,
                     update_us=now,
                 )
             )
             created = await _get(connection, request.payment_id)
-        assert created is not None
-        return created
+            assert created is not None
+            announced = state_event(created)
+            if announced is not None:
+                await enqueue(connection, [announced])
+        if announced is not None:
+            self._on_commit()
+        return created, True
 
-    async def settle(self, payment: Payment, outcome: ChargeOutcome, message_id: str) -> Payment:
-        state = PaymentState.SUCCEEDED if outcome.approved else PaymentState.FAILED
-        async with self._database.writing("payments") as connection:
-            current = await _get(connection, payment.payment_id)
-            assert current is not None
-            if not await first_time(connection, INBOX, message_id) or (
-                current.state is not PaymentState.PENDING
-            ):
-                return current
-            await connection.execute(
-                payments.update()
-                .where(payments.c.id == payment.payment_id)
-                .values(
-                    state=state.value,
-                    decline_reason=outcome.decline_reason,
-                    provider_reference=outcome.reference,
-                    update_us=now_micros(),
-                )
-            )
-            body: messages.PaymentSucceeded | messages.PaymentFailed = (
-                messages.PaymentSucceeded(
-                    payment=payment.name, order=payment.order, amount=payment.amount.to_message()
-                )
-                if outcome.approved
-                else messages.PaymentFailed(
-                    payment=payment.name, order=payment.order, reason=outcome.decline_reason
-                )
-            )
-            await enqueue(connection, [event(DOMAIN_EVENTS, body, correlation_id=payment.order)])
-            settled = await _get(connection, payment.payment_id)
-        self._on_commit()
-        assert settled is not None
-        return settled
-
-    async def set_state(self, payment: Payment, state: PaymentState) -> Payment:
-        async with self._database.writing("payments") as connection:
+    async def attempt(self, payment: Payment) -> Payment | None:
+        async with self._database.writing() as connection:
             updated = await connection.execute(
                 payments.update()
-                .where(payments.c.id == payment.payment_id, payments.c.state == payment.state.value)
-                .values(state=state.value, update_us=now_micros())
+                .where(
+                    payments.c.id == payment.payment_id,
+                    payments.c.state == PaymentState.PENDING.value,
+                )
+                .values(attempts=payments.c.attempts + 1, update_us=now_micros())
             )
             if updated.rowcount != 1:
-                raise DomainError(
-                    ErrorKind.ABORTED,
-                    "CONCURRENT_MODIFICATION",
-                    f"{payment.name} changed meanwhile; read it again",
+                return None
+            return await _get(connection, payment.payment_id)
+
+    async def transition(
+        self,
+        payment: Payment,
+        state: PaymentState,
+        *,
+        reference: str | None = None,
+        reason: str = "",
+        message_id: str = "",
+    ) -> Payment | None:
+        values: dict[str, Any] = {"state": state.value, "update_us": now_micros()}
+        if reference is not None:
+            values["provider_reference"] = reference
+        if state is PaymentState.DECLINED:
+            values["decline_reason"] = reason
+        elif state in (PaymentState.VOIDED, PaymentState.REFUNDED):
+            values["void_reason"] = reason
+        try:
+            async with self._database.writing() as connection:
+                if message_id and not await first_time(connection, INBOX, message_id):
+                    return await _get(connection, payment.payment_id)
+                updated = await connection.execute(
+                    payments.update()
+                    .where(
+                        payments.c.id == payment.payment_id,
+                        payments.c.state == payment.state.value,
+                    )
+                    .values(**values)
                 )
-            changed = await _get(connection, payment.payment_id)
-        assert changed is not None
+                if updated.rowcount != 1:
+                    raise _Lost  # nothing of this transaction stays, the inbox row included
+                changed = await _get(connection, payment.payment_id)
+                assert changed is not None
+                announced = state_event(changed)
+                if announced is not None:
+                    await enqueue(connection, [announced])
+        except _Lost:
+            return None
+        self._on_commit()
         return changed
+
+    async def announce(self, payment: Payment, message_id: str) -> None:
+        announced = state_event(payment)
+        if announced is None:
+            return
+        async with self._database.writing() as connection:
+            if message_id and not await first_time(connection, INBOX, message_id):
+                return
+            await enqueue(connection, [announced])
+        self._on_commit()
+
+    async def pending_since(self, before: datetime, limit: int) -> Sequence[Payment]:
+        async with self._database.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    sa.select(payments)
+                    .where(
+                        payments.c.state == PaymentState.PENDING.value,
+                        payments.c.update_us < to_micros(before),
+                    )
+                    .order_by(payments.c.update_us)
+                    .limit(limit)
+                )
+            ).all()
+        return [_payment(row._mapping) for row in rows]
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Payment], int]:
         condition = [payments.c.customer == customer] if customer else []
@@ -168,4 +230,6 @@ def _payment(row: Any) -> Payment:
         update_time=from_micros(row["update_us"]),
         decline_reason=row["decline_reason"],
         provider_reference=row["provider_reference"],
+        void_reason=row["void_reason"],
+        attempts=row["attempts"],
     )

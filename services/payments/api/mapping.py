@@ -8,8 +8,10 @@ from services.payments.domain.model import Payment, PaymentState
 
 STATES = {
     PaymentState.PENDING: pb.PAYMENT_STATE_PENDING,
-    PaymentState.SUCCEEDED: pb.PAYMENT_STATE_SUCCEEDED,
-    PaymentState.FAILED: pb.PAYMENT_STATE_FAILED,
+    PaymentState.AUTHORIZED: pb.PAYMENT_STATE_AUTHORIZED,
+    PaymentState.CAPTURED: pb.PAYMENT_STATE_SUCCEEDED,
+    PaymentState.DECLINED: pb.PAYMENT_STATE_FAILED,
+    PaymentState.VOIDED: pb.PAYMENT_STATE_VOIDED,
     PaymentState.REFUNDED: pb.PAYMENT_STATE_REFUNDED,
 }
 
@@ -25,4 +27,5 @@ def payment_message(payment: Payment) -> pb.Payment:
         provider_reference=payment.provider_reference,
         create_time=timestamp_message(payment.create_time),
         update_time=timestamp_message(payment.update_time),
+        void_reason=payment.void_reason,
     )

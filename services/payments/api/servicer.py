@@ -31,4 +31,4 @@ class PaymentsServicer(pb_grpc.PaymentsServiceServicer):
         )
 
     async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> pb.Payment:
-        return payment_message(await self._payments.refund(request.name))
+        return payment_message(await self._payments.refund(request.name, request.reason))

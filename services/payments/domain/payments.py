@@ -1,44 +1,205 @@
-"""Payment use cases."""
+"""Payment use cases: authorize, capture, void and refund, safe under redelivery and under
+commands for one payment arriving in any order at competing workers.
+
+Every change is a guarded transition (from the state the payment was read in), so a race has
+one winner. The loser of a race that left money held at the provider lets it go itself: an
+authorization that comes back after the payment was voided is voided at the provider.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
-from libs.runtime.errors import DomainError, ErrorKind, not_found
+from libs.runtime.errors import DomainError, ErrorKind, invalid_argument, not_found
 from libs.runtime.pagination import page_request
 from libs.runtime.resource_names import resource_id
-from services.payments.domain.model import ChargeRequest, Payment, PaymentState
+from services.payments.domain.model import (
+    Payment,
+    PaymentRequest,
+    PaymentState,
+    ProviderRecord,
+    ProviderStatus,
+)
 from services.payments.domain.ports import PaymentProvider, PaymentRepository
 
 log = logging.getLogger("emporium.payments")
 
+NO_ANSWER = "no answer from the payment provider"
+
+
+class PaymentChanged(Exception):
+    """The payment changed while this command was handled; handling it again sees the change."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
 
 class Payments:
-    def __init__(self, repository: PaymentRepository, provider: PaymentProvider) -> None:
+    def __init__(
+        self,
+        repository: PaymentRepository,
+        provider: PaymentProvider,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self._repository = repository
         self._provider = provider
+        self._clock = clock
 
-    async def charge(self, request: ChargeRequest, message_id: str) -> Payment:
-        """Charges the order once, however often the request is delivered: the provider call
-        carries the payment id as its idempotency key, so a redelivery after a crash between
-        charging and recording gets the first outcome back instead of a second charge."""
-        payment = await self._repository.open(request)
+    async def authorize(self, request: PaymentRequest, message_id: str) -> Payment:
+        """Authorizes once however often asked: an attempt after the first asks the provider
+        for the outcome of the key first. A payment voided before (or while) it is
+        authorized is never left holding money."""
+        _check_amount(request)
+        payment, _ = await self._repository.open(request, PaymentState.PENDING)
         if payment.state is not PaymentState.PENDING:
-            return payment  # settled by an earlier delivery
-        outcome = await self._provider.charge(
-            payment.payment_id, payment.amount, payment.payment_method
+            await self._repository.announce(payment, message_id)  # e.g. PaymentVoided
+            return payment
+        record = await self._provider.outcome(payment.key) if payment.attempts else None
+        if record is None:
+            started = await self._repository.attempt(payment)
+            if started is None:
+                raise PaymentChanged(payment.name)
+            payment = started
+            record = await self._provider.authorize(
+                payment.key, payment.amount, payment.payment_method
+            )
+        settled = await self._settle(payment, record, message_id)
+        log.info("payment settled", extra={"payment": settled.name, "state": settled.state.value})
+        return settled
+
+    async def _settle(self, payment: Payment, record: ProviderRecord, message_id: str) -> Payment:
+        state = PaymentState.AUTHORIZED if record.approved else PaymentState.DECLINED
+        settled = await self._repository.transition(
+            payment,
+            state,
+            reference=record.reference,
+            reason=record.decline_reason,
+            message_id=message_id,
         )
-        settled = await self._repository.settle(payment, outcome, message_id)
-        log.info(
-            "payment settled",
-            extra={"payment": settled.name, "state": settled.state.value},
+        if settled is not None:
+            return settled
+        current = await self._existing(payment.payment_id)
+        if record.approved and current.state in (PaymentState.VOIDED, PaymentState.DECLINED):
+            # Voided (or given up on by the reconciler) while the provider was authorizing.
+            await self._provider.void(payment.key, record.reference)
+        return current
+
+    async def capture(self, order: str, message_id: str) -> Payment:
+        payment = await self._existing(payment_id_of_order(order))
+        if payment.state in (PaymentState.CAPTURED, PaymentState.REFUNDED):
+            return payment
+        if payment.state is not PaymentState.AUTHORIZED:
+            raise DomainError(
+                ErrorKind.FAILED_PRECONDITION,
+                "PAYMENT_NOT_CAPTURABLE",
+                f"{payment.name} is {payment.state.value.lower()}; only an authorized payment"
+                " is captured",
+                {"payment": payment.name, "state": payment.state.value},
+            )
+        await self._provider.capture(payment.key, payment.provider_reference, payment.amount)
+        captured = await self._repository.transition(
+            payment, PaymentState.CAPTURED, message_id=message_id
         )
+        if captured is None:
+            raise PaymentChanged(payment.name)
+        return captured
+
+    async def void(self, request: PaymentRequest, reason: str, message_id: str) -> Payment:
+        """Lets the payment go: a captured one is refunded, an authorized one voided, and one
+        not authorized yet recorded as VOIDED, so its authorization is never sent (or, if it
+        is at the provider right now, voided when it comes back)."""
+        payment, created = await self._repository.open(request, PaymentState.VOIDED)
+        if created:
+            return payment
+        return await self._let_go(payment, reason, message_id)
+
+    async def refund_order(self, order: str, reason: str, message_id: str) -> Payment:
+        """The RefundPayment command: a captured payment is refunded, any other let go."""
+        payment = await self._existing(payment_id_of_order(order))
+        return await self._let_go(payment, reason, message_id)
+
+    async def _let_go(self, payment: Payment, reason: str, message_id: str) -> Payment:
+        if payment.state is PaymentState.PENDING:
+            voided = await self._repository.transition(
+                payment, PaymentState.VOIDED, reason=reason, message_id=message_id
+            )
+            if voided is None:
+                raise PaymentChanged(payment.name)
+            # An earlier attempt may have got through before this void.
+            record = await self._provider.outcome(payment.key)
+            if record is not None and record.status is ProviderStatus.AUTHORIZED:
+                await self._provider.void(payment.key, record.reference)
+            return voided
+        if payment.state is PaymentState.AUTHORIZED:
+            await self._provider.void(payment.key, payment.provider_reference)
+            voided = await self._repository.transition(
+                payment, PaymentState.VOIDED, reason=reason, message_id=message_id
+            )
+            if voided is None:
+                raise PaymentChanged(payment.name)
+            return voided
+        if payment.state is PaymentState.CAPTURED:
+            return await self._refund(payment, reason, message_id)
+        return payment  # declined, voided or refunded: no money held
+
+    async def refund(self, name: str, reason: str = "") -> Payment:
+        """The RefundPayment RPC: only a captured payment is refunded."""
+        payment = await self.get(name)
+        if payment.state is PaymentState.REFUNDED:
+            return payment
+        if payment.state is not PaymentState.CAPTURED:
+            raise DomainError(
+                ErrorKind.FAILED_PRECONDITION,
+                "PAYMENT_NOT_REFUNDABLE",
+                f"{name} is {payment.state.value.lower()}; only a succeeded payment is refunded",
+                {"payment": name, "state": payment.state.value},
+            )
+        return await self._refund(payment, reason or "refunded by request", "")
+
+    async def _refund(self, payment: Payment, reason: str, message_id: str) -> Payment:
+        await self._provider.refund(payment.key, payment.provider_reference, payment.amount)
+        refunded = await self._repository.transition(
+            payment, PaymentState.REFUNDED, reason=reason, message_id=message_id
+        )
+        if refunded is None:
+            raise PaymentChanged(payment.name)
+        return refunded
+
+    async def reconcile(self, pending_for: timedelta, limit: int = 100) -> int:
+        """Settles payments left PENDING longer than `pending_for` (their command was
+        dead-lettered, or their worker died for good) with what the provider knows of their
+        key; one the provider never saw is declined. Returns how many it settled."""
+        settled = 0
+        for payment in await self._repository.pending_since(self._clock() - pending_for, limit):
+            record = await self._provider.outcome(payment.key)
+            if record is None:
+                done = await self._repository.transition(
+                    payment, PaymentState.DECLINED, reason=NO_ANSWER
+                )
+            else:
+                done = await self._settle(payment, record, "")
+            if done is not None:
+                settled += 1
+                log.warning(
+                    "pending payment reconciled",
+                    extra={"payment": payment.name, "state": done.state.value},
+                )
         return settled
 
     async def get(self, name: str) -> Payment:
         payment = await self._repository.get(payment_id_of(name))
         if payment is None:
             raise not_found(name, "PAYMENT_NOT_FOUND")
+        return payment
+
+    async def _existing(self, payment_id: str) -> Payment:
+        payment = await self._repository.get(payment_id)
+        if payment is None:
+            raise not_found(f"payments/{payment_id}", "PAYMENT_NOT_FOUND")
         return payment
 
     async def list(
@@ -48,20 +209,17 @@ class Payments:
         payments, total = await self._repository.list(customer, page.offset, page.limit)
         return payments, page.next_token(len(payments), total)
 
-    async def refund(self, name: str) -> Payment:
-        payment = await self.get(name)
-        if payment.state is PaymentState.REFUNDED:
-            return payment
-        if payment.state is not PaymentState.SUCCEEDED:
-            raise DomainError(
-                ErrorKind.FAILED_PRECONDITION,
-                "PAYMENT_NOT_REFUNDABLE",
-                f"{name} is {payment.state.value.lower()}; only a succeeded payment is refunded",
-                {"payment": name, "state": payment.state.value},
-            )
-        await self._provider.refund(payment.payment_id, payment.provider_reference, payment.amount)
-        return await self._repository.set_state(payment, PaymentState.REFUNDED)
+
+def _check_amount(request: PaymentRequest) -> None:
+    if request.amount.total_nanos <= 0:
+        raise invalid_argument(
+            "INVALID_AMOUNT", f"{request.order}: the amount must be positive", []
+        )
 
 
 def payment_id_of(name: str) -> str:
     return resource_id(name, "payments/{payment}")
+
+
+def payment_id_of_order(order: str) -> str:
+    return resource_id(order, "orders/{order}")
