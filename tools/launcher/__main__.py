@@ -27,6 +27,7 @@ from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from tools.certificates.__main__ import ensure as ensure_certificates
 from tools.identity.__main__ import init as init_identity
+from tools.monitoring.prometheus import LocalPrometheus, LocalPrometheusError
 
 REPO = Path(__file__).resolve().parents[2]
 CERTS = REPO / "var" / "certs"
@@ -38,6 +39,26 @@ class ServiceSpec:
     module: str
     port: int
     env: dict[str, str] = field(default_factory=dict)
+
+
+# Each service's Prometheus endpoint in local mode (override with <SERVICE>_METRICS_PORT).
+METRICS_PORTS = {
+    "catalog": 9101,
+    "inventory": 9102,
+    "orders": 9103,
+    "payments": 9104,
+    "notifications": 9105,
+    "identity": 9106,
+    "gateway": 9180,
+}
+
+
+def metrics_address(process: ServiceProcess) -> str | None:
+    """host:port of the metrics endpoint the service logged (`metrics`), if it serves one."""
+    for line in process.log_lines:
+        if line.get("message") == "metrics":
+            return f"127.0.0.1:{line['port']}"
+    return None
 
 
 def _sqlite(var: Path, name: str) -> str:
@@ -207,6 +228,13 @@ def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
         f"{(var / 'mail' / 'new').relative_to(REPO) if var.is_relative_to(REPO) else var}.)",
         call("payments", "emporium.payments.v1.PaymentsService/ListPayments", {}),
         "",
+        "Metrics (Prometheus text; EMPORIUM_OBSERVE=1 also runs a local Prometheus):",
+        *(
+            f"  {name:<14} http://{address}/metrics"
+            for name, process in running.items()
+            if (address := metrics_address(process))
+        ),
+        "",
         f"RabbitMQ: {BrokerOptions(amqp_url).safe_url}",
         "  tools/broker queues             depth and consumers of every queue and stream",
         "  tools/broker replay orders.events --from first",
@@ -264,8 +292,16 @@ async def start_fleet(
             )
             print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
             prefix = spec.name.upper()
+            metrics_port = (
+                "0"
+                if free_ports
+                else os.environ.get(
+                    f"{prefix}_METRICS_PORT", str(METRICS_PORTS.get(spec.name, 0))
+                )
+            )
             env = {
                 f"{prefix}_PORT": port,
+                f"{prefix}_METRICS_PORT": metrics_port,
                 f"{prefix}_SECURITY": security,
                 f"{prefix}_CERTS_DIR": str(certs),
                 "EMPORIUM_AMQP_URL": amqp_url,
@@ -282,6 +318,26 @@ async def start_fleet(
                 await process.terminate()
         raise
     return running
+
+
+async def observe(
+    running: dict[str, ServiceProcess], var: Path, stack: contextlib.AsyncExitStack
+) -> None:
+    """Starts a local Prometheus scraping every service (and evaluating the alerting rules)."""
+    targets = {n: a for n, p in running.items() if (a := metrics_address(p)) is not None}
+    port = int(os.environ.get("EMPORIUM_PROMETHEUS_PORT", "9090"))
+    print(f"starting Prometheus on 127.0.0.1:{port} ...", flush=True)
+    prometheus = LocalPrometheus(var / "prometheus", targets, port)
+    try:
+        await prometheus.start()
+    except LocalPrometheusError as error:
+        raise RuntimeError(f"EMPORIUM_OBSERVE: {error}") from None
+    stack.push_async_callback(prometheus.stop)
+    print(
+        f"Prometheus: {prometheus.url} (graphs: /graph, alerts: /alerts, targets: /targets; "
+        f"data in {prometheus.directory})",
+        flush=True,
+    )
 
 
 async def run(var: Path) -> int:
@@ -301,6 +357,8 @@ async def _run(var: Path, stack: contextlib.AsyncExitStack) -> int:
         amqp_url = await broker_url(var, stack)
         running.update(await start_fleet(var, amqp_url, registry))
         print(banner(running, amqp_url, var), flush=True)
+        if os.environ.get("EMPORIUM_OBSERVE") == "1":
+            await observe(running, var, stack)
         exited = [asyncio.ensure_future(p.process.wait()) for p in running.values()]
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([stopping, *exited], return_when=asyncio.FIRST_COMPLETED)
