@@ -44,6 +44,7 @@ from libs.security.tokens import JwksCache, TokenVerifier
 from services.gateway.caching import ResponseCache
 from services.gateway.config import GatewaySettings
 from services.gateway.dispatch import Dispatcher
+from services.gateway.docs import DOCS_PAGE, GRAPHIQL_PAGE, asset_mounts
 from services.gateway.graphql_api import SchemaBuilder
 from services.gateway.idempotency import (
     IdempotencyStore,
@@ -51,7 +52,7 @@ from services.gateway.idempotency import (
     RedisIdempotencyStore,
 )
 from services.gateway.observability import RequestTelemetry
-from services.gateway.openapi import build_document, docs_page
+from services.gateway.openapi import build_document
 from services.gateway.problems import Problem
 from services.gateway.ratelimit import BucketPolicy, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from services.gateway.references import References
@@ -206,12 +207,14 @@ def build(settings: GatewaySettings) -> Gateway:
         return Response(openapi_body, media_type="application/json")
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(docs_page(document))
+        return HTMLResponse(DOCS_PAGE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def graphql_endpoint(request: Request) -> Response:
+        if _wants_ide(request):
+            return HTMLResponse(GRAPHIQL_PAGE)
         return await _graphql(request, schema, rest, authenticator, settings)
 
     async def rest_endpoint(request: Request) -> Response:
@@ -241,6 +244,7 @@ def build(settings: GatewaySettings) -> Gateway:
             HttpRoute("/docs", docs, methods=["GET"]),
             HttpRoute("/healthz", healthz, methods=["GET"]),
             HttpRoute("/graphql", graphql_endpoint, methods=["GET", "POST"]),
+            *asset_mounts(),
             HttpRoute("/{path:path}", rest_endpoint, methods=every_verb),
         ],
         lifespan=lifespan,
@@ -253,6 +257,15 @@ def build(settings: GatewaySettings) -> Gateway:
         cache,
         jwks,
         skipped,
+    )
+
+
+def _wants_ide(request: Request) -> bool:
+    """A browser opening /graphql (no query, HTML accepted) gets GraphiQL."""
+    return (
+        request.method == "GET"
+        and "query" not in request.query_params
+        and "text/html" in request.headers.get("accept", "")
     )
 
 

@@ -8,7 +8,6 @@ problem+json errors and who may call it (`x-emporium-access`).
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ from google.protobuf import descriptor
 from google.protobuf.descriptor import FieldDescriptor
 
 from services.gateway.routes import PATH_VARIABLE, Route
-from services.gateway.transcoding import is_map, json_name
+from services.gateway.transcoding import is_map, json_name, required_fields
 
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
@@ -75,15 +74,14 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
-# One Server-Sent Event: `message` carries a response message as JSON, `error` a problem
-# (once the stream is open its status cannot change), `end` the end of the stream.
-SSE_EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string", "enum": ["message", "error", "end"]},
-        "data": {"type": "string", "contentMediaType": "application/json"},
-        "id": {"type": "string"},
-    },
+# The body of a Server-Sent Events response: a text stream of events, described here since
+# JSON Schema cannot describe the framing.
+SSE_STREAM_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "description": "Server-Sent Events: `id: <the event's version or revision>`, "
+    "`event: message` with a response message as JSON in `data:`; then `event: end`, or "
+    "`event: error` with a problem (once the stream is open its status cannot change). "
+    "Reconnect with `Last-Event-ID: <id>` to resume after that event.",
 }
 
 
@@ -157,7 +155,7 @@ class _Schemas:
 
 
 def _query_parameters(
-    schemas: _Schemas, message_type: descriptor.Descriptor, bound: set[str]
+    schemas: _Schemas, message_type: descriptor.Descriptor, bound: set[str], required: set[str]
 ) -> list[dict[str, Any]]:
     parameters = []
     for field in message_type.fields:
@@ -170,10 +168,23 @@ def _query_parameters(
             continue
         schema = schemas.field(field)
         parameters.append(
-            {"name": field.name, "in": "query", "required": False, "schema": schema}
+            {"name": field.name, "in": "query", "required": field.name in required}
+            | {"schema": schema}
             | ({"explode": True} if field.is_repeated else {})
         )
     return parameters
+
+
+def _form_encodable(message_type: descriptor.Descriptor) -> bool:
+    """Whether a `body: "*"` request can come as an HTML/OAuth2 form: only scalar fields."""
+    return all(f.message_type is None and not f.is_repeated for f in message_type.fields)
+
+
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "Runs the request at most once per key and caller: a retry with the same key and request "
+    "replays the first answer (`Idempotent-Replayed: true`). The gateway passes it to the "
+    "service as the request's `request_id`."
+)
 
 
 def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) -> dict[str, Any]:
@@ -194,10 +205,14 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
             for name, field, prefix in path_parameters
         ]
         bound = {field.split(".")[0] for _, field, _ in path_parameters}
+        required = required_fields(method.input_type)
+        keyed = route.verb != "GET" and not route.streams_in
+        if keyed and "request_id" in method.input_type.fields_by_name:
+            bound.add("request_id")  # spelled Idempotency-Key over HTTP
         operation: dict[str, Any] = {
             "operationId": route.operation_id,
             "summary": f"{method.containing_service.name}.{method.name}",
-            "tags": [method.containing_service.full_name],
+            "tags": [_tag(route)],
             "x-emporium-access": _access(route),
             "responses": {
                 "default": {
@@ -211,7 +226,7 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
             },
         }
         if "anonymous" in route.access.roles:
-            operation["security"] = [{}, {"bearer": []}]
+            operation["security"] = [{}]  # anyone: no token needed
         if route.body == "*":
             body_schema = schemas.ref(method.input_type)
         elif route.body:
@@ -220,12 +235,12 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
         if route.body:
             if route.streams_in:
                 body_schema = {"type": "array", "items": body_schema}
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": body_schema}},
-            }
-        else:
-            parameters += _query_parameters(schemas, method.input_type, bound)
+            content = {"application/json": {"schema": body_schema}}
+            if route.body == "*" and not route.streams_in and _form_encodable(method.input_type):
+                content["application/x-www-form-urlencoded"] = {"schema": body_schema}
+            operation["requestBody"] = {"required": True, "content": content}
+        if route.body != "*":  # the fields neither the path nor the body binds
+            parameters += _query_parameters(schemas, method.input_type, bound, required)
         if route.operation_id in full_view:
             parameters.append(
                 {
@@ -236,13 +251,15 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
                     "description": "FULL adds the resources this one refers to",
                 }
             )
-        if route.verb != "GET" and not route.streams_in:
+        if keyed:
             parameters.append(
                 {
                     "name": "Idempotency-Key",
                     "in": "header",
-                    "required": False,
+                    # Required where the contract requires the request_id it becomes.
+                    "required": "request_id" in required,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": IDEMPOTENCY_KEY_DESCRIPTION,
                 }
             )
         operation["parameters"] = parameters
@@ -250,29 +267,66 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
         if route.streams_in and method.server_streaming:
             content = {"application/json": {"schema": {"type": "array", "items": output}}}
         elif route.streams_out:
-            content = {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}
+            content = {"text/event-stream": {"schema": SSE_STREAM_SCHEMA}}
         else:
             content = {"application/json": {"schema": output}}
         operation["responses"]["200"] = {"description": "OK", "content": content}
+        operation["description"] = _description(route)
         if route.verb == "GET" and not route.streams_out:
             operation["responses"]["304"] = {"description": "not modified (If-None-Match)"}
         paths.setdefault(path, {})[route.verb.lower()] = operation
+    tags = sorted({_tag(route) for route in routes})
     return {
         "openapi": "3.1.0",
         "info": {
             "title": title,
             "version": "1",
-            "description": "Generated from the Emporium contracts (google.api.http).",
+            "description": "Generated from the Emporium contracts (google.api.http). Get a "
+            "token from `POST /v1/token` (the `oauth2` scheme does it for you in /docs) and "
+            "send it as `Authorization: Bearer <token>`.",
         },
+        "tags": [{"name": tag, "description": f"`{tag}`, gRPC service"} for tag in tags],
         "paths": paths,
         "components": {
             "schemas": {**schemas.components, "Problem": PROBLEM_SCHEMA},
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
+            "securitySchemes": SECURITY_SCHEMES,
         },
-        "security": [{"bearer": []}],
+        "security": SECURITY,
     }
+
+
+# A bearer JWT, pasted in or fetched by the OAuth2 password flow from the token endpoint.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "oauth2": {
+        "type": "oauth2",
+        "flows": {"password": {"tokenUrl": "/v1/token", "scopes": {}}},
+    },
+}
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"oauth2": []}]
+
+
+def _tag(route: Route) -> str:
+    """Operations are grouped by service and version: `catalog v1`."""
+    service = route.method.containing_service
+    package = service.full_name.split(".")
+    return f"{package[1]} {package[2]}" if len(package) > 3 else service.full_name
+
+
+def _description(route: Route) -> str:
+    access = _access(route)
+    who = ", ".join(access["roles"])
+    if "owner" in access:
+        who += f"; {', '.join(access['owner']['roles'])} on their own `{access['owner']['field']}`"
+    kind = ""
+    if route.streams_in:
+        kind = " The stream's messages as a JSON array."
+    elif route.streams_out:
+        kind = (
+            " Server-Sent Events: each `id:` identifies the event; reconnect with "
+            "`Last-Event-ID` to resume after it."
+        )
+    return f"gRPC `{route.method.full_name}`. Who may call: {who}.{kind}"
 
 
 def _access(route: Route) -> dict[str, Any]:
@@ -283,28 +337,3 @@ def _access(route: Route) -> dict[str, Any]:
             "field": route.access.request_field or route.access.resource_field,
         }
     return access
-
-
-def docs_page(document: dict[str, Any]) -> str:
-    """A self-contained page (no CDN) listing every operation and who may call it."""
-    rows = []
-    for path, operations in document["paths"].items():
-        for verb, operation in operations.items():
-            access = operation["x-emporium-access"]
-            who = ", ".join(access["roles"])
-            if "owner" in access:
-                who += f"; {', '.join(access['owner']['roles'])} (own {access['owner']['field']})"
-            rows.append(
-                f"<tr><td><code>{verb.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(operation['summary'])}</td><td>{html.escape(who)}</td></tr>"
-            )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Emporium API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;"
-        "text-align:left;border-bottom:1px solid #ddd}</style></head><body>"
-        "<h1>Emporium API</h1><p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>"
-        " (OpenAPI 3.1) · GraphQL: <a href='/graphql'>/graphql</a>. Errors are "
-        "<code>application/problem+json</code>; send <code>Authorization: Bearer &lt;token&gt;"
-        "</code> from <code>POST /v1/token</code>.</p><table><tr><th>method</th><th>path</th>"
-        "<th>RPC</th><th>who may call</th></tr>" + "".join(rows) + "</table></body></html>"
-    )

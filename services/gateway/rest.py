@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from google.protobuf import message
 from starlette.requests import Request
@@ -31,10 +31,18 @@ from services.gateway.problems import Problem, from_domain_error
 from services.gateway.ratelimit import BucketPolicy, RateLimiter
 from services.gateway.references import References
 from services.gateway.routes import Route, Router
-from services.gateway.transcoding import build_request, parse_json, to_json
+from services.gateway.transcoding import (
+    build_request,
+    parse_json,
+    required_fields,
+    set_parameters,
+    to_json,
+)
 
 log = logging.getLogger("emporium.gateway")
 JSON = "application/json"
+# Accepted for `body: "*"` routes of scalar fields, as OAuth2 clients post to /v1/token.
+FORM = "application/x-www-form-urlencoded"
 MAX_IDEMPOTENCY_KEY = 255
 SSE_HEARTBEAT_SECONDS = 15.0
 # Derives a request_id from an Idempotency-Key, so the service dedupes too (uuid5 namespace).
@@ -97,6 +105,12 @@ class RestApi:
         self._cache = cache
         self._references = references
         self._limits = limits
+        # Unsafe routes whose contract requires the request_id an Idempotency-Key becomes.
+        self._key_required = {
+            route.operation_id
+            for route in router.routes
+            if not route.safe and "request_id" in required_fields(route.method.input_type)
+        }
 
     async def __call__(self, request: Request) -> Response:
         headers: dict[str, str] = {}
@@ -144,12 +158,21 @@ class RestApi:
                 raise _too_large(limit)
             chunks.append(chunk)
         body = b"".join(chunks)
-        media = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-        if body.strip() and media != JSON and not media.endswith("+json"):
+        media = _media_type(request)
+        if body.strip() and media not in (JSON, FORM) and not media.endswith("+json"):
             raise Problem(
                 415, f"send the body as {JSON}, not {media}", reason="UNSUPPORTED_MEDIA_TYPE"
             )
         return body
+
+    def _document(self, request: Request, route: Route, raw: bytes) -> Any:
+        """The body as the JSON document of the bound field (or the whole request)."""
+        if _media_type(request) != FORM:
+            return parse_json(raw)
+        if route.body != "*" or route.streams_in:
+            raise Problem(415, f"send the body as {JSON}", reason="UNSUPPORTED_MEDIA_TYPE")
+        items = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        return set_parameters({}, route.method.input_type, items)
 
     async def _handle(self, request: Request, headers: dict[str, str]) -> Response:
         found = self._router.match(request.method, request.url.path)
@@ -168,7 +191,7 @@ class RestApi:
         request.state.principal = principal.subject
         await self.rate_limit(request, principal, route.route_class, headers)
         raw = b"" if route.safe else await self.read_body(request)
-        body = parse_json(raw) if route.body else None
+        body = self._document(request, route, raw) if route.body else None
         if route.streams_in:
             if not isinstance(body, list):
                 raise Problem(400, "send the stream as a JSON array", reason="INVALID_REQUEST")
@@ -182,6 +205,17 @@ class RestApi:
         if route.streams_out:
             return await self._events(route, rpc_request, principal, headers)
         key = request.headers.get("idempotency-key")
+        if (
+            key is None
+            and route.operation_id in self._key_required
+            and not getattr(rpc_request, "request_id")  # noqa: B009
+        ):
+            raise Problem(
+                400,
+                f"{route.verb} {route.template} needs an Idempotency-Key header (any unique "
+                "string, such as a UUID): the request runs at most once per key",
+                reason="IDEMPOTENCY_KEY_REQUIRED",
+            )
         if route.safe or key is None:
             return await self._unary(request, route, rpc_request, principal, headers)
         return await self._once(request, route, rpc_request, principal, headers, key, raw)
@@ -341,6 +375,10 @@ async def server_sent_events(stream: AsyncIterator[message.Message]) -> AsyncIte
             yield f"id: {position}\nevent: message\ndata: {json.dumps(to_json(item))}\n\n".encode()
     finally:
         task.cancel()
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
 
 
 def _too_large(limit: int) -> Problem:

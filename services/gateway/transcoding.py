@@ -17,6 +17,7 @@ from google.protobuf import descriptor, json_format, message, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 
 from libs.runtime.errors import FieldViolation, invalid_argument
+from libs.runtime.validation import violations_of
 from services.gateway.routes import Route
 
 # Query parameters the gateway itself reads; never fields of a request.
@@ -42,6 +43,12 @@ def _bad(field: str, description: str) -> Exception:
         f"{field}: {description}",
         [FieldViolation(field, description, "INVALID_REQUEST")],
     )
+
+
+def required_fields(message_type: descriptor.Descriptor) -> set[str]:
+    """The top-level fields the contract's buf.validate rules reject when left empty."""
+    empty = message_factory.GetMessageClass(message_type)()
+    return {violation.field.split(".")[0].split("[")[0] for violation in violations_of(empty)}
 
 
 def parse_json(raw: bytes) -> Any:
@@ -139,14 +146,23 @@ def build_request(
         document[field.name] = body
     for path, value in path_values.items():
         _set_path(document, request_type, path, value)
-    if not route.body or route.body != "*":
-        grouped: dict[str, list[str]] = {}
-        for key, value in query:
-            if key not in GATEWAY_PARAMETERS:
-                grouped.setdefault(key, []).append(value)
-        for key, values in grouped.items():
-            _set_path(document, request_type, key, values)
+    if route.body != "*":
+        set_parameters(document, request_type, query)
     return parse_message(document, route.method.input_type)
+
+
+def set_parameters(
+    document: dict[str, Any], message_type: descriptor.Descriptor, items: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Sets query-string (or form) parameters on `document`: dotted paths, repeated names for
+    repeated fields."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in items:
+        if key not in GATEWAY_PARAMETERS:
+            grouped.setdefault(key, []).append(value)
+    for key, values in grouped.items():
+        _set_path(document, message_type, key, values)
+    return document
 
 
 def parse_message(document: Any, message_type: descriptor.Descriptor) -> message.Message:
