@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
 from libs.messaging.service import ServiceMessaging
@@ -9,17 +11,20 @@ from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
+from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
 from libs.storage.database import Database, database_errors
+from services.orders.adapters.order_messages import OrderMessages
 from services.orders.adapters.payment_results import RESULTS_QUEUE, TOPOLOGY, PaymentResults
 from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
 from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
+from services.orders.api.mapping import order_message
 from services.orders.api.policy import POLICY
 from services.orders.api.servicer import DOMAIN, OrdersServicer
 from services.orders.config import OrdersSettings
 from services.orders.domain.order_feed import OrderFeed
-from services.orders.domain.orders import Orders
+from services.orders.domain.orders import Orders, SagaTimes
 
 
 async def build(settings: OrdersSettings) -> GrpcApp:
@@ -47,12 +52,18 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     )
     feed = OrderFeed()
     orders = Orders(
-        SqlOrderRepository(database, messaging.outbox_written),
+        SqlOrderRepository(database, OrderMessages(order_message), messaging.outbox_written),
         GrpcProductCatalog(catalog),
         GrpcStockReservations(inventory),
         feed,
+        times=SagaTimes(
+            reservation_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
+            payment_deadline=timedelta(seconds=settings.payment_deadline_seconds),
+            stalled_after=timedelta(seconds=settings.stalled_after_seconds),
+        ),
         poll_interval=settings.watch_poll_seconds,
     )
+    sweeper = Periodic("order-sweeper", settings.sweep_every_seconds, orders.sweep)
 
     async def close_feed() -> None:
         feed.close()
@@ -76,6 +87,7 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         )
     )
     messaging.attach(app)
+    sweeper.attach(app)
     app.add_health_check("database", database.ping)
     app.on_shutdown(close_feed)
     app.on_stop(catalog.close)

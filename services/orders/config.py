@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.messaging.config import MessagingSettings
@@ -26,3 +26,28 @@ class OrdersSettings(MessagingSettings):
     upstream_timeout_seconds: float = Field(default=2.0, gt=0)
     upstream_breaker_cooldown_seconds: float = Field(default=5.0, gt=0)
     watch_poll_seconds: float = Field(default=1.0, gt=0)
+    reservation_ttl_seconds: float = Field(
+        default=900.0, gt=0, le=86400, description="how long an order's stock is held"
+    )
+    payment_deadline_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="a PENDING_PAYMENT order older than this is cancelled; shorter than the"
+        " reservation ttl",
+    )
+    stalled_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="an AUTHORIZED or CANCELLING order unchanged this long"
+        " is taken up again by the sweeper",
+    )
+    sweep_every_seconds: float = Field(default=5.0, gt=0, description="the sweeper's period")
+
+    @model_validator(mode="after")
+    def _deadline_within_hold(self) -> OrdersSettings:
+        if self.payment_deadline_seconds >= self.reservation_ttl_seconds:
+            raise ValueError(
+                f"ORDERS_PAYMENT_DEADLINE_SECONDS ({self.payment_deadline_seconds}) must be"
+                f" shorter than ORDERS_RESERVATION_TTL_SECONDS ({self.reservation_ttl_seconds})"
+            )
+        return self

@@ -1,40 +1,61 @@
-"""What orders sends: the charge request to payments, and its own events on `orders.events`."""
+"""The messages the orders use cases decide to send, as the contracts spell them: commands
+to payments' work queue and orders' own events on `orders.events`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from emporium.orders.v1 import order_events_pb2 as events
+from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.payments.v1 import payment_messages_pb2 as payments
 from libs.messaging.envelope import Outgoing, command, event
-from services.orders.api.mapping import order_message
-from services.orders.domain.model import Order, OrderState
+from services.orders.domain.model import MessageKind, Order, OrderMessage
 
 DOMAIN_EVENTS = "orders"
-CHARGE_QUEUE = "payments.charge"  # payments' work queue (declared by payments)
+PAYMENTS_QUEUE = "payments.charge"  # payments' work queue (declared by payments)
+
+Snapshot = Callable[[Order], pb.Order]  # the order as its protobuf resource (api.mapping)
+_EVENTS: dict[
+    MessageKind, type[events.OrderCreated | events.OrderConfirmed | events.OrderCancelled]
+] = {
+    MessageKind.ORDER_CREATED: events.OrderCreated,
+    MessageKind.ORDER_CONFIRMED: events.OrderConfirmed,
+    MessageKind.ORDER_CANCELLED: events.OrderCancelled,
+}
 
 
-def created_messages(order: Order) -> list[Outgoing]:
-    snapshot = order_message(order)
-    return [
-        command(
-            CHARGE_QUEUE,
-            payments.ChargePayment(
-                order=order.name,
-                customer=order.customer,
-                amount=order.total.to_message(),
-                payment_method=order.payment_method,
-            ),
-            correlation_id=order.name,
-        ),
-        event(DOMAIN_EVENTS, events.OrderCreated(order=snapshot), correlation_id=order.name),
-    ]
+class OrderMessages:
+    """Turns domain messages into outgoing ones; `snapshot` is the resource mapping the API
+    serves, so events carry the order exactly as GetOrder shows it."""
 
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
 
-def state_event(order: Order) -> Outgoing:
-    snapshot = order_message(order)
-    if order.state is OrderState.CONFIRMED:
-        body: events.OrderConfirmed | events.OrderCancelled = events.OrderConfirmed(order=snapshot)
-    elif order.state is OrderState.CANCELLED:
-        body = events.OrderCancelled(order=snapshot)
-    else:
-        raise ValueError(f"no event for an order moving to {order.state.value}")
-    return event(DOMAIN_EVENTS, body, correlation_id=order.name)
+    def outgoing(self, message: OrderMessage) -> Outgoing:
+        order = message.order
+        correlation = order.name
+        event_type = _EVENTS.get(message.kind)
+        if event_type is not None:
+            body = event_type(order=self._snapshot(order))
+            return event(DOMAIN_EVENTS, body, correlation_id=correlation)
+        match message.kind:
+            case MessageKind.AUTHORIZE_PAYMENT:
+                authorize = payments.AuthorizePayment(
+                    order=order.name,
+                    customer=order.customer,
+                    amount=order.total.to_message(),
+                    payment_method=order.payment_method,
+                )
+                return command(PAYMENTS_QUEUE, authorize, correlation_id=correlation)
+            case MessageKind.CAPTURE_PAYMENT:
+                capture = payments.CapturePayment(order=order.name)
+                return command(PAYMENTS_QUEUE, capture, correlation_id=correlation)
+            case MessageKind.VOID_PAYMENT:
+                void = payments.VoidPayment(
+                    order=order.name,
+                    customer=order.customer,
+                    amount=order.total.to_message(),
+                    reason=order.cancel_reason,
+                )
+                return command(PAYMENTS_QUEUE, void, correlation_id=correlation)
+        raise ValueError(f"no message for {message.kind}")

@@ -1,34 +1,73 @@
-"""Orders' queue of payment outcomes, its event stream, and the handler that completes orders."""
+"""Orders' queue of payment outcomes, its event stream, and the handler that moves orders on."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.message import Message
 
 from emporium.payments.v1 import payment_messages_pb2 as payments
 from libs.messaging.consumer import Delivery, PermanentFailure
 from libs.messaging.envelope import event_key
 from libs.messaging.topology import EVENTS_EXCHANGE, EventStream, Topology, WorkQueue
+from libs.runtime.errors import DomainError, ErrorKind
 from services.orders.domain.orders import Orders
 
+OUTCOMES: tuple[type[Message], ...] = (
+    payments.PaymentAuthorized,
+    payments.PaymentDeclined,
+    payments.PaymentCaptured,
+    payments.PaymentVoided,
+    payments.PaymentRefunded,
+)
 RESULTS_QUEUE = WorkQueue(
     "orders.payment-results",
-    bindings=(
-        (EVENTS_EXCHANGE, event_key("payments", payments.PaymentSucceeded)),
-        (EVENTS_EXCHANGE, event_key("payments", payments.PaymentFailed)),
-    ),
+    bindings=tuple((EVENTS_EXCHANGE, event_key("payments", outcome)) for outcome in OUTCOMES),
 )
 EVENTS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
 TOPOLOGY = Topology(work_queues=(RESULTS_QUEUE,), streams=(EVENTS_STREAM,))
+# An unknown order or a malformed name: no retry can fix it.
+_PERMANENT = (ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND)
 
 
 class PaymentResults:
     def __init__(self, orders: Orders) -> None:
         self._orders = orders
+        self._outcomes: dict[str, Callable[[Delivery], Awaitable[object]]] = {
+            payments.PaymentAuthorized.DESCRIPTOR.full_name: self._authorized,
+            payments.PaymentDeclined.DESCRIPTOR.full_name: self._declined,
+            payments.PaymentCaptured.DESCRIPTOR.full_name: self._captured,
+            payments.PaymentVoided.DESCRIPTOR.full_name: self._voided,
+            payments.PaymentRefunded.DESCRIPTOR.full_name: self._refunded,
+        }
 
     async def __call__(self, delivery: Delivery) -> None:
-        if delivery.message_type == payments.PaymentSucceeded.DESCRIPTOR.full_name:
-            paid = delivery.body(payments.PaymentSucceeded)
-            await self._orders.payment_succeeded(paid.order, delivery.message_id)
-        elif delivery.message_type == payments.PaymentFailed.DESCRIPTOR.full_name:
-            failed = delivery.body(payments.PaymentFailed)
-            await self._orders.payment_failed(failed.order, failed.reason, delivery.message_id)
-        else:
+        handle = self._outcomes.get(delivery.message_type)
+        if handle is None:
             raise PermanentFailure(f"orders does not handle {delivery.message_type!r}")
+        try:
+            await handle(delivery)
+        except DomainError as error:
+            if error.kind in _PERMANENT:
+                raise PermanentFailure(str(error)) from error
+            raise
+
+    async def _authorized(self, delivery: Delivery) -> object:
+        body = delivery.body(payments.PaymentAuthorized)
+        return await self._orders.payment_authorized(body.order, delivery.message_id)
+
+    async def _declined(self, delivery: Delivery) -> object:
+        body = delivery.body(payments.PaymentDeclined)
+        return await self._orders.payment_declined(body.order, body.reason, delivery.message_id)
+
+    async def _captured(self, delivery: Delivery) -> object:
+        body = delivery.body(payments.PaymentCaptured)
+        return await self._orders.payment_captured(body.order, delivery.message_id)
+
+    async def _voided(self, delivery: Delivery) -> object:
+        body = delivery.body(payments.PaymentVoided)
+        return await self._orders.payment_voided(body.order, delivery.message_id)
+
+    async def _refunded(self, delivery: Delivery) -> object:
+        body = delivery.body(payments.PaymentRefunded)
+        return await self._orders.payment_refunded(body.order, delivery.message_id)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,11 +14,10 @@ from libs.messaging.inbox import first_time
 from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
-from libs.runtime.errors import DomainError, ErrorKind
 from libs.storage.database import Database, Migration, creating_tables
-from libs.storage.timestamps import from_micros, now_micros, to_micros
-from services.orders.adapters.order_messages import created_messages, state_event
-from services.orders.domain.model import Order, OrderLine, OrderState
+from libs.storage.timestamps import from_micros, to_micros
+from services.orders.adapters.order_messages import OrderMessages
+from services.orders.domain.model import Order, OrderLine, OrderMessage, OrderState, PaymentState
 
 metadata = sa.MetaData()
 orders = sa.Table(
@@ -33,6 +33,11 @@ orders = sa.Table(
     sa.Column("update_us", sa.BigInteger, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("payment_method", sa.String(60), nullable=False, server_default="cards/default"),
+    sa.Column("payment_state", sa.String(16), nullable=False, server_default=""),
+    # While PENDING_PAYMENT: when the sweeper cancels the order (microseconds; 0 = never).
+    sa.Column("deadline_us", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_orders_state_deadline", "state", "deadline_us"),
+    sa.Index("ix_orders_state_update", "state", "update_us"),
 )
 order_requests = sa.Table(
     "order_requests",
@@ -58,26 +63,54 @@ async def _add_payment_method(connection: AsyncConnection) -> None:
         )
 
 
+async def _add_saga_columns(connection: AsyncConnection) -> None:
+    columns = await connection.run_sync(
+        lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("orders")}
+    )
+    if "payment_state" not in columns:
+        await connection.execute(
+            sa.text("ALTER TABLE orders ADD COLUMN payment_state VARCHAR(16) NOT NULL DEFAULT ''")
+        )
+    if "deadline_us" not in columns:
+        await connection.execute(
+            sa.text("ALTER TABLE orders ADD COLUMN deadline_us BIGINT NOT NULL DEFAULT 0")
+        )
+        await connection.execute(
+            sa.text("CREATE INDEX ix_orders_state_deadline ON orders (state, deadline_us)")
+        )
+        await connection.execute(
+            sa.text("CREATE INDEX ix_orders_state_update ON orders (state, update_us)")
+        )
+
+
 MIGRATIONS = (
     creating_tables(1, "orders and their request ids", metadata),
     Migration(2, "orders: payment method", _add_payment_method),
     messaging_migration(3),
+    Migration(4, "orders: payment state and deadline", _add_saga_columns),
 )
 INBOX = "orders.payment-results"
 
 
+class _Lost(Exception):
+    """A guarded update found the order at another version."""
+
+
 class SqlOrderRepository:
-    def __init__(self, database: Database, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        messages: OrderMessages,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._database = database
         self._engine = database.engine
+        self._messages = messages
         self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, order_id: str) -> Order | None:
         async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(sa.select(orders).where(orders.c.id == order_id))
-            ).first()
-        return _order(row._mapping) if row else None
+            return await self._get(connection, order_id)
 
     async def by_request_id(self, request_id: str) -> tuple[Order, str] | None:
         async with self._engine.connect() as connection:
@@ -90,7 +123,9 @@ class SqlOrderRepository:
             ).first()
         return (_order(row._mapping), row.fingerprint) if row else None
 
-    async def create(self, order: Order, request_id: str, fingerprint: str) -> Order:
+    async def create(
+        self, order: Order, request_id: str, fingerprint: str, messages: Sequence[OrderMessage]
+    ) -> Order:
         async with self._database.writing() as connection:
             raced = (
                 await connection.execute(
@@ -100,51 +135,62 @@ class SqlOrderRepository:
                 )
             ).scalar()
             if raced is not None:
-                row = (
-                    await connection.execute(sa.select(orders).where(orders.c.id == raced))
-                ).first()
-                assert row is not None
-                return _order(row._mapping)
+                earlier = await self._get(connection, raced)
+                assert earlier is not None
+                return earlier
             await connection.execute(orders.insert().values(**_columns(order)))
             await connection.execute(
                 order_requests.insert().values(
                     request_id=request_id, fingerprint=fingerprint, order_id=order.order_id
                 )
             )
-            await enqueue(connection, created_messages(order))
+            await enqueue(connection, [self._messages.outgoing(m) for m in messages])
         self._on_commit()
         return order
 
-    async def set_state(
-        self, order: Order, state: OrderState, cancel_reason: str = "", handled: str = ""
-    ) -> Order:
-        now = now_micros()
-        async with self._database.writing() as connection:
-            if handled and not await first_time(connection, INBOX, handled):
-                current = await self._get(connection, order.order_id)
-                assert current is not None
-                return current
-            updated = await connection.execute(
-                orders.update()
-                .where(orders.c.id == order.order_id, orders.c.version == order.version)
-                .values(
-                    state=state.value,
-                    cancel_reason=cancel_reason,
-                    update_us=now,
-                    version=order.version + 1,
+    async def save(
+        self, read: Order, changed: Order, messages: Sequence[OrderMessage], handled: str = ""
+    ) -> bool:
+        values = _columns(changed)
+        del values["id"], values["create_us"]
+        try:
+            async with self._database.writing() as connection:
+                if handled and not await first_time(connection, INBOX, handled):
+                    return True
+                updated = await connection.execute(
+                    orders.update()
+                    .where(orders.c.id == read.order_id, orders.c.version == read.version)
+                    .values(**values)
                 )
-            )
-            if updated.rowcount != 1:
-                raise DomainError(
-                    ErrorKind.ABORTED,
-                    "CONCURRENT_MODIFICATION",
-                    f"{order.name} changed meanwhile; read it again",
+                if updated.rowcount != 1:
+                    raise _Lost  # nothing of this transaction stays, the inbox row included
+                await enqueue(connection, [self._messages.outgoing(m) for m in messages])
+        except _Lost:
+            return False
+        if messages:
+            self._on_commit()
+        return True
+
+    async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
+        stalled = to_micros(now - stalled_after)
+        condition = sa.or_(
+            sa.and_(
+                orders.c.state == OrderState.PENDING_PAYMENT.value,
+                orders.c.deadline_us > 0,
+                orders.c.deadline_us <= to_micros(now),
+            ),
+            sa.and_(
+                orders.c.state.in_([OrderState.AUTHORIZED.value, OrderState.CANCELLING.value]),
+                orders.c.update_us <= stalled,
+            ),
+        )
+        async with self._engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    sa.select(orders).where(condition).order_by(orders.c.update_us).limit(limit)
                 )
-            changed = await self._get(connection, order.order_id)
-            assert changed is not None
-            await enqueue(connection, [state_event(changed)])
-        self._on_commit()
-        return changed
+            ).all()
+        return [_order(row._mapping) for row in rows]
 
     @staticmethod
     async def _get(connection: AsyncConnection, order_id: str) -> Order | None:
@@ -194,6 +240,8 @@ def _columns(order: Order) -> dict[str, Any]:
         "update_us": to_micros(order.update_time),
         "version": order.version,
         "payment_method": order.payment_method,
+        "payment_state": order.payment_state.value,
+        "deadline_us": to_micros(order.payment_deadline) if order.payment_deadline else 0,
     }
 
 
@@ -218,4 +266,6 @@ def _order(row: Any) -> Order:
         cancel_reason=row["cancel_reason"],
         version=row["version"],
         payment_method=row["payment_method"],
+        payment_state=PaymentState(row["payment_state"]),
+        payment_deadline=from_micros(row["deadline_us"]) if row["deadline_us"] else None,
     )

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from emporium.orders.v1 import orders_service_pb2 as pb
 from libs.storage.timestamps import timestamp_message
-from services.orders.domain.model import Order, OrderState
+from services.orders.domain.model import Order, OrderState, PaymentState
 
 STATES = {
     OrderState.PENDING_PAYMENT: pb.ORDER_STATE_PENDING_PAYMENT,
+    OrderState.AUTHORIZED: pb.ORDER_STATE_AUTHORIZED,
     OrderState.CONFIRMED: pb.ORDER_STATE_CONFIRMED,
+    OrderState.CANCELLING: pb.ORDER_STATE_CANCELLING,
     OrderState.CANCELLED: pb.ORDER_STATE_CANCELLED,
+}
+PAYMENT_STATES = {
+    PaymentState.UNKNOWN: pb.ORDER_PAYMENT_STATE_UNSPECIFIED,
+    PaymentState.AUTHORIZED: pb.ORDER_PAYMENT_STATE_AUTHORIZED,
+    PaymentState.DECLINED: pb.ORDER_PAYMENT_STATE_DECLINED,
+    PaymentState.CAPTURED: pb.ORDER_PAYMENT_STATE_CAPTURED,
+    PaymentState.VOIDED: pb.ORDER_PAYMENT_STATE_VOIDED,
+    PaymentState.REFUNDED: pb.ORDER_PAYMENT_STATE_REFUNDED,
 }
 
 
@@ -33,4 +43,8 @@ def order_message(order: Order) -> pb.Order:
         update_time=timestamp_message(order.update_time),
         cancel_reason=order.cancel_reason,
         etag=str(order.version),
+        payment_state=PAYMENT_STATES[order.payment_state],
+        payment_deadline=timestamp_message(order.payment_deadline)
+        if order.payment_deadline is not None and order.state is OrderState.PENDING_PAYMENT
+        else None,
     )

@@ -1,4 +1,4 @@
-"""Order entities."""
+"""Order entities, and the messages an order's changes cause."""
 
 from __future__ import annotations
 
@@ -12,13 +12,26 @@ ORDER_PREFIX = "orders/"
 
 
 class OrderState(enum.Enum):
-    PENDING_PAYMENT = "PENDING_PAYMENT"
-    CONFIRMED = "CONFIRMED"
+    PENDING_PAYMENT = "PENDING_PAYMENT"  # stock held, payment asked for
+    AUTHORIZED = "AUTHORIZED"  # payment held; committing the stock
+    CONFIRMED = "CONFIRMED"  # stock committed; payment captured (or being captured)
+    CANCELLING = "CANCELLING"  # payment being voided, stock being released
     CANCELLED = "CANCELLED"
 
     @property
     def terminal(self) -> bool:
-        return self is not OrderState.PENDING_PAYMENT
+        return self in (OrderState.CONFIRMED, OrderState.CANCELLED)
+
+
+class PaymentState(enum.Enum):
+    """What orders last heard of the order's money."""
+
+    UNKNOWN = ""
+    AUTHORIZED = "AUTHORIZED"
+    DECLINED = "DECLINED"
+    CAPTURED = "CAPTURED"
+    VOIDED = "VOIDED"
+    REFUNDED = "REFUNDED"
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,8 @@ class Order:
     cancel_reason: str = ""
     version: int = 1
     payment_method: str = "cards/default"
+    payment_state: PaymentState = PaymentState.UNKNOWN
+    payment_deadline: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -53,6 +68,25 @@ class Order:
         for line in self.lines:
             total = total.plus(line.unit_price.times(line.quantity))
         return total
+
+
+class MessageKind(enum.Enum):
+    """What an order's change tells the rest of the system."""
+
+    ORDER_CREATED = "ORDER_CREATED"
+    ORDER_CONFIRMED = "ORDER_CONFIRMED"
+    ORDER_CANCELLED = "ORDER_CANCELLED"
+    AUTHORIZE_PAYMENT = "AUTHORIZE_PAYMENT"
+    CAPTURE_PAYMENT = "CAPTURE_PAYMENT"
+    VOID_PAYMENT = "VOID_PAYMENT"
+
+
+@dataclass(frozen=True)
+class OrderMessage:
+    """A command or event the use case decided to send, about `order` as it was stored."""
+
+    kind: MessageKind
+    order: Order
 
 
 @dataclass(frozen=True)

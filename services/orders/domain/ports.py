@@ -1,11 +1,13 @@
-"""What orders needs from the outside: storage, the catalog and the inventory."""
+"""What orders needs from the outside: storage (with the outbox), the catalog and the
+inventory."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from services.orders.domain.model import Order, OrderState, ProductInfo
+from services.orders.domain.model import Order, OrderMessage, ProductInfo
 
 
 class OrderRepository(Protocol):
@@ -15,17 +17,25 @@ class OrderRepository(Protocol):
         """The order a request_id created, with that request's fingerprint."""
         ...
 
-    async def create(self, order: Order, request_id: str, fingerprint: str) -> Order:
-        """Stores a new order, and in the same transaction the request to charge it and the
-        OrderCreated event; if the request_id raced in meanwhile, returns that order."""
+    async def create(
+        self, order: Order, request_id: str, fingerprint: str, messages: Sequence[OrderMessage]
+    ) -> Order:
+        """Stores a new order and, in the same transaction, `messages`; if the request_id
+        raced in meanwhile, returns that order (and sends nothing)."""
         ...
 
-    async def set_state(
-        self, order: Order, state: OrderState, cancel_reason: str = "", handled: str = ""
-    ) -> Order:
-        """Moves the order and records its event in one transaction. `handled` is the id of
-        the message that caused it: if it was handled before, nothing changes. Raises
-        DomainError ABORTED if the order changed since `order` was read."""
+    async def save(
+        self, read: Order, changed: Order, messages: Sequence[OrderMessage], handled: str = ""
+    ) -> bool:
+        """Replaces `read` by `changed` if the order is still at `read.version`, with
+        `messages` (and `handled`, the id of the message that caused it, in the inbox) in the
+        same transaction. False if someone else changed the order first; a message handled
+        before changes nothing (True)."""
+        ...
+
+    async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
+        """Orders the sweeper must move: PENDING_PAYMENT past their payment deadline, and
+        AUTHORIZED or CANCELLING orders unchanged for `stalled_after`."""
         ...
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Order], int]: ...
@@ -37,13 +47,22 @@ class ProductCatalog(Protocol):
         ...
 
 
+class HoldLapsed(Exception):
+    """The reservation is no longer pending (it expired, or was released)."""
+
+
 class StockReservations(Protocol):
-    async def reserve(self, lines: Sequence[tuple[str, int]], request_id: str) -> str:
-        """Holds stock for all lines (idempotent by request_id); returns the reservation name."""
+    async def reserve(
+        self, lines: Sequence[tuple[str, int]], request_id: str, ttl: timedelta
+    ) -> str:
+        """Holds stock for all lines for `ttl` (idempotent by request_id); returns the
+        reservation name. Raises DomainError INSUFFICIENT_STOCK when there is too little."""
         ...
 
     async def commit(self, reservation: str) -> None:
-        """Turns held stock into sold stock (idempotent)."""
+        """Turns held stock into sold stock (idempotent); HoldLapsed if the hold ended."""
         ...
 
-    async def release(self, reservation: str) -> None: ...
+    async def release(self, reservation: str) -> None:
+        """Returns held stock (idempotent; a lapsed hold is already returned)."""
+        ...

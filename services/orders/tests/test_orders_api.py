@@ -50,14 +50,14 @@ class Shop:
     directory: Path
 
     @asynccontextmanager
-    async def payments(self) -> AsyncIterator[None]:
+    async def payments(self, latency: float = 0.0) -> AsyncIterator[None]:
         """The payments worker, for tests that follow an order to its end."""
         app = await build_payments(
             PaymentsSettings(
                 database_url=sqlite_url(self.directory),
                 amqp_url=self.amqp_url,
                 provider_ledger=self.directory / "ledger.sqlite3",
-                provider_latency_seconds=0,
+                provider_latency_seconds=latency,
                 outbox_poll_seconds=0.2,
             )
         )
@@ -137,7 +137,7 @@ async def available(shop: Shop, item: str) -> int:
     return level.available
 
 
-async def test_order_reserves_stock_and_watch_follows_it_to_cancelled(shop: Shop) -> None:
+async def test_order_reserves_stock_and_a_cancel_voids_its_payment(shop: Shop) -> None:
     created = await shop.orders.CreateOrder(
         pb.CreateOrderRequest(order=order(("mug", 2), ("jar", 1)), request_id=str(uuid.uuid4()))
     )
@@ -145,20 +145,29 @@ async def test_order_reserves_stock_and_watch_follows_it_to_cancelled(shop: Shop
     assert (created.total.units, created.total.nanos) == (2 * 8 + 5 + 1, 500_000_000)
     assert [line.title for line in created.lines] == ["Mug", "Jar"]
     assert created.reservation.startswith("inventory/reservations/")
+    assert created.HasField("payment_deadline")
     assert (await available(shop, "mug"), await available(shop, "jar")) == (8, 9)
 
     watch = shop.orders.WatchOrder(pb.WatchOrderRequest(name=created.name))
     first = await watch.read()
     assert isinstance(first, pb.Order) and first.state == pb.ORDER_STATE_PENDING_PAYMENT
-    cancelled = await shop.orders.CancelOrder(
+    cancelling = await shop.orders.CancelOrder(
         pb.CancelOrderRequest(name=created.name, reason="changed my mind")
     )
-    assert cancelled.state == pb.ORDER_STATE_CANCELLED
+    assert cancelling.state == pb.ORDER_STATE_CANCELLING
     second = await watch.read()
-    assert isinstance(second, pb.Order) and second.state == pb.ORDER_STATE_CANCELLED
+    assert isinstance(second, pb.Order) and second.state == pb.ORDER_STATE_CANCELLING
+    assert (await available(shop, "mug"), await available(shop, "jar")) == (10, 10)
+    again = await shop.orders.CancelOrder(pb.CancelOrderRequest(name=created.name))
+    assert again.etag == cancelling.etag
+
+    async with shop.payments():  # payments hears the void (and the authorize) only now
+        last = await asyncio.wait_for(watch.read(), 15)
+    assert isinstance(last, pb.Order) and last.state == pb.ORDER_STATE_CANCELLED
+    assert last.payment_state == pb.ORDER_PAYMENT_STATE_VOIDED
+    assert last.cancel_reason == "changed my mind"
     assert await watch.read() is grpc.aio.EOF  # type: ignore[attr-defined]
     assert await watch.code() is grpc.StatusCode.OK
-    assert (await available(shop, "mug"), await available(shop, "jar")) == (10, 10)
 
 
 async def test_create_order_is_idempotent(shop: Shop) -> None:
@@ -308,7 +317,14 @@ async def test_paid_order_is_confirmed_and_its_stock_committed(shop: Shop) -> No
             pb.CreateOrderRequest(order=order(("mug", 2)), request_id=str(uuid.uuid4()))
         )
         states = [o.state for o in await asyncio.wait_for(watch_to_the_end(shop, created.name), 15)]
-    assert states == [pb.ORDER_STATE_PENDING_PAYMENT, pb.ORDER_STATE_CONFIRMED]
+        with pytest.raises(grpc.aio.AioRpcError) as too_late:
+            await shop.orders.CancelOrder(pb.CancelOrderRequest(name=created.name))
+    assert states[0] == pb.ORDER_STATE_PENDING_PAYMENT
+    assert states[-1] == pb.ORDER_STATE_CONFIRMED
+    assert set(states[1:-1]) <= {pb.ORDER_STATE_AUTHORIZED}
+    error = rich_error(too_late.value)
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert error.info is not None and error.info.reason == "ORDER_CONFIRMED"
     level = await shop.inventory.GetStockLevel(
         inventory_pb.GetStockLevelRequest(name="inventory/items/mug")
     )
@@ -327,5 +343,6 @@ async def test_declined_card_cancels_the_order_and_releases_its_stock(shop: Shop
         pb.ORDER_STATE_PENDING_PAYMENT,
         pb.ORDER_STATE_CANCELLED,
     ]
-    assert updates[-1].cancel_reason == "payment failed: card declined"
+    assert updates[-1].cancel_reason == "payment declined: card declined"
+    assert updates[-1].payment_state == pb.ORDER_PAYMENT_STATE_DECLINED
     assert await available(shop, "jar") == 10
