@@ -84,8 +84,10 @@ class Payments:
             return settled
         current = await self._existing(payment.payment_id)
         if record.approved and current.state in (PaymentState.VOIDED, PaymentState.DECLINED):
-            # Voided (or given up on by the reconciler) while the provider was authorizing.
+            # Voided (or given up on by the reconciler) while the provider was authorizing:
+            # let the late authorization go, and say so again now that it is gone.
             await self._provider.void(payment.key, record.reference)
+            await self._repository.announce(current, message_id)
         return current
 
     async def capture(self, order: str, message_id: str) -> Payment:

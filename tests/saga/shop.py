@@ -1,0 +1,173 @@
+"""A whole shop in this process for the saga's acceptance tests: catalog, inventory, orders and
+payments on port 0 (found through a local registry), each with its own database of the kind
+the test runs on, a real broker vhost, and the balance audit over their public APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.type import money_pb2
+
+from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
+from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from emporium.catalog.v1 import product_pb2
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from emporium.orders.v1 import orders_service_pb2 as pb
+from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
+from libs.rpcclient.discovery import LocalRegistry
+from libs.testing.broker import EventTap
+from libs.testing.databases import fresh_postgres_database, sqlite_url
+from libs.testing.rpc import serving
+from services.catalog.app import build as build_catalog
+from services.catalog.config import CatalogSettings
+from services.inventory.app import build as build_inventory
+from services.inventory.config import InventorySettings
+from services.orders.app import build as build_orders
+from services.orders.config import OrdersSettings
+from services.payments.adapters.simulator import SimulatedProvider
+from services.payments.app import build as build_payments
+from services.payments.config import PaymentsSettings
+from tools.balance.reading import Sources, audit
+from tools.balance.rules import Report
+
+PRODUCT = "mug"
+PRICE = money_pb2.Money(currency_code="USD", units=9, nanos=500_000_000)
+
+
+@dataclass
+class Shop:
+    orders: pb_grpc.OrdersServiceAsyncStub
+    inventory: inventory_grpc.InventoryServiceAsyncStub
+    provider: SimulatedProvider
+    payment_events: EventTap
+
+    async def place(self, quantity: int = 1, card: str = "cards/visa") -> pb.Order:
+        return await self.orders.CreateOrder(
+            pb.CreateOrderRequest(
+                order=pb.Order(
+                    customer="customers/ann",
+                    lines=[pb.OrderLine(product=f"products/{PRODUCT}", quantity=quantity)],
+                    payment_method=card,
+                ),
+                request_id=str(uuid.uuid4()),
+            )
+        )
+
+    async def final_state(self, name: str) -> pb.Order:
+        """The order once terminal: WatchOrder ends at a terminal state."""
+        updates = [u async for u in self.orders.WatchOrder(pb.WatchOrderRequest(name=name))]
+        return updates[-1]
+
+    async def stock(self) -> inventory_pb.StockLevel:
+        return await self.inventory.GetStockLevel(
+            inventory_pb.GetStockLevelRequest(name=f"inventory/items/{PRODUCT}")
+        )
+
+    async def audit(self, *, settled: bool) -> Report:
+        return await audit(Sources(self.orders, self.inventory, self.provider), settled=settled)
+
+    async def settled_audit(self, within: float) -> Report:
+        """The settled audit, once it passes or `within` seconds have gone by. Every change at
+        the provider is followed by a payments event (a capture, a void, a late
+        authorization let go), so the audit is repeated after each new event, not polled."""
+
+        async def balanced() -> Report:
+            while True:
+                before = len(self.payment_events.events)
+                report = await self.audit(settled=True)
+                if report.ok:
+                    return report
+                await self.payment_events.wait_for(
+                    lambda events, seen=before: len(events) > seen  # type: ignore[misc]
+                )
+
+        try:
+            return await asyncio.wait_for(balanced(), within)
+        except TimeoutError:
+            return await self.audit(settled=True)
+
+
+@asynccontextmanager
+async def databases(kind_of: str, directory: Path, count: int) -> AsyncIterator[list[str]]:
+    """`count` fresh databases of the kind `kind_of` is (a SQLite or PostgreSQL URL)."""
+    if kind_of.startswith("sqlite"):
+        yield [sqlite_url(directory) for _ in range(count)]
+        return
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(fresh_postgres_database()) for _ in range(count)]
+
+
+@asynccontextmanager
+async def running_shop(
+    database_url: str,
+    amqp_url: str,
+    directory: Path,
+    *,
+    units: int = 1000,
+    orders: dict[str, Any] | None = None,
+    payments: dict[str, Any] | None = None,
+    inventory: dict[str, Any] | None = None,
+) -> AsyncIterator[Shop]:
+    registry = LocalRegistry(directory / "registry.json")
+    ledger = directory / "ledger.sqlite3"
+    async with AsyncExitStack() as stack:
+        catalog_db, inventory_db, orders_db, payments_db = await stack.enter_async_context(
+            databases(database_url, directory, 4)
+        )
+        catalog_app = await build_catalog(CatalogSettings(database_url=catalog_db))
+        catalog_channel = await stack.enter_async_context(serving(catalog_app))
+        registry.register("catalog", catalog_app.address)
+        inventory_app = await build_inventory(
+            InventorySettings(database_url=inventory_db, grace_seconds=1, **(inventory or {}))
+        )
+        inventory_channel = await stack.enter_async_context(serving(inventory_app))
+        registry.register("inventory", inventory_app.address)
+        payment_events = await stack.enter_async_context(EventTap(amqp_url, "payments.#"))
+        payments_app = await build_payments(
+            PaymentsSettings(
+                database_url=payments_db,
+                amqp_url=amqp_url,
+                provider_ledger=ledger,
+                outbox_poll_seconds=0.2,
+                retry_delays_seconds=(0.1, 0.5),
+                grace_seconds=2,
+                **(payments or {}),
+            )
+        )
+        await stack.enter_async_context(serving(payments_app))
+        orders_app = await build_orders(
+            OrdersSettings(
+                database_url=orders_db,
+                amqp_url=amqp_url,
+                registry_file=registry.path,
+                outbox_poll_seconds=0.2,
+                watch_poll_seconds=1,
+                grace_seconds=2,
+                **(orders or {}),
+            )
+        )
+        orders_channel = await stack.enter_async_context(serving(orders_app))
+
+        await catalog_grpc.CatalogServiceStub(catalog_channel).CreateProduct(
+            catalog_pb.CreateProductRequest(
+                product_id=PRODUCT,
+                product=product_pb2.Product(sku="MUG", title="Mug", price=PRICE),
+            )
+        )
+        stock = inventory_grpc.InventoryServiceStub(inventory_channel)
+        adjust = stock.AdjustStock(None)
+        await adjust.write(
+            inventory_pb.AdjustStockRequest(item=f"inventory/items/{PRODUCT}", delta=units)
+        )
+        await adjust.read()
+        await adjust.done_writing()
+        provider = SimulatedProvider(ledger)
+        stack.callback(provider.close)
+        yield Shop(pb_grpc.OrdersServiceStub(orders_channel), stock, provider, payment_events)
