@@ -90,8 +90,15 @@ GRAPHIQL_PAGE = f"""<!doctype html>
   <script>
     // Put {{"Authorization": "Bearer <token from POST /v1/token>"}} in the Headers tab.
     const fetcher = GraphiQL.createFetcher({{ url: "/graphql" }});
+    const defaultQuery = `{{
+  listProducts(pageSize: 3) {{
+    products {{ name title }}
+    nextPageToken
+  }}
+}}
+`;
     ReactDOM.render(
-      React.createElement(GraphiQL, {{ fetcher, headerEditorEnabled: true }}),
+      React.createElement(GraphiQL, {{ fetcher, defaultQuery, headerEditorEnabled: true }}),
       document.getElementById("graphiql"),
     );
   </script>

@@ -70,6 +70,10 @@ class Authenticator:
         self._verifier = verifier
 
     async def principal(self, authorization: str | None) -> Principal:
+        if authorization and authorization[:6].lower() == "basic ":
+            # OAuth2 clients (Swagger UI's Authorize among them) send their client credentials
+            # this way to the token endpoint; they name no user.
+            return ANONYMOUS
         try:
             token = bearer_token(authorization)
             return ANONYMOUS if token is None else await self._verifier.verify(token)
