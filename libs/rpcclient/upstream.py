@@ -157,7 +157,7 @@ class Upstream:
         service = _service_descriptor(stub_class)
         for method in service.methods:
             raw = getattr(stub, method.name)
-            idempotent = method.name in self.policy.idempotent or _is_idempotent(method)
+            idempotent = method.name in self.policy.idempotent or is_idempotent(method)
             duration = DurationByCode(
                 CLIENT_DURATION, rpc_attributes(service.full_name, method.name)
             )
@@ -519,6 +519,8 @@ def _service_descriptor(stub_class: Callable[..., Any]) -> Any:
     return messages.DESCRIPTOR.services_by_name[service_name]
 
 
-def _is_idempotent(method: MethodDescriptor) -> bool:
+def is_idempotent(method: MethodDescriptor) -> bool:
+    """Safe to retry by the contract: an idempotency_level, or an AIP Get/List (the mesh's
+    retries follow the same rule: tools/mesh)."""
     level = method.GetOptions().idempotency_level
     return level in _IDEMPOTENT_LEVELS or method.name.startswith(("Get", "List", "BatchGet"))
