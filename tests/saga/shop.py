@@ -121,14 +121,13 @@ async def running_shop(
         catalog_db, inventory_db, orders_db, payments_db = await stack.enter_async_context(
             databases(database_url, directory, 4)
         )
-        catalog_app = await build_catalog(CatalogSettings(database_url=catalog_db))
-        catalog_channel = await stack.enter_async_context(serving(catalog_app))
-        registry.register("catalog", catalog_app.address)
-        inventory_app = await build_inventory(
-            InventorySettings(database_url=inventory_db, grace_seconds=1, **(inventory or {}))
+        stock = await stocked_shelves(
+            stack,
+            catalog_db,
+            InventorySettings(database_url=inventory_db, grace_seconds=1, **(inventory or {})),
+            registry,
+            units,
         )
-        inventory_channel = await stack.enter_async_context(serving(inventory_app))
-        registry.register("inventory", inventory_app.address)
         payment_events = await stack.enter_async_context(EventTap(amqp_url, "payments.#"))
         payments_app = await build_payments(
             PaymentsSettings(
@@ -155,19 +154,36 @@ async def running_shop(
         )
         orders_channel = await stack.enter_async_context(serving(orders_app))
 
-        await catalog_grpc.CatalogServiceStub(catalog_channel).CreateProduct(
-            catalog_pb.CreateProductRequest(
-                product_id=PRODUCT,
-                product=product_pb2.Product(sku="MUG", title="Mug", price=PRICE),
-            )
-        )
-        stock = inventory_grpc.InventoryServiceStub(inventory_channel)
-        adjust = stock.AdjustStock(None)
-        await adjust.write(
-            inventory_pb.AdjustStockRequest(item=f"inventory/items/{PRODUCT}", delta=units)
-        )
-        await adjust.read()
-        await adjust.done_writing()
         provider = SimulatedProvider(ledger)
         stack.callback(provider.close)
         yield Shop(pb_grpc.OrdersServiceStub(orders_channel), stock, provider, payment_events)
+
+
+async def stocked_shelves(
+    stack: AsyncExitStack,
+    catalog_db: str,
+    inventory: InventorySettings,
+    registry: LocalRegistry,
+    units: int,
+) -> inventory_grpc.InventoryServiceAsyncStub:
+    """Catalog and inventory serving in this process (registered), with `units` of PRODUCT."""
+    catalog_app = await build_catalog(CatalogSettings(database_url=catalog_db))
+    catalog_channel = await stack.enter_async_context(serving(catalog_app))
+    registry.register("catalog", catalog_app.address)
+    inventory_app = await build_inventory(inventory)
+    inventory_channel = await stack.enter_async_context(serving(inventory_app))
+    registry.register("inventory", inventory_app.address)
+    await catalog_grpc.CatalogServiceStub(catalog_channel).CreateProduct(
+        catalog_pb.CreateProductRequest(
+            product_id=PRODUCT,
+            product=product_pb2.Product(sku="MUG", title="Mug", price=PRICE),
+        )
+    )
+    stock = inventory_grpc.InventoryServiceStub(inventory_channel)
+    adjust = stock.AdjustStock(None)
+    await adjust.write(
+        inventory_pb.AdjustStockRequest(item=f"inventory/items/{PRODUCT}", delta=units)
+    )
+    await adjust.read()
+    await adjust.done_writing()
+    return stock
