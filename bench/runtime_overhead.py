@@ -1,6 +1,7 @@
 """GetProduct and WatchProducts through the full runtime (every middleware on: shutdown gate,
-telemetry span, error translation, validation) against the same servicer on a bare grpc.aio
-server, in one run. Prints throughput, p50/p99 and the ratios.
+telemetry span, error translation, validation), without and with metrics (the MeterProvider
+and its Prometheus endpoint: `rpc.server.duration` recorded on every call), against the same
+servicer on a bare grpc.aio server, in one run. Prints throughput, p50/p99 and the ratios.
 
     tools/bench runtime_overhead  [--seconds 10] [--concurrency 16]
 """
@@ -71,9 +72,13 @@ async def measure(label: str, server: ServiceProcess, args: argparse.Namespace) 
 async def run(args: argparse.Namespace) -> None:
     # Rounds alternate bare and runtime; each side keeps its best round (a 2-core machine is noisy).
     results: dict[str, list[Result]] = {}
-    servers = (("bare", "bench.bare_catalog"), ("runtime", "services.catalog"))
+    servers: tuple[tuple[str, str, dict[str, str]], ...] = (
+        ("bare", "bench.bare_catalog", {}),
+        ("runtime", "services.catalog", {}),
+        ("runtime+metrics", "services.catalog", {"CATALOG_METRICS_PORT": "0"}),
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        for round_number, (label, module) in enumerate(servers * args.rounds):
+        for round_number, (label, module, extra) in enumerate(servers * args.rounds):
             database = Path(scratch) / f"{label}-{round_number}.sqlite3"
             server = await start_service(
                 module,
@@ -81,6 +86,7 @@ async def run(args: argparse.Namespace) -> None:
                     "CATALOG_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
                     # Both sides plaintext: this measures the runtime, not TLS.
                     "EMPORIUM_SECURITY": "insecure",
+                    **extra,
                 },
             )
             try:
@@ -96,7 +102,7 @@ async def run(args: argparse.Namespace) -> None:
         f"{time.strftime('%Y-%m-%d')} · concurrency {args.concurrency} · {args.seconds}s · "
         f"best of {args.rounds} rounds"
     )
-    for label in ("bare", "runtime"):
+    for label, _, _ in servers:
         unary, stream = results[label]
         print(unary.line())
         print(f"{stream.label:<34} {stream.rate:>9.0f} msgs/s")
@@ -111,6 +117,21 @@ async def run(args: argparse.Namespace) -> None:
     print(
         ratio_line(
             "WatchProducts runtime/bare", results["runtime"][1].rate, results["bare"][1].rate
+        )
+    )
+    print(
+        ratio_line(
+            "GetProduct runtime+metrics/bare",
+            results["runtime+metrics"][0].rate,
+            results["bare"][0].rate,
+            target=0.85,
+        )
+    )
+    print(
+        ratio_line(
+            "WatchProducts runtime+metrics/bare",
+            results["runtime+metrics"][1].rate,
+            results["bare"][1].rate,
         )
     )
 
