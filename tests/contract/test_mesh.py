@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,47 +21,21 @@ import pytest
 import yaml
 
 from tools.contracts.check import REPO
+from tools.mesh import overlays
 
 MESH = REPO / "mesh"
 KUBERNETES_VERSION = "1.32.0"  # the oldest Kubernetes the manifests support (mesh/README.md)
-OVERLAYS = ["dev/linkerd", "dev/istio", "prod/linkerd", "prod/istio"]
-TRUST_DOMAIN = "example.org"  # prod's, to prove it is not hard-coded (dev keeps the default)
 # Made by the RabbitMQ cluster operator for the RabbitmqCluster.
 OPERATOR_SECRETS = {"emporium-rabbitmq-default-user"}
 FLEET = {"identity", "catalog", "inventory", "orders", "payments", "notifications", "gateway"}
 Document = dict[str, Any]
 
 
-def _venv_bin(name: str) -> Path:
-    return Path(sys.executable).parent / name
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Document]]:
     """overlay -> its objects, rendered from a copy of mesh/ with fresh mesh/local secrets."""
-    mesh = tmp_path_factory.mktemp("deploy") / "mesh"
-    shutil.copytree(MESH, mesh, ignore=shutil.ignore_patterns("local"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    for args in (
-        ["--env", "dev"],
-        ["--env", "prod", "--image", "registry.example.com/emporium/services:0123abcd"],
-    ):
-        extra = ["--trust-domain", TRUST_DOMAIN] if "prod" in args else []
-        subprocess.run(
-            [sys.executable, "-m", "tools.mesh", "secrets", *args, *extra,
-             "--local", str(mesh / "local")],
-            check=True, env=env, capture_output=True,
-        )  # fmt: skip
-    renders = {}
-    for overlay in OVERLAYS:
-        done = subprocess.run(
-            [str(_venv_bin("kubectl")), "kustomize", str(mesh / "overlays" / overlay)],
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, f"{overlay} does not render: {done.stderr}"
-        renders[overlay] = [d for d in yaml.safe_load_all(done.stdout) if d]
-    return renders
+    mesh = overlays.prepare(tmp_path_factory.mktemp("deploy"))
+    return {overlay: overlays.render(mesh, overlay) for overlay in overlays.OVERLAYS}
 
 
 def _all(rendered: dict[str, list[Document]]) -> Iterator[tuple[str, Document]]:
@@ -244,7 +217,7 @@ def test_images_are_set_by_the_overlays(rendered: dict[str, list[Document]]) -> 
             image = document["spec"]["template"]["spec"]["containers"][0]["image"]
             expected = {
                 "dev": "emporium/services:dev",
-                "prod": "registry.example.com/emporium/services:0123abcd",
+                "prod": overlays.PROD_IMAGE,
             }[overlay.split("/")[0]]
             assert image == expected, overlay
 
@@ -255,7 +228,7 @@ def test_istio_principals_follow_the_namespace_and_trust_domain(
     for overlay in ("dev/istio", "prod/istio"):
         documents = rendered[overlay]
         accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
-        domain = TRUST_DOMAIN if overlay.startswith("prod") else "cluster.local"
+        domain = overlays.PROD_TRUST_DOMAIN if overlay.startswith("prod") else "cluster.local"
         principals = [
             principal
             for d in documents

@@ -12,9 +12,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "image"
@@ -26,6 +28,8 @@ MIRROR = "http://deb.debian.org/debian"
 # links to it, so the wheels' compiled parts, cp311 manylinux, fit); the build stage's also
 # binutils, to strip the wheels' shared libraries (a quarter of the image otherwise).
 BASES = {"base": ("python3",), "build-base": ("python3", "binutils")}
+# bookworm's python3 (the image test checks it): requirements-runtime.lock is resolved for it.
+IMAGE_PYTHON = "3.11.2"
 # Not needed at run time and large; dpkg's database stays, so the image can still be inspected.
 BASE_PRUNED = (
     "var/cache/apt/archives",
@@ -212,9 +216,7 @@ class Engine:
             command = ["bud", "--isolation", "chroot", "--layers", "--pull-never"]
         else:
             command = ["build", "--pull=false"] if self.name == "podman" else ["build"]
-        self.run(
-            *command, *args, *tag_args, "--file", "Dockerfile", str(REPO), what="image build"
-        )
+        self.run(*command, *args, *tag_args, "--file", "Dockerfile", str(REPO), what="image build")
 
     def size(self, reference: str) -> int:
         if self.name == "buildah":
@@ -222,8 +224,9 @@ class Engine:
             (image,) = json.loads(self.run("images", "--json", reference, what="buildah images"))
             number, unit = str(image["size"]).split()
             return int(float(number) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
-        output = self.run("image", "inspect", "--format", "{{.Size}}", reference,
-                          what="image inspect")
+        output = self.run(
+            "image", "inspect", "--format", "{{.Size}}", reference, what="image inspect"
+        )
         return int(output.strip())
 
     def export(self, reference: str, archive: Path) -> None:
@@ -232,10 +235,42 @@ class Engine:
         if self.name == "buildah":
             self.run("push", reference, f"oci-archive:{archive}:{reference}", what="export")
         elif self.name == "podman":
-            self.run("save", "--format", "oci-archive", "-o", str(archive), reference,
-                     what="export")
+            self.run(
+                "save", "--format", "oci-archive", "-o", str(archive), reference, what="export"
+            )
         else:
             self.run("save", "-o", str(archive), reference, what="export")
+
+    def config(self, reference: str) -> dict[str, Any]:
+        """The image's OCI config (Env, WorkingDir, User, Cmd)."""
+        if self.name == "buildah":
+            output = self.run("inspect", "--type", "image", reference, what="buildah inspect")
+            return dict(json.loads(output)["OCIv1"]["config"])
+        output = self.run("image", "inspect", reference, what="image inspect")
+        return dict(json.loads(output)[0]["Config"])
+
+    @contextmanager
+    def rootfs(self, reference: str, scratch: Path) -> Iterator[Path]:
+        """The image's root filesystem as a directory (a working container's, for buildah)."""
+        if self.name == "buildah":
+            container = self.run("from", "--pull-never", reference, what="buildah from").strip()
+            try:
+                yield Path(self.run("mount", container, what="buildah mount").strip())
+            finally:
+                self.run("umount", container, what="buildah umount")
+                self.run("rm", container, what="buildah rm")
+            return
+        container = self.run("create", reference, what="create").strip()
+        try:
+            root = scratch / "rootfs"
+            root.mkdir()
+            archive = scratch / "rootfs.tar"
+            self.run("export", "-o", str(archive), container, what="export")
+            _run(["tar", "-C", str(root), "-xf", str(archive)], what="unpack rootfs")
+            archive.unlink()
+            yield root
+        finally:
+            self.run("rm", container, what="rm")
 
 
 def find_engine(preferred: str | None = None) -> Engine:
