@@ -7,16 +7,22 @@ from datetime import timedelta
 from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
 from libs.messaging.service import ServiceMessaging
+from libs.rpcclient.channels import ChannelFactory
+from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
+from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
+from libs.security.credentials import CertificateFiles
 from libs.storage.database import Database, database_errors
 from services.payments.adapters.charge_queue import CHARGE_QUEUE, ChargeHandler, topology
+from services.payments.adapters.order_book import GrpcOrderBook, TrustingOrderBook
 from services.payments.adapters.simulator import SimulatedProvider
 from services.payments.adapters.sql_repository import MIGRATIONS, SqlPaymentRepository
 from services.payments.api.policy import POLICY
 from services.payments.api.servicer import DOMAIN, PaymentsServicer
 from services.payments.config import PaymentsSettings
 from services.payments.domain.payments import Payments
+from services.payments.domain.ports import OrderBook
 
 
 async def build(settings: PaymentsSettings) -> GrpcApp:
@@ -33,7 +39,25 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
         decline_rate=settings.provider_decline_rate,
         transient_failure_rate=settings.provider_transient_failure_rate,
     )
-    payments = Payments(SqlPaymentRepository(database, messaging.outbox_written), provider)
+    orders: OrderBook = TrustingOrderBook()
+    order_book: GrpcOrderBook | None = None
+    if settings.check_orders:
+        resolver: Resolver = (
+            LocalRegistry(settings.registry_file)
+            if settings.discovery == "local"
+            else KubernetesDns(settings.kubernetes_namespace)
+        )
+        credentials = None
+        if settings.security == "mtls":
+            credentials = CertificateFiles.for_service(settings.certs_dir, "payments")
+        channels = ChannelFactory(
+            resolver, credentials=credentials.channel_credentials() if credentials else None
+        )
+        policy = UpstreamPolicy(default_timeout=settings.upstream_timeout_seconds)
+        orders = order_book = GrpcOrderBook(
+            lambda: Upstream("orders", channels.channel("orders"), policy)
+        )
+    payments = Payments(SqlPaymentRepository(database, messaging.outbox_written), provider, orders)
     reconcile_after = timedelta(seconds=settings.reconcile_after_seconds)
 
     async def reconcile() -> None:
@@ -64,4 +88,6 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
         provider.close()
 
     app.on_stop(close_ledger)
+    if order_book is not None:
+        app.on_stop(order_book.close)
     return app

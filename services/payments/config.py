@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -37,3 +38,14 @@ class PaymentsSettings(MessagingSettings):
         " key (declined if the provider never saw it); longer than a command's retries",
     )
     reconcile_every_seconds: float = Field(default=10.0, gt=0, description="reconciler period")
+    check_orders: bool = Field(
+        default=True,
+        description="ask orders (GetOrder) whether an order exists, for this amount, before"
+        " authorizing it; off only to run the worker without orders",
+    )
+    discovery: Literal["local", "kubernetes"] = "local"
+    registry_file: Path = Field(
+        default=Path("var/registry.json"), description="local discovery: the launcher's registry"
+    )
+    kubernetes_namespace: str = "emporium"
+    upstream_timeout_seconds: float = Field(default=2.0, gt=0)

@@ -25,6 +25,7 @@ from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
+from libs.runtime.server import free_port
 from libs.testing.broker import EventTap
 from libs.testing.databases import fresh_postgres_database
 from services.inventory.config import InventorySettings
@@ -159,6 +160,7 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
             "PAYMENTS_DATABASE_URL": payments_db,
             "PAYMENTS_AMQP_URL": amqp_url,
             "PAYMENTS_PROVIDER_LEDGER": str(ledger),
+            "PAYMENTS_REGISTRY_FILE": str(registry.path),
             "PAYMENTS_PROVIDER_LATENCY_SECONDS": "0.02",
             "PAYMENTS_PROVIDER_LATENCY_JITTER_SECONDS": "0.3",
             "PAYMENTS_PROVIDER_DECLINE_RATE": "0.05",
@@ -169,13 +171,22 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
             "PAYMENTS_RECONCILE_AFTER_SECONDS": "20",
             "PAYMENTS_RECONCILE_EVERY_SECONDS": "2",
         }
+        # Each orders replica keeps its port across restarts: payments' channel to orders
+        # (the registry's addresses, resolved once) reaches the restarted process.
         fleet = Fleet(
-            [Replica("services.orders", orders_env) for _ in range(2)],
+            [
+                Replica("services.orders", {**orders_env, "ORDERS_PORT": str(free_port())})
+                for _ in range(2)
+            ],
             [Replica("services.payments", payments_env) for _ in range(2)],
             rng,
         )
         stack.push_async_callback(fleet.stop)
-        for replica in fleet.orders + fleet.payments:
+        for replica in fleet.orders:
+            await replica.start()
+            assert replica.process is not None
+            registry.register("orders", replica.process.address)
+        for replica in fleet.payments:
             await replica.start()
 
         cancels: dict[str, str] = {}

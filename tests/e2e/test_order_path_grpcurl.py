@@ -37,7 +37,13 @@ async def order_path(
             ("catalog", {"CATALOG_SEED_SAMPLE_PRODUCTS": "true"}),
             ("inventory", {}),
             ("orders", {"ORDERS_REGISTRY_FILE": str(registry.path)}),
-            ("payments", {"PAYMENTS_PROVIDER_LEDGER": str(tmp_path / "ledger.sqlite3")}),
+            (
+                "payments",
+                {
+                    "PAYMENTS_PROVIDER_LEDGER": str(tmp_path / "ledger.sqlite3"),
+                    "PAYMENTS_REGISTRY_FILE": str(registry.path),  # it asks orders first
+                },
+            ),
             ("notifications", {"NOTIFICATIONS_MAILDIR": str(tmp_path / "mail")}),
         ):
             prefix = name.upper()

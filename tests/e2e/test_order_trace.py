@@ -97,6 +97,7 @@ async def orders(tmp_path: Path, amqp_url: str) -> AsyncIterator[pb_grpc.OrdersS
                 amqp_url=amqp_url,
                 provider_ledger=tmp_path / "ledger.sqlite3",
                 provider_latency_seconds=0,
+                registry_file=registry.path,  # it asks orders before authorizing
             )
         )
         await stack.enter_async_context(serving(payments))
@@ -106,6 +107,7 @@ async def orders(tmp_path: Path, amqp_url: str) -> AsyncIterator[pb_grpc.OrdersS
             )
         )
         channel = await stack.enter_async_context(serving(app))
+        registry.register("orders", app.address)
         yield pb_grpc.OrdersServiceStub(channel)
 
 

@@ -134,6 +134,7 @@ async def running_shop(
                 database_url=payments_db,
                 amqp_url=amqp_url,
                 provider_ledger=ledger,
+                registry_file=registry.path,
                 outbox_poll_seconds=0.2,
                 retry_delays_seconds=(0.1, 0.5),
                 grace_seconds=2,
@@ -153,6 +154,7 @@ async def running_shop(
             )
         )
         orders_channel = await stack.enter_async_context(serving(orders_app))
+        registry.register("orders", orders_app.address)
 
         provider = SimulatedProvider(ledger)
         stack.callback(provider.close)

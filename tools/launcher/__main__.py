@@ -112,6 +112,8 @@ def services(var: Path) -> list[ServiceSpec]:
             {
                 "PAYMENTS_DATABASE_URL": _sqlite(var, "payments"),
                 "PAYMENTS_PROVIDER_LEDGER": str(var / "payment-provider.sqlite3"),
+                # It asks orders (through the registry) whether an order may be paid.
+                "PAYMENTS_REGISTRY_FILE": str(var / "registry.json"),
             },
         ),
         ServiceSpec(

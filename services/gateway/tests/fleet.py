@@ -212,6 +212,7 @@ async def running_fleet(
                     provider_ledger=directory / "ledger.sqlite3",
                     provider_latency_seconds=0,
                     outbox_poll_seconds=0.2,
+                    registry_file=registry.path,
                     **tokens,
                 )
             )

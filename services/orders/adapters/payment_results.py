@@ -23,6 +23,7 @@ OUTCOMES: tuple[type[Message], ...] = (
 RESULTS_QUEUE = WorkQueue(
     "orders.payment-results",
     bindings=tuple((EVENTS_EXCHANGE, event_key("payments", outcome)) for outcome in OUTCOMES),
+    accepts=OUTCOMES,
 )
 EVENTS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
 TOPOLOGY = Topology(work_queues=(RESULTS_QUEUE,), streams=(EVENTS_STREAM,))

@@ -59,6 +59,7 @@ class Shop:
                 provider_ledger=self.directory / "ledger.sqlite3",
                 provider_latency_seconds=latency,
                 outbox_poll_seconds=0.2,
+                registry_file=self.directory / "registry.json",
             )
         )
         async with serving(app):
@@ -92,6 +93,7 @@ async def shop(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterato
             )
         )
         orders_channel = await stack.enter_async_context(serving(orders_app))
+        registry.register("orders", orders_app.address)
 
         products = catalog_grpc.CatalogServiceStub(catalog_channel)
         inventory = inventory_grpc.InventoryServiceStub(inventory_channel)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from google.protobuf.message import Message
+
 from emporium.payments.v1 import payment_messages_pb2 as messages
 from libs.messaging.consumer import Delivery, PermanentFailure
 from libs.messaging.topology import EventStream, Topology, WorkQueue
@@ -17,13 +19,24 @@ from services.payments.domain.ports import ProviderRefused
 CHARGE_QUEUE = "payments.charge"
 EVENTS_STREAM = "payments.events"
 # Errors no retry can fix: the message goes to the DLQ at once, with the reason.
+COMMANDS: tuple[type[Message], ...] = (
+    messages.AuthorizePayment,
+    messages.CapturePayment,
+    messages.VoidPayment,
+    messages.RefundPayment,
+)
 _PERMANENT = (ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND, ErrorKind.FAILED_PRECONDITION)
 
 
 def topology(max_deliveries: int, retry_delays: tuple[float, ...]) -> Topology:
     return Topology(
         work_queues=(
-            WorkQueue(CHARGE_QUEUE, max_deliveries=max_deliveries, retry_delays=retry_delays),
+            WorkQueue(
+                CHARGE_QUEUE,
+                accepts=COMMANDS,
+                max_deliveries=max_deliveries,
+                retry_delays=retry_delays,
+            ),
         ),
         # Payment events are kept as a replayable stream (and are always routable).
         streams=(EventStream(EVENTS_STREAM, routing_keys=("payments.#",)),),
@@ -33,11 +46,10 @@ def topology(max_deliveries: int, retry_delays: tuple[float, ...]) -> Topology:
 class ChargeHandler:
     def __init__(self, payments: Payments) -> None:
         self._payments = payments
+        handlers = (self._authorize, self._capture, self._void, self._refund)
         self._commands: dict[str, Callable[[Delivery], Awaitable[object]]] = {
-            messages.AuthorizePayment.DESCRIPTOR.full_name: self._authorize,
-            messages.CapturePayment.DESCRIPTOR.full_name: self._capture,
-            messages.VoidPayment.DESCRIPTOR.full_name: self._void,
-            messages.RefundPayment.DESCRIPTOR.full_name: self._refund,
+            command.DESCRIPTOR.full_name: handle
+            for command, handle in zip(COMMANDS, handlers, strict=True)
         }
 
     async def __call__(self, delivery: Delivery) -> None:

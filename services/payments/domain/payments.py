@@ -22,7 +22,7 @@ from services.payments.domain.model import (
     ProviderRecord,
     ProviderStatus,
 )
-from services.payments.domain.ports import PaymentProvider, PaymentRepository
+from services.payments.domain.ports import OrderBook, PaymentProvider, PaymentRepository
 
 log = logging.getLogger("emporium.payments")
 
@@ -42,18 +42,37 @@ class Payments:
         self,
         repository: PaymentRepository,
         provider: PaymentProvider,
+        orders: OrderBook,
         *,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._repository = repository
         self._provider = provider
+        self._orders = orders
         self._clock = clock
 
     async def authorize(self, request: PaymentRequest, message_id: str) -> Payment:
         """Authorizes once however often asked: an attempt after the first asks the provider
         for the outcome of the key first. A payment voided before (or while) it is
-        authorized is never left holding money."""
+        authorized is never left holding money. Only an order that exists, for its own amount
+        and customer, is sent to the provider; one that can no longer be paid is voided."""
         _check_amount(request)
+        known = await self._repository.get(request.payment_id)
+        if known is None and not await self._orders.payable(request):
+            payment, _ = await self._repository.open(request, PaymentState.VOIDED)
+            return payment
+        if known is not None and (known.amount, known.customer) != (
+            request.amount,
+            request.customer,
+        ):
+            raise DomainError(
+                ErrorKind.FAILED_PRECONDITION,
+                "NOT_THE_ORDERS_PAYMENT",
+                f"{known.name} is {known.amount.decimal_text()} {known.amount.currency_code}"
+                f" for {known.customer}; this asks for {request.amount.decimal_text()}"
+                f" {request.amount.currency_code} for {request.customer}",
+                {"payment": known.name},
+            )
         payment, _ = await self._repository.open(request, PaymentState.PENDING)
         if payment.state is not PaymentState.PENDING:
             await self._repository.announce(payment, message_id)  # e.g. PaymentVoided

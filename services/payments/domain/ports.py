@@ -43,6 +43,16 @@ class PaymentProvider(Protocol):
         ...
 
 
+class OrderBook(Protocol):
+    """Orders, as payments asks them whether an order may be paid."""
+
+    async def payable(self, request: PaymentRequest) -> bool:
+        """True if the order waits for this payment; False if it can no longer be paid
+        (cancelled or being cancelled). Raises DomainError NOT_FOUND for an order that does
+        not exist and FAILED_PRECONDITION when the amount or the customer is not the order's."""
+        ...
+
+
 class PaymentRepository(Protocol):
     async def get(self, payment_id: str) -> Payment | None: ...
 

@@ -93,6 +93,7 @@ async def running(
         outbox_poll_seconds=0.2,
         reconcile_after_seconds=reconcile_after_seconds,
         reconcile_every_seconds=0.2,
+        check_orders=False,  # the worker alone: every order is payable
         grace_seconds=2,
     )
     publisher = Publisher(BrokerOptions(amqp_url), Topology())
