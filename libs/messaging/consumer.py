@@ -217,6 +217,12 @@ class _Session:
     async def _consume(self, channel: AbstractChannel, queue: AbstractQueue) -> str:
         raise NotImplementedError
 
+    def _renew_session(self) -> None:
+        """Finishes the messages in flight and connects again. After a cluster node fails, a
+        channel may go on sending a quorum queue's messages to the dead leader (the broker
+        refuses each one); a new connection and channel find the current leader."""
+        self._restart.set()
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
@@ -368,9 +374,11 @@ class WorkConsumer(_Session):
                     retry, self._work.retry_queue(delivery.attempt), mandatory=True
                 )
         except Exception:
-            # Could not park it for later: give it back now (the broker counts the delivery).
+            # Could not park it for later: give it back now (the broker counts the delivery),
+            # and take a new channel (see _renew_session).
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
+            self._renew_session()
             return
         with contextlib.suppress(Exception):
             await message.ack()
@@ -409,6 +417,7 @@ class WorkConsumer(_Session):
             # (without the header; the log line above has the reason).
             with contextlib.suppress(Exception):
                 await message.reject(requeue=False)
+            self._renew_session()
         else:
             with contextlib.suppress(Exception):
                 await message.ack()

@@ -147,14 +147,22 @@ class Publisher:
                 confirmation = await target.publish(message, routing_key, mandatory=True)
         except TimeoutError:
             raise PublishFailed(f"no confirm within {limit:g}s") from None
-        except (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError) as error:
-            raise PublishFailed(
-                f"unroutable or refused: {routing_key!r} on {exchange!r}"
-            ) from error
+        except aiormq.exceptions.PublishError as error:
+            raise PublishFailed(f"unroutable: {routing_key!r} on {exchange!r}") from error
+        except aiormq.exceptions.DeliveryError as error:
+            self._renew_channel()
+            raise PublishFailed(f"refused (nack): {routing_key!r} on {exchange!r}") from error
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             raise PublishFailed(f"broker unavailable: {error!r}") from error
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            self._renew_channel()
             raise PublishFailed(f"not confirmed: {confirmation!r}")
+
+    def _renew_channel(self) -> None:
+        # After a cluster node fails, a channel may go on sending a quorum queue's messages to
+        # the dead leader, and the broker nacks every one; a new connection and channel find
+        # the queue's current leader. Nacks are otherwise rare, so this costs nothing.
+        self._lost.set()
 
     async def _exchange(self, name: str) -> AbstractExchange:
         if self._channel is None:

@@ -1,6 +1,7 @@
 """Topology as code: the exchanges and queues a service needs, declared idempotently at start.
 
-- Work queues are quorum queues. A message the handler failed on goes to a retry queue
+- Work queues, their retry queues and DLQs are quorum queues (replicated on a cluster), and
+  their dead-lettering is at-least-once. A message the handler failed on goes to a retry queue
   `<queue>.retry.<ms>` whose message TTL dead-letters it back (no delayed-message plugin
   needed), carrying its attempt count in a header; after `max_deliveries` failed attempts, or
   at once when it is invalid or the handler raises PermanentFailure, it goes to `<queue>.dlq`
@@ -104,6 +105,9 @@ async def declare(
     """Declares `topology` (and the shared exchanges). `replicas`: nodes holding each quorum
     queue and stream on a cluster; None leaves it to the broker."""
     quorum: dict[str, Any] = {"x-queue-type": "quorum"}
+    # A quorum queue dead-letters at least once only with this pair (RabbitMQ 3.10+); by
+    # default a message is dropped when its dead-letter target is unavailable.
+    safe_dead_letters = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
     stream_type: dict[str, Any] = {"x-queue-type": "stream"}
     if replicas is not None:
         quorum["x-quorum-initial-group-size"] = replicas
@@ -119,6 +123,7 @@ async def declare(
             work.name,
             {
                 **quorum,
+                **safe_dead_letters,
                 "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
                 "x-dead-letter-routing-key": work.name,
                 "x-delivery-limit": POISON_DELIVERY_LIMIT,
@@ -127,7 +132,11 @@ async def declare(
         for exchange, routing_key in work.bindings:
             await queue.bind(exchanges[exchange], routing_key=routing_key)
         for delay in sorted(set(work.retry_delays)):
-            await _queue(channel, work.retry_queue_for(delay), _retry_arguments(work, delay))
+            await _queue(
+                channel,
+                work.retry_queue_for(delay),
+                {**quorum, **safe_dead_letters, **_retry_arguments(work, delay)},
+            )
     for stream in topology.all_streams():
         queue = await _queue(channel, stream.name, {**stream_type, "x-max-age": stream.max_age})
         for routing_key in stream.routing_keys:

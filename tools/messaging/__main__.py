@@ -3,12 +3,15 @@
   tools/broker queues                          depth and consumers of every queue and stream
   tools/broker peek QUEUE [-n N]               show messages without taking them
   tools/broker requeue QUEUE [--limit N]       move QUEUE.dlq messages back to QUEUE
+  tools/broker renew QUEUE [--replicas N]      re-create a queue declared with older arguments,
+                                               keeping its messages (its consumers stopped)
   tools/broker replay STREAM --from POSITION   print a stream's events from a position
   tools/broker replay STREAM --from POSITION --consumer NAME --database URL
                                                make a stream consumer re-read from there
 
 POSITION is first, last, next, an offset, or an ISO 8601 time. The broker is --url, else
-EMPORIUM_AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/.
+EMPORIUM_AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/ (several nodes of a cluster:
+comma-separated).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from datetime import datetime
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from google.protobuf import descriptor_pool, message_factory, text_format
+from google.protobuf.message import DecodeError
 
 from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
 from libs.messaging.consumer import StartAt
-from libs.messaging.envelope import ATTEMPT_HEADER, to_amqp
+from libs.messaging.envelope import ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, to_amqp
 from libs.messaging.offsets import reset_offset
+from libs.messaging.topology import Topology, WorkQueue, declare
 from libs.storage.database import Database
 from tools.messaging.fleet import FLEET, MESSAGE_MODULES
 
@@ -162,6 +167,76 @@ async def requeue(arguments: argparse.Namespace) -> int:
     return 0
 
 
+async def renew(arguments: argparse.Namespace) -> int:
+    work = next(
+        (
+            w
+            for w in FLEET.all_work_queues()
+            if arguments.queue in (w.name, w.dead_letter_queue, *w.retry_queues)
+        ),
+        None,
+    )
+    if work is None:
+        raise CliError(
+            f"{arguments.queue!r} is not a work queue, DLQ or retry queue of the fleet "
+            "(tools/broker queues lists them; a stream keeps its log and is not renewed)"
+        )
+    connection = await _connect(arguments.url)
+    try:
+        kept = await renew_queue(connection, work, arguments.queue, replicas=arguments.replicas)
+    finally:
+        await connection.close()
+    print(f"renewed {arguments.queue} with the current arguments; {kept} message(s) kept")
+    return 0
+
+
+async def renew_queue(
+    connection: AbstractConnection, work: WorkQueue, name: str, *, replicas: int | None
+) -> int:
+    """Re-creates `name` (`work`'s queue, DLQ or a retry queue) with the arguments the kit
+    declares today: its messages wait in `<name>.renewing` meanwhile. Publishes to it in
+    between are refused as unroutable (outboxes retry them). Run again after an interruption:
+    messages left in `<name>.renewing` are moved back too."""
+    depth = await _depth(connection, name)
+    if depth is None:
+        raise CliError(f"no queue {name!r} on this broker")
+    if depth[1]:
+        raise CliError(f"{name} has {depth[1]} consumer(s); stop them first")
+    holding = f"{name}.renewing"
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    await channel.declare_queue(holding, durable=True, arguments={"x-queue-type": "quorum"})
+    print(f"moving {depth[0]} message(s) from {name} to {holding} ...", flush=True)
+    await _move(channel, name, holding)
+    # Quorum queues ignore if-empty: check just before deleting.
+    if (await _depth(connection, name) or (0, 0))[0]:
+        raise CliError(f"{name} received messages meanwhile; nothing lost, run renew again")
+    await channel.queue_delete(name)
+    await declare(channel, Topology(work_queues=(work,)), replicas=replicas)
+    moved = await _move(channel, holding, name)
+    await channel.queue_delete(holding)
+    return moved
+
+
+async def _move(channel: AbstractChannel, source_name: str, target: str) -> int:
+    """Moves every message, each acknowledged only once the broker confirmed its copy."""
+    source = await channel.get_queue(source_name, ensure=False)
+    moved = 0
+    while (message := await source.get(no_ack=False, fail=False)) is not None:
+        copy = to_amqp(
+            body=message.body,
+            message_type=message.type or "",
+            message_id=message.message_id or "",
+            correlation_id=message.correlation_id or "",
+            headers={k: v for k, v in message.headers.items() if k != "x-delivery-count"},
+            timestamp=message.timestamp,
+        )
+        copy.content_type = message.content_type
+        await channel.default_exchange.publish(copy, target, mandatory=True)
+        await message.ack()
+        moved += 1
+    return moved
+
+
 async def replay(arguments: argparse.Namespace) -> int:
     start = _position(arguments.start)
     if arguments.consumer:
@@ -224,6 +299,10 @@ def _describe(message: AbstractIncomingMessage) -> str:
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
         death = deaths[0]
         reason = f"  dead-lettered: {death.get('reason')!s} x{death.get('count')!s}"
+    why = message.headers.get(DEAD_LETTER_REASON_HEADER)
+    if why is not None:
+        text = why.decode(errors="replace") if isinstance(why, bytes) else str(why)
+        reason = f"  dead-lettered: {text}"
     return f"{message.message_id}  {message.type}{reason}\n    {_body_text(message)}"
 
 
@@ -234,7 +313,10 @@ def _body_text(message: AbstractIncomingMessage) -> str:
     except KeyError:
         return f"<{len(message.body)} bytes of {message.content_type}>"
     body = message_factory.GetMessageClass(descriptor)()
-    body.ParseFromString(message.body)
+    try:
+        body.ParseFromString(message.body)
+    except DecodeError:  # garbage, dead-lettered for that very reason
+        return f"<{len(message.body)} unreadable bytes>"
     return text_format.MessageToString(body, as_one_line=True) or "<empty>"
 
 
@@ -273,6 +355,19 @@ def _parser() -> argparse.ArgumentParser:
     moving.add_argument("queue", help="the work queue, e.g. payments.charge")
     moving.add_argument("--limit", type=int, default=None, help="at most this many")
     moving.set_defaults(run=requeue)
+    renewing = commands.add_parser(
+        "renew", help="re-create a queue declared with older arguments, keeping its messages"
+    )
+    renewing.add_argument("queue", help="a work queue, its DLQ or a retry queue")
+    renewing.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ["EMPORIUM_AMQP_REPLICAS"])
+        if os.environ.get("EMPORIUM_AMQP_REPLICAS")
+        else None,
+        help="replicas on a cluster (default: EMPORIUM_AMQP_REPLICAS, else the broker's)",
+    )
+    renewing.set_defaults(run=renew)
     replaying = commands.add_parser("replay", help="read a stream again from a position")
     replaying.add_argument("stream", help="e.g. orders.events")
     replaying.add_argument("--from", dest="start", required=True, help="first|last|next|N|time")

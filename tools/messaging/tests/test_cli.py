@@ -60,7 +60,7 @@ async def test_dead_letter_is_peeked_and_moved_back(amqp_url: str) -> None:
     assert code == 0, out
     assert message.message_id in out
     assert 'order: "orders/parcel"' in out
-    assert "dead-lettered: rejected" in out
+    assert "dead-lettered: failed 2 attempts; last: RuntimeError('a bug, fixed later')" in out
     assert "1 message(s) shown" in out
 
     broken = False
