@@ -8,12 +8,11 @@ pages, and `?view=FULL` following resource references. Every failure is problem+
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -31,6 +30,7 @@ from services.gateway.problems import Problem, from_domain_error
 from services.gateway.ratelimit import BucketPolicy, RateLimiter
 from services.gateway.references import References
 from services.gateway.routes import Route, Router
+from services.gateway.sse import EventIds, server_sent_events
 from services.gateway.transcoding import (
     build_request,
     parse_json,
@@ -44,7 +44,6 @@ JSON = "application/json"
 # Accepted for `body: "*"` routes of scalar fields, as OAuth2 clients post to /v1/token.
 FORM = "application/x-www-form-urlencoded"
 MAX_IDEMPOTENCY_KEY = 255
-SSE_HEARTBEAT_SECONDS = 15.0
 # Derives a request_id from an Idempotency-Key, so the service dedupes too (uuid5 namespace).
 _REQUEST_ID_NAMESPACE = uuid.UUID("0b8e4a0e-6f0c-4f5e-9d4c-6a1f4c2f9e11")
 
@@ -109,6 +108,11 @@ class RestApi:
         self._cache = cache
         self._references = references
         self._limits = limits
+        self._event_ids = {
+            route.operation_id: EventIds.of(route.method)
+            for route in router.routes
+            if route.streams_out
+        }
         # Unsafe routes whose contract requires the request_id an Idempotency-Key becomes.
         self._key_required = {
             route.operation_id
@@ -207,7 +211,7 @@ class RestApi:
             return _json(document, headers)
         rpc_request = build_request(route, path_values, request.query_params.multi_items(), body)
         if route.streams_out:
-            return await self._events(route, rpc_request, principal, headers)
+            return await self._events(request, route, rpc_request, principal, headers)
         key = request.headers.get("idempotency-key")
         if (
             key is None
@@ -331,54 +335,22 @@ class RestApi:
 
     async def _events(
         self,
+        request: Request,
         route: Route,
         rpc_request: message.Message,
         principal: Principal,
         headers: dict[str, str],
     ) -> StreamingResponse:
+        ids = self._event_ids[route.operation_id]
+        skip_first = ids.resume(rpc_request, request.headers.get("last-event-id"))
         stream = await self._dispatcher.server_stream(
             route.method, rpc_request, principal, stream_timeout=self._limits.stream_timeout
         )
         return StreamingResponse(
-            server_sent_events(stream),
+            server_sent_events(stream, ids, skip_first),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-
-
-async def server_sent_events(stream: AsyncIterator[message.Message]) -> AsyncIterator[bytes]:
-    """`event: message` per RPC message (id = its position), a comment every 15 s so proxies
-    keep the connection, and a final `event: end`, or `event: error` with a problem."""
-    queue: asyncio.Queue[message.Message | Problem | None] = asyncio.Queue(maxsize=64)
-
-    async def pump() -> None:
-        try:
-            async for item in stream:
-                await queue.put(item)
-            await queue.put(None)
-        except Problem as problem:
-            await queue.put(problem)
-
-    task = asyncio.create_task(pump())
-    try:
-        position = 0
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_SECONDS)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            if item is None:
-                yield b"event: end\ndata: {}\n\n"
-                return
-            if isinstance(item, Problem):
-                document = item.document("", None)
-                yield f"event: error\ndata: {json.dumps(document)}\n\n".encode()
-                return
-            position += 1
-            yield f"id: {position}\nevent: message\ndata: {json.dumps(to_json(item))}\n\n".encode()
-    finally:
-        task.cancel()
 
 
 def _media_type(request: Request) -> str:
