@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
 from libs.messaging.local_broker import LocalBroker, LocalBrokerError
@@ -39,6 +40,8 @@ class ServiceSpec:
     module: str
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    # The edge stops first, alone, so that no request comes in while the others stop.
+    edge: bool = False
 
 
 # Each service's Prometheus endpoint in local mode (override with <SERVICE>_METRICS_PORT).
@@ -130,7 +133,8 @@ def services(var: Path) -> list[ServiceSpec]:
             "gateway",
             "services.gateway",
             8080,
-            {
+            edge=True,
+            env={
                 "GATEWAY_REGISTRY_FILE": str(var / "registry.json"),
                 **(
                     {"GATEWAY_REDIS_URL": redis}
@@ -297,9 +301,7 @@ async def start_fleet(
             metrics_port = (
                 "0"
                 if free_ports
-                else os.environ.get(
-                    f"{prefix}_METRICS_PORT", str(METRICS_PORTS.get(spec.name, 0))
-                )
+                else os.environ.get(f"{prefix}_METRICS_PORT", str(METRICS_PORTS.get(spec.name, 0)))
             )
             env = {
                 f"{prefix}_PORT": port,
@@ -315,11 +317,55 @@ async def start_fleet(
             running[spec.name] = await start_service(spec.module, env, echo_log=echo_log)
             registry.register(spec.name, running[spec.name].address)
     except BaseException:
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                await process.terminate()
+        await stop_fleet(running, edge_of(services(var)))
         raise
     return running
+
+
+class Stoppable(Protocol):
+    async def terminate(self) -> int: ...
+
+    async def kill(self) -> None: ...
+
+
+# Beyond a service's grace period (<SERVICE>_GRACE_SECONDS, 10 s), time to exit before a kill.
+EXIT_MARGIN_SECONDS = 5.0
+
+
+def grace_of(name: str) -> float:
+    prefix = name.upper()
+    grace = os.environ.get(f"{prefix}_GRACE_SECONDS") or os.environ.get("EMPORIUM_GRACE_SECONDS")
+    try:
+        return float(grace or 10.0) + EXIT_MARGIN_SECONDS
+    except ValueError:
+        raise RuntimeError(f"{prefix}_GRACE_SECONDS: not a number ({grace!r})") from None
+
+
+def edge_of(specs: list[ServiceSpec]) -> frozenset[str]:
+    return frozenset(spec.name for spec in specs if spec.edge)
+
+
+async def stop_fleet(running: Mapping[str, Stoppable], edge: frozenset[str]) -> None:
+    """Stops the edge (the gateway) first, then every other service at once; each gets its
+    grace period (SIGTERM), then is killed."""
+
+    async def stop(name: str, process: Stoppable) -> None:
+        try:
+            await asyncio.wait_for(process.terminate(), grace_of(name))
+        except ProcessLookupError:
+            pass
+        except TimeoutError:
+            print(f"{name} did not stop within its grace period; killing it", file=sys.stderr)
+            await process.kill()
+
+    tiers = [
+        {n: p for n, p in running.items() if n in edge},
+        {n: p for n, p in running.items() if n not in edge},
+    ]
+    for tier in tiers:
+        if tier:
+            print(f"stopping {', '.join(tier)} ...", flush=True)
+            await asyncio.gather(*(stop(name, process) for name, process in tier.items()))
 
 
 async def observe(
@@ -373,10 +419,7 @@ async def _run(var: Path, stack: contextlib.AsyncExitStack) -> int:
         print(f"could not start: {error}", file=sys.stderr)
         return 1
     finally:
-        print("stopping ...", flush=True)
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                await process.terminate()
+        await stop_fleet(running, edge_of(services(var)))
 
 
 def main() -> None:
