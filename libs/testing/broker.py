@@ -5,6 +5,7 @@ vhosts are made with rabbitmqctl on the same machine."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from google.protobuf.message import Message
 from yarl import URL
 
-from libs.messaging.broker import DEFAULT_AMQP_URL
+from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, connect_next
 from libs.messaging.envelope import decode
 from libs.messaging.topology import EVENTS_EXCHANGE, Topology, declare
 
@@ -59,25 +60,50 @@ class EventTap:
     `routing_keys`. Tests await the events a system publishes instead of polling for them."""
 
     def __init__(self, url: str, *routing_keys: str) -> None:
-        self._url = url
+        self._options = BrokerOptions(url, reconnect_interval=0.2)
         self._keys = routing_keys
         self.events: list[AbstractIncomingMessage] = []
         self._arrived = asyncio.Condition()
         self._connection: AbstractConnection | None = None
+        self._node = -1
+        self._lost = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EventTap:
-        self._connection = await aio_pika.connect(self._url)
+        await self._listen()
+        self._keeper = asyncio.create_task(self._keep_listening())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _listen(self) -> None:
+        self._connection, self._node = await connect_next(self._options, self._node)
+        self._lost.clear()
+        self._connection.close_callbacks.add(lambda *_: self._lost.set())
         channel = await self._connection.channel()
         await declare(channel, Topology())
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         for key in self._keys:
             await queue.bind(EVENTS_EXCHANGE, routing_key=key)
         await queue.consume(self._on_message, no_ack=True)
-        return self
 
-    async def __aexit__(self, *_: object) -> None:
-        if self._connection is not None:
-            await self._connection.close()
+    async def _keep_listening(self) -> None:
+        """After losing its node (a cluster test stops one), listens again through another;
+        the events published in between are missed."""
+        while True:
+            await self._lost.wait()
+            while True:
+                try:
+                    await self._listen()
+                    break
+                except (OSError, aio_pika.exceptions.AMQPError):
+                    await asyncio.sleep(self._options.reconnect_interval)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         async with self._arrived:
