@@ -220,9 +220,11 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
                 killed.append(await fleet.kill_and_restart())
             return killed
 
-        names, killed = await asyncio.gather(
-            asyncio.gather(*(customer(i) for i in range(ORDERS))), chaos_monkey()
-        )
+        # A task group: if a customer fails, the monkey stops too (no restart after the end).
+        async with asyncio.TaskGroup() as group:
+            customers = [group.create_task(customer(i)) for i in range(ORDERS)]
+            monkey = group.create_task(chaos_monkey())
+        names, killed = [task.result() for task in customers], monkey.result()
         print(f"killed and restarted: {', '.join(killed)}")
         finals = await asyncio.wait_for(
             asyncio.gather(*(final_state(fleet, name) for name in names)), BOUND_SECONDS

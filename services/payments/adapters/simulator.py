@@ -65,6 +65,32 @@ class SimulatedProvider:
         self._lock = threading.Lock()
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.executescript(_SCHEMA)
+        self._carry_over_charges()
+
+    def _carry_over_charges(self) -> None:
+        """A ledger from before authorize/capture keeps one-step charges (`charges`, `refunds`):
+        each becomes the record of its key, captured (or refunded, or declined)."""
+        tables = {row[0] for row in self._connection.execute("SELECT name FROM sqlite_master")}
+        if not {"charges", "refunds"} <= tables:
+            return
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            self._connection.execute(
+                "ALTER TABLE requests ADD COLUMN operation TEXT NOT NULL DEFAULT 'authorize'"
+            )
+            self._connection.execute(
+                "INSERT OR IGNORE INTO accounts SELECT c.idempotency_key, c.reference,"
+                " CASE WHEN c.approved = 0 THEN 'DECLINED'"
+                " WHEN r.idempotency_key IS NOT NULL THEN 'REFUNDED' ELSE 'CAPTURED' END,"
+                " c.decline_reason, c.currency, c.amount_nanos,"
+                " CASE WHEN c.approved = 0 THEN 0 ELSE c.amount_nanos END,"
+                " CASE WHEN r.idempotency_key IS NULL OR c.approved = 0 THEN 0"
+                " ELSE c.amount_nanos END"
+                " FROM charges c LEFT JOIN refunds r ON r.idempotency_key = c.idempotency_key"
+            )
+            self._connection.execute("DROP TABLE charges")
+            self._connection.execute("DROP TABLE refunds")
+            self._connection.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
