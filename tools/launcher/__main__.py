@@ -229,8 +229,8 @@ def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
             "emporium.orders.v1.OrdersService/WatchOrder",
             {"name": "orders/<the id CreateOrder returned>"},
         ),
-        '  (PENDING_PAYMENT, then CONFIRMED; with "payment_method": "cards/declined" in the',
-        "  order, CANCELLED. The customer's notifications land in "
+        '  (PENDING_PAYMENT, AUTHORIZED, then CONFIRMED; with "payment_method": "cards/declined"',
+        "  in the order, CANCELLED. The customer's notifications land in "
         f"{(var / 'mail' / 'new').relative_to(REPO) if var.is_relative_to(REPO) else var}.)",
         call("payments", "emporium.payments.v1.PaymentsService/ListPayments", {}),
         "",
@@ -243,6 +243,7 @@ def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
         "",
         f"RabbitMQ: {BrokerOptions(amqp_url).safe_url}",
         "  tools/broker queues             depth and consumers of every queue and stream",
+        "  tools/audit                     do money and stock balance? (exit 1 if not)",
         "  tools/broker replay orders.events --from first",
         "",
         "Logs are JSON lines on stderr. Ctrl-C stops everything gracefully.",
