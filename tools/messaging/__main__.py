@@ -23,11 +23,14 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from urllib.parse import quote
 
 import aio_pika
+import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from google.protobuf import descriptor_pool, message_factory, text_format
 from google.protobuf.message import DecodeError
+from yarl import URL
 
 from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
 from libs.messaging.consumer import StartAt
@@ -78,9 +81,55 @@ async def _depth(connection: AbstractConnection, name: str) -> tuple[int, int] |
     return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
+async def _broker_consumers(url: str) -> dict[str, int] | None:
+    """Consumers per queue as the broker itself counts them (a passive declare answers 0 for a
+    stream whatever reads it): the management API if it answers, else `rabbitmqctl` on this
+    machine (EMPORIUM_RABBITMQCTL names another); None if neither can tell."""
+    parsed = URL(url)
+    vhost = parsed.path.removeprefix("/") or "/"
+    management = os.environ.get("EMPORIUM_RABBITMQ_MANAGEMENT_URL", f"http://{parsed.host}:15672")
+    auth = (parsed.user or "guest", parsed.password or "guest")
+    try:
+        async with httpx.AsyncClient(timeout=2.0, auth=auth) as http:
+            listed = await http.get(
+                f"{management}/api/queues/{quote(vhost, safe='')}",
+                params={"columns": "name,consumers"},
+            )
+        if listed.status_code == 200:
+            return {q["name"]: int(q.get("consumers") or 0) for q in listed.json()}
+    except httpx.HTTPError:
+        pass
+    ctl = os.environ.get("EMPORIUM_RABBITMQCTL", "rabbitmqctl")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            ctl,
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "-p",
+            vhost,
+            "name",
+            "consumers",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    except (OSError, TimeoutError):
+        return None
+    if process.returncode != 0:
+        return None
+    counts = {}
+    for line in output.decode().splitlines():
+        name, _, consumers = line.rpartition("\t")
+        if name and consumers.isdigit():
+            counts[name] = int(consumers)
+    return counts
+
+
 async def queues(arguments: argparse.Namespace) -> int:
     connection = await _connect(arguments.url)
     rows: list[tuple[str, str, str, str]] = []
+    counted: dict[str, int] | None = {}
     try:
         for work in FLEET.all_work_queues():
             names = [work.name, work.dead_letter_queue]
@@ -96,10 +145,20 @@ async def queues(arguments: argparse.Namespace) -> int:
                     else "work"
                 )
                 rows.append((name, kind, *_counts(await _depth(connection, name))))
-        for stream in FLEET.all_streams():
-            rows.append((stream.name, "stream", *_counts(await _depth(connection, stream.name))))
+        streams = FLEET.all_streams()
+        counted = await _broker_consumers(arguments.url) if streams else {}
+        for stream in streams:
+            messages, consumers = _counts(await _depth(connection, stream.name))
+            if consumers != "-":
+                consumers = "?" if counted is None else str(counted.get(stream.name, 0))
+            rows.append((stream.name, "stream", messages, consumers))
     finally:
         await connection.close()
+    if counted is None:
+        print(
+            "(stream consumers: ? — neither the management API nor rabbitmqctl answered)",
+            file=sys.stderr,
+        )
     width = max(len(r[0]) for r in rows)
     print(f"{'QUEUE':<{width}}  {'KIND':<12}  {'MESSAGES':>8}  {'CONSUMERS':>9}")
     for name, kind, messages, consumers in rows:

@@ -7,6 +7,8 @@ import asyncio
 import sys
 from collections.abc import Callable
 
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
 from google.protobuf.wrappers_pb2 import StringValue
 
 from emporium.orders.v1 import order_events_pb2, orders_service_pb2
@@ -82,6 +84,29 @@ async def test_queues_lists_the_fleet_with_depths(amqp_url: str) -> None:
     assert rows["payments.charge"] == ["work", "1", "0"]
     assert rows["payments.charge.dlq"] == ["dead", "letters", "0", "0"]
     assert rows["orders.events"][0] == "stream"
+
+
+async def test_queues_counts_the_consumers_of_a_stream(amqp_url: str) -> None:
+    publisher = Publisher(BrokerOptions(amqp_url), FLEET)
+    await publisher.start()
+    await publisher.close()
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=10)  # a stream needs a prefetch to be read
+        stream = await channel.get_queue("orders.events", ensure=False)
+        await stream.consume(_ignore, arguments={"x-stream-offset": "next"})
+        code, out = await broker_cli(amqp_url, "queues")
+    finally:
+        await connection.close()
+    assert code == 0, out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    # A passive declare reports 0 consumers for a stream; the broker's own count says 1.
+    assert rows["orders.events"] == ["stream", "0", "1"]
+
+
+async def _ignore(message: AbstractIncomingMessage) -> None:
+    await message.ack()
 
 
 async def test_replay_prints_a_stream_from_an_offset(amqp_url: str) -> None:
