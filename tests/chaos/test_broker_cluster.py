@@ -1,0 +1,81 @@
+"""Acceptance 6 of the order saga: on a three-node RabbitMQ cluster (private nodes on this
+machine, clustered; quorum queues and streams replicated on all three; the services given all
+three addresses), the node that leads `payments.charge` is killed while orders are in flight.
+Nothing is lost: every order is confirmed through the other nodes, the audit balances, and the
+dead-letter queues stay empty. One cluster for the module: starting nodes takes seconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emporium.orders.v1 import orders_service_pb2 as pb
+from libs.messaging.broker import BrokerOptions, connect
+from libs.messaging.local_broker import LocalCluster
+from libs.testing.databases import sqlite_url
+from services.orders.adapters.payment_results import RESULTS_QUEUE
+from services.payments.adapters.charge_queue import CHARGE_QUEUE, EVENTS_STREAM
+from tests.saga.shop import running_shop
+
+ORDERS = 40
+REPLICATED = {"amqp_replicas": 3}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), size=3)
+    try:
+        asyncio.run(nodes.start())
+        yield nodes
+    finally:
+        asyncio.run(nodes.stop())
+        nodes.remove()
+
+
+async def depth(url: str, queue: str) -> int:
+    connection = await connect(BrokerOptions(url))
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+async def test_losing_the_node_that_leads_payments_charge_loses_no_order(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    async with running_shop(
+        sqlite_url(tmp_path),
+        cluster.url,
+        tmp_path,
+        units=1000,
+        orders=REPLICATED,
+        payments={**REPLICATED, "provider_latency_seconds": 0.05},
+    ) as shop:
+        every_node = sorted(node.node for node in cluster.nodes)
+        for queue in (CHARGE_QUEUE, RESULTS_QUEUE.name, EVENTS_STREAM, "orders.events"):
+            assert await cluster.members(queue) == every_node, queue
+        leader = await cluster.leader(CHARGE_QUEUE)
+
+        first = await asyncio.gather(*(shop.place() for _ in range(ORDERS // 2)))
+        await leader.kill()  # while the first half is on its way through the saga
+        second = await asyncio.gather(*(shop.place() for _ in range(ORDERS // 2)))
+        finals = await asyncio.wait_for(
+            asyncio.gather(*(shop.final_state(o.name) for o in first + second)), 120
+        )
+        report = await shop.settled_audit(within=60)
+        dead = {
+            queue: await depth(cluster.url, f"{queue}.dlq")
+            for queue in (CHARGE_QUEUE, RESULTS_QUEUE.name)
+        }
+        new_leader = await cluster.leader(CHARGE_QUEUE)
+
+    assert report.ok, report.text()
+    assert [o.state for o in finals] == [pb.ORDER_STATE_CONFIRMED] * ORDERS
+    assert report.orders["CONFIRMED"] == ORDERS
+    assert dead == {CHARGE_QUEUE: 0, RESULTS_QUEUE.name: 0}
+    assert new_leader is not leader and new_leader.running
