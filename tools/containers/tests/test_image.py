@@ -165,6 +165,10 @@ async def test_service_runs_as_its_manifest_says(
             assert code == -signal.SIGTERM
         else:
             assert code == 0
+        if name == "payments":
+            # The simulator's ledger went to the emptyDir, written as the pod's user.
+            ledger = tmp_path / "provider-ledger" / "provider.sqlite3"
+            assert ledger.stat().st_uid == 10001
     finally:
         await service.kill()
 
