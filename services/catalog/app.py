@@ -43,9 +43,7 @@ async def build(settings: CatalogSettings) -> GrpcApp:
     parts = await build_catalog(settings)
     if settings.seed_sample_products:
         await seed(parts.catalog)
-    app = GrpcApp(
-        "catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
-    )
+    app = GrpcApp("catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors])
     app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(parts.catalog))
     app.add_servicer(
         pb_v2_grpc.add_CatalogServiceServicer_to_server, CatalogServicerV2(parts.catalog)

@@ -181,13 +181,25 @@ class SqlProductRepository:
             return current
 
     async def upsert_by_sku(
-        self, draft: ProductDraft, new_id: str
+        self, draft: ProductDraft, new_id: str, *, named: bool = False
     ) -> tuple[Product, ImportOutcome]:
         async with self._writing() as connection:
             row = (
                 await connection.execute(sa.select(products).where(products.c.sku == draft.sku))
             ).first()
+            if named and row is not None and row.id != new_id:
+                raise _already_exists(
+                    "SKU_TAKEN",
+                    f"sku {draft.sku!r} belongs to products/{row.id}, not products/{new_id}",
+                    sku=draft.sku,
+                )
             if row is None:
+                if named and await _exists(connection, products.c.id == new_id):
+                    raise _already_exists(
+                        "PRODUCT_EXISTS",
+                        f"products/{new_id} exists with another sku",
+                        resource=f"products/{new_id}",
+                    )
                 return await _insert(connection, new_id, draft), ImportOutcome.CREATED
             return await _write_update(
                 connection, _product(row._mapping), draft

@@ -87,7 +87,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
                 if not item.HasField("product"):
                     raise invalid_field("product", "is required", "REQUIRED")
                 check(item.product, "product")
-                product, outcome = await self._catalog.import_product(draft_of(item.product))
+                product, outcome = await self._catalog.import_product(
+                    draft_of(item.product), item.product.name
+                )
             except DomainError as error:
                 result.error.CopyFrom(status_of(error, DOMAIN)[1])
                 response.failed_count += 1

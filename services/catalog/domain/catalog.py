@@ -104,10 +104,14 @@ class Catalog:
         await self._repository.delete(product_id, current.revision)
         self._feed.nudge()
 
-    async def import_product(self, draft: ProductDraft) -> tuple[Product, ImportOutcome]:
-        """Creates or updates the product with draft's sku. The draft is already validated."""
+    async def import_product(
+        self, draft: ProductDraft, name: str = ""
+    ) -> tuple[Product, ImportOutcome]:
+        """Creates or updates the product with draft's sku, named `name` if given (else the
+        server picks the id of a new one). The draft is already validated."""
         self._check_currency(draft, "product.")
-        result = await self._repository.upsert_by_sku(draft, self._new_product_id())
+        product_id = product_id_of(name, "product.name") if name else self._new_product_id()
+        result = await self._repository.upsert_by_sku(draft, product_id, named=bool(name))
         self._feed.nudge()
         return result
 

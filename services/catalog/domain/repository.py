@@ -37,8 +37,11 @@ class ProductRepository(Protocol):
     async def delete(self, product_id: str, expected_revision: int | None) -> Product: ...
 
     async def upsert_by_sku(
-        self, draft: ProductDraft, new_id: str
-    ) -> tuple[Product, ImportOutcome]: ...
+        self, draft: ProductDraft, new_id: str, *, named: bool = False
+    ) -> tuple[Product, ImportOutcome]:
+        """Updates the product with draft's sku, or creates it as `new_id`. `named`: the caller
+        chose `new_id`, so the sku must be new or already that product's."""
+        ...
 
     async def changes_after(self, revision: int, limit: int) -> Sequence[ProductChange]: ...
 

@@ -280,6 +280,25 @@ async def test_import_reports_each_item_and_survives_bad_ones(stub: Stub) -> Non
     assert [p.sku for p in listed.products] == ["IMP-1", "IMP-2"]
 
 
+async def test_import_names_a_new_product_as_asked(stub: Stub) -> None:
+    existing = await stub.CreateProduct(pb.CreateProductRequest(product=product("NAMED-1")))
+    named = product("NAMED-2")
+    named.name = "products/teapot-07"
+    clash = product("NAMED-1")  # its sku belongs to another product
+    clash.name = "products/someone-else"
+
+    async def items() -> AsyncIterator[pb.ImportProductsRequest]:
+        yield pb.ImportProductsRequest(product=named)
+        yield pb.ImportProductsRequest(product=clash)
+
+    response = await stub.ImportProducts(items())
+    assert response.results[0].product.name == "products/teapot-07"
+    assert response.results[1].error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    assert existing.name in response.results[1].error.message
+    got = await stub.GetProduct(pb.GetProductRequest(name="products/teapot-07"))
+    assert got.sku == "NAMED-2"
+
+
 async def test_watch_from_now_and_from_a_revision(stub: Stub) -> None:
     first = await stub.CreateProduct(pb.CreateProductRequest(product=product("W-1")))
     live = stub.WatchProducts(pb.WatchProductsRequest())
