@@ -63,6 +63,14 @@ def test_every_overlay_is_complete(rendered: dict[str, list[Document]]) -> None:
             else {"PeerAuthentication", "AuthorizationPolicy", "DestinationRule", "VirtualService"}
         )
         assert expected <= kinds, overlay
+        (namespace,) = (d["metadata"] for d in documents if d["kind"] == "Namespace")
+        if mesh == "linkerd":
+            assert namespace["annotations"] == {
+                "linkerd.io/inject": "enabled",
+                "config.linkerd.io/default-inbound-policy": "deny",
+            }
+        else:
+            assert namespace["labels"]["istio-injection"] == "enabled"
         namespaces = {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"}
         assert namespaces == {"emporium"}, overlay
 
