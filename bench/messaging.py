@@ -171,7 +171,7 @@ async def plain(url: str, count: int) -> Figures:
 
 async def kit(url: str, count: int) -> Figures:
     options = BrokerOptions(url, publish_timeout=30)
-    work = WorkQueue("bench.kit")
+    work = WorkQueue("bench.kit", accepts=(DoubleValue,))
     topology = Topology(work_queues=(work,))
     publisher = Publisher(options, topology)
     await publisher.start()
