@@ -39,6 +39,14 @@ orders = sa.Table(
     sa.Index("ix_orders_state_deadline", "state", "deadline_us"),
     sa.Index("ix_orders_state_update", "state", "update_us"),
 )
+# Every version of every order, so WatchOrder shows each state even when it looked too late.
+order_versions = sa.Table(
+    "order_versions",
+    metadata,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("snapshot", sa.Text, nullable=False),
+)
 order_requests = sa.Table(
     "order_requests",
     metadata,
@@ -83,11 +91,27 @@ async def _add_saga_columns(connection: AsyncConnection) -> None:
         )
 
 
+async def _add_versions(connection: AsyncConnection) -> None:
+    # Orders stored before versions were kept start their history at their current version.
+    await connection.run_sync(metadata.create_all)
+    for row in (await connection.execute(sa.select(orders))).all():
+        order = _order(row._mapping)
+        known = await connection.execute(
+            sa.select(order_versions.c.version).where(
+                order_versions.c.order_id == order.order_id,
+                order_versions.c.version == order.version,
+            )
+        )
+        if known.first() is None:
+            await connection.execute(order_versions.insert().values(**_version(order)))
+
+
 MIGRATIONS = (
     creating_tables(1, "orders and their request ids", metadata),
     Migration(2, "orders: payment method", _add_payment_method),
     messaging_migration(3),
     Migration(4, "orders: payment state and deadline", _add_saga_columns),
+    Migration(5, "orders: every version of an order", _add_versions),
 )
 INBOX = "orders.payment-results"
 
@@ -139,6 +163,7 @@ class SqlOrderRepository:
                 assert earlier is not None
                 return earlier
             await connection.execute(orders.insert().values(**_columns(order)))
+            await connection.execute(order_versions.insert().values(**_version(order)))
             await connection.execute(
                 order_requests.insert().values(
                     request_id=request_id, fingerprint=fingerprint, order_id=order.order_id
@@ -164,12 +189,24 @@ class SqlOrderRepository:
                 )
                 if updated.rowcount != 1:
                     raise _Lost  # nothing of this transaction stays, the inbox row included
+                await connection.execute(order_versions.insert().values(**_version(changed)))
                 await enqueue(connection, [self._messages.outgoing(m) for m in messages])
         except _Lost:
             return False
         if messages:
             self._on_commit()
         return True
+
+    async def versions(self, order_id: str, after: int) -> list[Order]:
+        async with self._engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    sa.select(order_versions.c.snapshot)
+                    .where(order_versions.c.order_id == order_id, order_versions.c.version > after)
+                    .order_by(order_versions.c.version)
+                )
+            ).all()
+        return [_order(json.loads(row.snapshot)) for row in rows]
 
     async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
         stalled = to_micros(now - stalled_after)
@@ -242,6 +279,14 @@ def _columns(order: Order) -> dict[str, Any]:
         "payment_method": order.payment_method,
         "payment_state": order.payment_state.value,
         "deadline_us": to_micros(order.payment_deadline) if order.payment_deadline else 0,
+    }
+
+
+def _version(order: Order) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "version": order.version,
+        "snapshot": json.dumps(_columns(order)),
     }
 
 

@@ -161,13 +161,17 @@ class Orders:
             payment_method=payment_method or "cards/default",
             payment_deadline=now + self._times.payment_deadline,
         )
+        if not _paid_for(order):  # nothing to pay: as good as authorized
+            order = dataclasses.replace(order, state=OrderState.AUTHORIZED, payment_deadline=None)
+        kinds = [MessageKind.ORDER_CREATED]
+        if _paid_for(order):
+            kinds.append(MessageKind.AUTHORIZE_PAYMENT)
         stored = await self._repository.create(
-            order,
-            request_id,
-            fingerprint,
-            _messages(order, MessageKind.ORDER_CREATED, MessageKind.AUTHORIZE_PAYMENT),
+            order, request_id, fingerprint, _messages(order, *kinds)
         )
         self._feed.changed(stored.order_id)
+        if stored.state is OrderState.AUTHORIZED and stored.version == 1:
+            return await self._confirm(stored, "") or await self.get(stored.name)
         return stored
 
     async def get(self, name: str) -> Order:
@@ -202,6 +206,11 @@ class Orders:
 
     async def _start_cancel(self, order: Order, reason: str, handled: str = "") -> Order | None:
         """CANCELLING (+ VoidPayment), then the stock goes back; None if the order changed."""
+        if not _paid_for(order):  # no payment to void: release and cancel at once
+            await self._stock.release(order.reservation)
+            cancelled = self._next(order, OrderState.CANCELLED, cancel_reason=reason)
+            saved = await self._save(order, cancelled, [MessageKind.ORDER_CANCELLED], handled)
+            return cancelled if saved else None
         cancelling = self._next(order, OrderState.CANCELLING, cancel_reason=reason)
         if not await self._save(order, cancelling, [MessageKind.VOID_PAYMENT], handled):
             return None
@@ -241,7 +250,9 @@ class Orders:
                 log.warning("the hold lapsed and the stock is gone", extra={"order": order.name})
                 return await self._start_cancel(order, "the stock is gone", handled)
         confirmed = self._next(order, OrderState.CONFIRMED, reservation=reservation)
-        kinds = [MessageKind.ORDER_CONFIRMED, MessageKind.CAPTURE_PAYMENT]
+        kinds = [MessageKind.ORDER_CONFIRMED]
+        if _paid_for(order):
+            kinds.append(MessageKind.CAPTURE_PAYMENT)
         if not await self._save(order, confirmed, kinds, handled):
             return None
         return confirmed
@@ -365,7 +376,9 @@ class Orders:
             log.warning("could not release the stock yet", extra={"order": order.name})
 
     async def watch(self, name: str) -> AsyncIterator[Order]:
-        """The order now, then at each change, until a terminal state (FeedClosed at shutdown)."""
+        """The order now, then every version after it, in order (each state it passed through,
+        even when another replica made the changes between two looks), until a terminal
+        state (FeedClosed at shutdown)."""
         order_id = order_id_of(name)
         wake = self._feed.listen(order_id)
         try:
@@ -377,9 +390,8 @@ class Orders:
                 wake.clear()
                 if self._feed.closed:
                     raise FeedClosed
-                latest = await self.get(name)
-                if latest.version != order.version:
-                    order = latest
+                for later in await self._repository.versions(order_id, order.version):
+                    order = later
                     yield order
         finally:
             self._feed.unlisten(order_id, wake)
@@ -391,6 +403,11 @@ def order_id_of(name: str) -> str:
 
 def _product_id(name: str, index: int) -> str:
     return resource_id(name, "products/{product}", f"order.lines[{index}].product")
+
+
+def _paid_for(order: Order) -> bool:
+    """False for an order of free products: it has no payment to authorize, capture or void."""
+    return order.total.total_nanos > 0
 
 
 def _messages(order: Order, *kinds: MessageKind) -> list[OrderMessage]:

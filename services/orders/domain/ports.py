@@ -38,6 +38,10 @@ class OrderRepository(Protocol):
         AUTHORIZED or CANCELLING orders unchanged for `stalled_after`."""
         ...
 
+    async def versions(self, order_id: str, after: int) -> list[Order]:
+        """The order as it was at each version after `after`, oldest first."""
+        ...
+
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Order], int]: ...
 
 

@@ -80,6 +80,10 @@ class FakeRepository:
         self.sent += messages
         return True
 
+    async def versions(self, order_id: str, after: int) -> list[Order]:
+        current = self.orders[order_id]
+        return [current] if current.version > after else []
+
     async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
         return [
             o
@@ -104,8 +108,11 @@ class FakeRepository:
 
 
 class FakeCatalog:
+    def __init__(self) -> None:
+        self.price = Money("EUR", 4, 0)
+
     async def products(self, product_ids: Sequence[str]) -> dict[str, ProductInfo]:
-        return {p: ProductInfo(p, p.title(), Money("EUR", 4, 0)) for p in product_ids}
+        return {p: ProductInfo(p, p.title(), self.price) for p in product_ids}
 
 
 class FakeStock:
@@ -158,6 +165,7 @@ class Saga:
     repository: FakeRepository
     stock: FakeStock
     clock: Clock
+    catalog: FakeCatalog
 
     async def create(self, quantity: int = 2) -> Order:
         return await self.orders.create(
@@ -167,9 +175,9 @@ class Saga:
 
 @pytest.fixture
 def saga() -> Saga:
-    repository, stock, clock = FakeRepository(), FakeStock(), Clock()
-    orders = Orders(repository, FakeCatalog(), stock, OrderFeed(), times=TIMES, clock=clock)
-    return Saga(orders, repository, stock, clock)
+    repository, stock, clock, catalog = FakeRepository(), FakeStock(), Clock(), FakeCatalog()
+    orders = Orders(repository, catalog, stock, OrderFeed(), times=TIMES, clock=clock)
+    return Saga(orders, repository, stock, clock, catalog)
 
 
 async def test_a_new_order_holds_its_stock_for_the_ttl_and_asks_for_an_authorization(
@@ -323,6 +331,17 @@ async def test_the_sweeper_finishes_a_stalled_confirmation(saga: Saga) -> None:
     saga.clock.now = START + TIMES.stalled_after
     assert await saga.orders.sweep() == 1
     assert (await saga.orders.get(order.name)).state is OrderState.CONFIRMED
+
+
+async def test_a_free_order_is_confirmed_at_once_without_a_payment(saga: Saga) -> None:
+    saga.catalog.price = Money("EUR", 0, 0)
+    order = await saga.create()
+    assert order.state is OrderState.CONFIRMED
+    assert saga.stock.holds[order.reservation][1] == "COMMITTED"
+    assert saga.repository.kinds(order) == [
+        MessageKind.ORDER_CREATED,
+        MessageKind.ORDER_CONFIRMED,
+    ]
 
 
 def test_the_payment_deadline_must_end_before_the_hold() -> None:
