@@ -15,7 +15,7 @@ from libs.messaging.consumer import Delivery, StartAt, StreamConsumer
 from libs.messaging.envelope import Outgoing
 from libs.messaging.inbox import first_time
 from libs.messaging.schema import messaging_migration
-from libs.messaging.tests.kit import publisher
+from libs.messaging.tests.kit import Parcel, parcel, parcel_name, publisher
 from libs.messaging.topology import EVENTS_EXCHANGE, EventStream, Topology
 from libs.storage.database import Database, Migration
 from libs.testing.databases import sqlite_url
@@ -119,3 +119,24 @@ async def test_replay_rereads_everything_and_changes_nothing_twice(
     await reader.consumer.stop()
     assert reader.read == [f"e{i}" for i in range(10)] * 2
     assert sorted(await reader.effects()) == sorted(f"e{i}" for i in range(10))
+
+
+async def test_invalid_events_are_skipped_before_the_handler(amqp_url: str, tmp_path: Path) -> None:
+    options = BrokerOptions(amqp_url)
+    stream = EventStream("kit.parcels", routing_keys=("kit.#",), accepts=(Parcel,))
+    topology = Topology(streams=(stream,))
+    seen: list[str] = []
+
+    async def handle(delivery: Delivery, connection: AsyncConnection) -> None:
+        seen.append(parcel_name(delivery.body(Parcel)))
+
+    async with publisher(options, topology) as pub:
+        for body in (parcel("", 1), StringValue(value="x"), parcel("good", 2)):
+            await pub.publish(Outgoing(EVENTS_EXCHANGE, "kit.happened", body))
+    consumer = StreamConsumer(
+        options, topology, stream, handle, name="reader", database=await database(tmp_path)
+    )
+    consumer.start()
+    await asyncio.wait_for(consumer.wait_for_position(2), 10)
+    await consumer.stop()
+    assert seen == ["good"]  # the invalid parcel and the other type never reached it
