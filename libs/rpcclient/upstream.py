@@ -176,12 +176,16 @@ class Upstream:
 
     # -- shared by the call wrappers ------------------------------------------------------
 
-    def client_span(self, method: str) -> AbstractContextManager[trace.Span]:
+    def client_span(
+        self, name: str, attributes: dict[str, str]
+    ) -> AbstractContextManager[trace.Span]:
         """A CLIENT span when spans are recorded (an exporter, or a sampled caller); else no
-        span at all: the caller's context, and so its traceparent, goes out unchanged."""
+        span at all: the caller's context, and so its traceparent, goes out unchanged. Name
+        and attributes as the RPC conventions (and opentelemetry-instrumentation-grpc) give
+        them: `package.Service/Method`, rpc.system, rpc.service, rpc.method."""
         if spans_recorded(None) or trace.get_current_span().is_recording():
             return self.tracer.start_as_current_span(
-                method, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc"}
+                name, kind=SpanKind.CLIENT, attributes=attributes
             )
         return contextlib.nullcontext(trace.INVALID_SPAN)
 
@@ -310,6 +314,9 @@ class _UnaryCall:
             idempotent,
         )
         self._duration = duration
+        self._span_name = (
+            f"{duration.attributes['rpc.service']}/{duration.attributes['rpc.method']}"
+        )
 
     async def __call__(
         self,
@@ -323,7 +330,10 @@ class _UnaryCall:
         deadline = upstream.deadline(timeout)
         upstream.stats.calls += 1
         upstream.budget.record_call()
-        with upstream.client_span(self._method) as span, self._duration.recording(started):
+        with (
+            upstream.client_span(self._span_name, self._duration.attributes) as span,
+            self._duration.recording(started),
+        ):
             wire_metadata = upstream.metadata(metadata)
             attempt = 0
             while True:
@@ -333,11 +343,13 @@ class _UnaryCall:
                 try:
                     response = await self._raw(request, timeout=remaining, metadata=wire_metadata)
                     code = grpc.StatusCode.OK
+                    span.set_attribute("rpc.grpc.status_code", 0)
                     return response
                 except grpc.aio.AioRpcError as error:
                     code = error.code()
                     delay = upstream.retry_delay(error, self._idempotent, attempt, deadline)
                     if delay is None:
+                        span.set_attribute("rpc.grpc.status_code", code.value[0])
                         span.set_status(Status(StatusCode.ERROR, code.name))
                         raise
                     span.add_event("retry", {"attempt": attempt, "code": code.name})
@@ -423,9 +435,7 @@ class _ServerStreamCall:
 class _StreamingRequestCall:
     """Client and bidi streams: deadline, bulkhead and breaker; the call object as gRPC gives it."""
 
-    def __init__(
-        self, upstream: Upstream, method: str, raw: Any, duration: DurationByCode
-    ) -> None:
+    def __init__(self, upstream: Upstream, method: str, raw: Any, duration: DurationByCode) -> None:
         self._upstream, self._method, self._raw = upstream, method, raw
         self._duration = duration
 

@@ -103,7 +103,7 @@ class DurationByCode:
 
     def __init__(self, histogram: metrics.Histogram, attributes: dict[str, str]) -> None:
         self._histogram = histogram
-        self._attributes = attributes
+        self.attributes = attributes
         self._by_code: dict[int, dict[str, str | int]] = {}
 
     def record(self, started: float, code: grpc.StatusCode) -> None:
@@ -111,7 +111,7 @@ class DurationByCode:
         attributes = self._by_code.get(number)
         if attributes is None:
             attributes = self._by_code[number] = {
-                **self._attributes,
+                **self.attributes,
                 "rpc.grpc.status_code": number,
             }
         self._histogram.record((time.perf_counter() - started) * 1000, attributes)
