@@ -499,7 +499,8 @@ def upstream_errors(error: Exception) -> DomainError | None:
     kind = ErrorKind.__members__.get(code.name, ErrorKind.UNAVAILABLE)
     reason = info.reason if info is not None and info.reason else f"UPSTREAM_{code.name}"
     metadata = dict(info.metadata) if info is not None else {}
-    return DomainError(kind, reason, f"upstream: {error.details() or code.name}", metadata)
+    # The upstream's own message: the caller sees the same words a direct call would.
+    return DomainError(kind, reason, error.details() or code.name, metadata)
 
 
 def _breaker_outcome(code: grpc.StatusCode | None) -> bool | None:

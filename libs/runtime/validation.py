@@ -32,7 +32,7 @@ def violations_of(message: Message, prefix: str = "") -> list[FieldViolation]:
 
 
 def invalid_request(violations: Sequence[FieldViolation]) -> DomainError:
-    fields = ", ".join(v.field for v in violations)
+    fields = ", ".join(dict.fromkeys(v.field for v in violations))  # a field breaking two rules
     return invalid_argument("FIELD_VIOLATION", f"invalid request: {fields}", violations)
 
 

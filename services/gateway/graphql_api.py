@@ -15,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from google.protobuf import descriptor
+from google.protobuf import descriptor, json_format, message
 from google.protobuf.descriptor import FieldDescriptor
 from graphql import (
     GraphQLArgument,
@@ -47,7 +47,6 @@ from services.gateway.transcoding import (
     is_map,
     json_name,
     parse_message,
-    to_json,
 )
 
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -207,7 +206,7 @@ class SchemaBuilder:
                 response = await self._dispatcher.unary(method, request, principal)
             except Problem as problem:
                 raise graphql_error(problem) from None
-            return to_json(response)
+            return graphql_json(response)
 
         return resolve
 
@@ -220,9 +219,15 @@ class SchemaBuilder:
                 response = await self._references.read(field, name, info.context["principal"])
             except Problem as problem:
                 raise graphql_error(problem) from None
-            return to_json(response)
+            return graphql_json(response)
 
         return resolve
+
+
+def graphql_json(response: message.Message) -> dict[str, Any]:
+    """A response in the proto3 JSON shape, with zero values written out: GraphQL would answer
+    null for a field the JSON leaves out (`"nanos": null` for 0)."""
+    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
 
 def _plain(arguments: Any) -> Any:

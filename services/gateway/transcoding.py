@@ -170,10 +170,78 @@ def parse_message(document: Any, message_type: descriptor.Descriptor) -> message
     try:
         json_format.ParseDict(document, request)
     except json_format.ParseError as error:
+        found = _mismatch(document, message_type, "")
+        if found is not None:
+            raise _bad(*found) from None
         text = str(error)
         field = text.split(" at ")[-1].split('"')[1] if ' at "' in text else "body"
         raise _bad(field, text) from None
     return request
+
+
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+# Well-known types whose JSON form is not an object of their fields.
+_WKT_NOT_OBJECTS = _WKT_AS_SCALAR | frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+
+
+def _mismatch(
+    document: Any, message_type: descriptor.Descriptor, prefix: str
+) -> tuple[str, str] | None:
+    """The first field whose JSON value has the wrong shape, as (path, what it must be):
+    protobuf's own parse errors name the wrong thing (`"price": "free"` is "no field named
+    'f'"). None when the shapes are right (the parse failed for another reason)."""
+    if not isinstance(document, dict):
+        return (prefix or "body", "must be a JSON object")
+    for key, value in document.items():
+        field = _field(message_type, str(key))
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if field is None:
+            return (path, "no such field")
+        if value is None:
+            continue
+        if is_map(field):
+            if not isinstance(value, dict):
+                return (path, "must be a JSON object")
+            continue
+        values = value if field.is_repeated else [value]
+        if field.is_repeated and not isinstance(value, list):
+            return (path, "must be a JSON array")
+        for item in values:
+            found = _shape(field, item, path)
+            if found is not None:
+                return found
+    return None
+
+
+def _shape(field: FieldDescriptor, value: Any, path: str) -> tuple[str, str] | None:
+    if field.message_type is not None:
+        if field.message_type.full_name in _WKT_NOT_OBJECTS:
+            return None
+        return _mismatch(value, field.message_type, path)
+    if field.type == FieldDescriptor.TYPE_STRING and not isinstance(value, str):
+        return (path, "must be a string")
+    if field.type == FieldDescriptor.TYPE_BOOL and not isinstance(value, bool):
+        return (path, "must be true or false")
+    if field.type in _INTEGER_TYPES:
+        text = str(value)
+        if isinstance(value, bool) or not text.lstrip("-").isdigit():
+            return (path, "must be an integer (a number or a string of digits)")
+    return None
 
 
 def to_json(msg: message.Message) -> dict[str, Any]:
