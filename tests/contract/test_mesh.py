@@ -192,6 +192,9 @@ def test_workloads_are_hardened_and_probed(rendered: dict[str, list[Document]]) 
         if document["metadata"]["name"] in FLEET:
             (container,) = pod["containers"]
             assert pod["securityContext"]["fsGroup"] == 10001, name
+            # Istio's PeerAuthentication for the metrics port selects pods by it.
+            labels = document["spec"]["template"]["metadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "emporium", name
             assert container["image"].split(":")[0].endswith("emporium/services"), name
             expected = "httpGet" if container["ports"][0]["name"] == "http" else "grpc"
             assert expected in container["readinessProbe"], name
