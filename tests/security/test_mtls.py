@@ -122,6 +122,7 @@ METHODS = [
         "unary",
         "inventory",
     ),
+    (INVENTORY, "ListReservations", inventory_pb.ListReservationsRequest(), "unary", "inventory"),
     (INVENTORY, "AdjustStock", inventory_pb.AdjustStockRequest(), "bidi", "inventory"),
     (ORDERS, "CreateOrder", orders_pb.CreateOrderRequest(), "unary", "orders"),
     (ORDERS, "GetOrder", orders_pb.GetOrderRequest(), "unary", "orders"),
@@ -229,12 +230,13 @@ async def test_valid_certificate_is_served(deployment: Deployment) -> None:
 @pytest.mark.parametrize(
     ("header", "value", "allowed"),
     [
-        ("l5d-client-id", "orders.emporium.serviceaccount.identity.linkerd.cluster.local", True),
+        # operator may read stock levels, catalog may not.
+        ("l5d-client-id", "operator.emporium.serviceaccount.identity.linkerd.cluster.local", True),
         ("l5d-client-id", "catalog.emporium.serviceaccount.identity.linkerd.cluster.local", False),
         (
             "x-forwarded-client-cert",
             "By=spiffe://emporium.local/ns/emporium/sa/inventory;Hash=ab;"
-            "URI=spiffe://emporium.local/ns/emporium/sa/orders",
+            "URI=spiffe://emporium.local/ns/emporium/sa/operator",
             True,
         ),
         (

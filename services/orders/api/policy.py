@@ -8,7 +8,7 @@ _FRONT = frozenset({spiffe_id("gateway"), spiffe_id("operator")})
 POLICY: MethodPolicy = {
     "CreateOrder": _FRONT,
     # payments checks an order before authorizing its payment.
-    "GetOrder": _FRONT | {spiffe_id("notifications"), spiffe_id("payments")},
+    "GetOrder": _FRONT | {spiffe_id("payments")},
     "ListOrders": _FRONT,
     "CancelOrder": _FRONT,
     "WatchOrder": _FRONT,

@@ -6,7 +6,7 @@ from libs.security.policy import MethodPolicy
 _FRONT = frozenset({spiffe_id("gateway"), spiffe_id("operator")})
 
 POLICY: MethodPolicy = {
-    "GetPayment": _FRONT | {spiffe_id("orders")},
+    "GetPayment": _FRONT,
     "ListPayments": _FRONT,
     "RefundPayment": _FRONT,
 }
