@@ -20,6 +20,9 @@ from libs.runtime.server import free_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
+# util-linux: the node gets SIGTERM (a clean stop) if whoever started it dies without
+# stopping it (a test run killed on a timeout), instead of living on with its ports.
+SETPRIV = Path("/usr/bin/setpriv")
 
 log = logging.getLogger("emporium.messaging.local_broker")
 
@@ -74,7 +77,9 @@ class LocalBroker:
 
     async def start(self) -> None:
         """Starts the node and returns once it accepts AMQP connections (90 s at most)."""
-        self._process = await asyncio.to_thread(self._spawn)
+        # Spawned from this thread (not a worker thread): the parent-death signal follows the
+        # thread that forked.
+        self._process = self._spawn()
         limit = 90.0
         deadline = time.monotonic() + limit
         while not await _accepting(self.port):
@@ -90,8 +95,9 @@ class LocalBroker:
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = self._env()
         with open(self.directory / "server.log", "ab") as log:
+            guard = [str(SETPRIV), "--pdeathsig", "TERM", "--"] if SETPRIV.exists() else []
             return subprocess.Popen(
-                [str(SERVER)],
+                [*guard, str(SERVER)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
