@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from datetime import timedelta
 
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.inventory.adapters.sql_repository import MIGRATIONS, SqlInventoryRepository
@@ -16,8 +14,6 @@ from services.inventory.api.servicer import DOMAIN, InventoryServicer
 from services.inventory.config import InventorySettings
 from services.inventory.domain.inventory import Inventory
 from services.inventory.domain.level_feed import LevelFeed
-
-log = logging.getLogger("emporium.inventory")
 
 
 async def build(settings: InventorySettings) -> GrpcApp:
@@ -30,20 +26,8 @@ async def build(settings: InventorySettings) -> GrpcApp:
         default_ttl=timedelta(seconds=settings.reservation_ttl_seconds),
     )
 
-    async def sweep_expired() -> None:
-        while True:
-            await asyncio.sleep(settings.expiry_sweep_seconds)
-            try:
-                await inventory.expire_due()
-            except Exception:  # the database may be down; the next sweep retries
-                log.warning("expiry sweep failed", exc_info=True)
-
-    sweeper = asyncio.create_task(sweep_expired(), name="reservation-expiry")
-
-    async def stop_sweeper() -> None:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+    # Returns the stock of reservations past their ttl.
+    sweeper = Periodic("reservation-expiry", settings.expiry_sweep_seconds, inventory.expire_due)
 
     async def close_feed() -> None:
         feed.close()
@@ -53,7 +37,7 @@ async def build(settings: InventorySettings) -> GrpcApp:
     )
     app.add_servicer(pb_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(inventory))
     app.add_health_check("database", database.ping)
-    app.on_shutdown(stop_sweeper)
+    sweeper.attach(app)
     app.on_shutdown(close_feed)
     app.on_stop(database.dispose)
     return app

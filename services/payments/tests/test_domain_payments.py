@@ -1,0 +1,252 @@
+"""Payments' rules with in-memory fakes of its ports (provider, storage, orders): commands in
+any order, races between workers, and the reconciler. Milliseconds per test."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from libs.money import Money
+from libs.runtime.errors import DomainError, ErrorKind
+from services.payments.domain.model import (
+    Payment,
+    PaymentRequest,
+    PaymentState,
+    ProviderRecord,
+    ProviderStatus,
+)
+from services.payments.domain.payments import Payments
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+EUR_12 = Money("EUR", 12, 0)
+REQUEST = PaymentRequest("orders/o1", "customers/ada", EUR_12, "cards/visa")
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.known: dict[str, ProviderRecord] = {}
+        self.calls: list[str] = []
+        # Runs inside the next authorize, as the provider works: a competing worker.
+        self.during_authorize: Callable[[], Awaitable[None]] | None = None
+
+    async def authorize(self, key: str, amount: Money, method: str) -> ProviderRecord:
+        self.calls.append(f"authorize {key}")
+        if self.during_authorize is not None:
+            competitor, self.during_authorize = self.during_authorize, None
+            await competitor()
+        status = (
+            ProviderStatus.DECLINED if method == "cards/declined" else ProviderStatus.AUTHORIZED
+        )
+        return self.known.setdefault(key, ProviderRecord(key, status, amount, f"ref-{key}"))
+
+    async def _move(self, key: str, source: ProviderStatus, target: ProviderStatus) -> None:
+        record = self.known.get(key)
+        if record is not None and record.status is source:
+            self.known[key] = dataclasses.replace(record, status=target)
+
+    async def capture(self, key: str, reference: str, amount: Money) -> None:
+        self.calls.append(f"capture {key}")
+        await self._move(key, ProviderStatus.AUTHORIZED, ProviderStatus.CAPTURED)
+
+    async def void(self, key: str, reference: str) -> None:
+        self.calls.append(f"void {key}")
+        await self._move(key, ProviderStatus.AUTHORIZED, ProviderStatus.VOIDED)
+
+    async def refund(self, key: str, reference: str, amount: Money) -> None:
+        self.calls.append(f"refund {key}")
+        await self._move(key, ProviderStatus.CAPTURED, ProviderStatus.REFUNDED)
+
+    async def outcome(self, key: str) -> ProviderRecord | None:
+        self.calls.append(f"outcome {key}")
+        return self.known.get(key)
+
+    async def records(self) -> list[ProviderRecord]:
+        return list(self.known.values())
+
+
+class FakeRepository:
+    def __init__(self) -> None:
+        self.payments: dict[str, Payment] = {}
+        self.events: list[tuple[str, PaymentState]] = []
+
+    async def get(self, payment_id: str) -> Payment | None:
+        return self.payments.get(payment_id)
+
+    async def open(self, request: PaymentRequest, state: PaymentState) -> tuple[Payment, bool]:
+        if request.payment_id in self.payments:
+            return self.payments[request.payment_id], False
+        payment = Payment(
+            request.payment_id,
+            request.order,
+            request.customer,
+            request.amount,
+            request.payment_method,
+            state,
+            NOW,
+            NOW,
+        )
+        self.payments[payment.payment_id] = payment
+        if state is not PaymentState.PENDING:
+            self.events.append((payment.payment_id, state))
+        return payment, True
+
+    async def attempt(self, payment: Payment) -> Payment | None:
+        current = self.payments[payment.payment_id]
+        if current.state is not PaymentState.PENDING:
+            return None
+        self.payments[payment.payment_id] = dataclasses.replace(
+            current, attempts=current.attempts + 1
+        )
+        return self.payments[payment.payment_id]
+
+    async def transition(
+        self,
+        payment: Payment,
+        state: PaymentState,
+        *,
+        reference: str | None = None,
+        reason: str = "",
+        message_id: str = "",
+    ) -> Payment | None:
+        if self.payments[payment.payment_id].state is not payment.state:
+            return None
+        changed = dataclasses.replace(
+            self.payments[payment.payment_id],
+            state=state,
+            provider_reference=reference or payment.provider_reference,
+        )
+        self.payments[payment.payment_id] = changed
+        self.events.append((payment.payment_id, state))
+        return changed
+
+    async def announce(self, payment: Payment, message_id: str) -> None:
+        self.events.append((payment.payment_id, payment.state))
+
+    async def pending_since(self, before: datetime, limit: int) -> Sequence[Payment]:
+        return [
+            p
+            for p in self.payments.values()
+            if p.state is PaymentState.PENDING and p.update_time < before
+        ][:limit]
+
+    async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Payment], int]:
+        return list(self.payments.values()), len(self.payments)
+
+
+class FakeOrders:
+    def __init__(self) -> None:
+        self.payable_orders = {"orders/o1": True}
+
+    async def payable(self, request: PaymentRequest) -> bool:
+        if request.order not in self.payable_orders:
+            raise DomainError(ErrorKind.NOT_FOUND, "ORDER_NOT_FOUND", request.order)
+        return self.payable_orders[request.order]
+
+
+@dataclasses.dataclass
+class World:
+    payments: Payments
+    provider: FakeProvider
+    repository: FakeRepository
+    orders: FakeOrders
+
+
+@pytest.fixture
+def world() -> World:
+    provider, repository, orders = FakeProvider(), FakeRepository(), FakeOrders()
+    clock = lambda: NOW + timedelta(minutes=5)  # noqa: E731
+    return World(Payments(repository, provider, orders, clock=clock), provider, repository, orders)
+
+
+async def test_authorize_then_capture_moves_the_money_once(world: World) -> None:
+    authorized = await world.payments.authorize(REQUEST, "m1")
+    again = await world.payments.authorize(REQUEST, "m1")  # redelivered
+    captured = await world.payments.capture("orders/o1", "m2")
+    assert (authorized.state, again.state, captured.state) == (
+        PaymentState.AUTHORIZED,
+        PaymentState.AUTHORIZED,
+        PaymentState.CAPTURED,
+    )
+    assert world.provider.calls.count("authorize o1") == 1
+    assert world.provider.known["o1"].status is ProviderStatus.CAPTURED
+
+
+async def test_a_void_before_the_authorize_keeps_the_authorize_from_the_provider(
+    world: World,
+) -> None:
+    voided = await world.payments.void(REQUEST, "cancelled", "m1")
+    late = await world.payments.authorize(REQUEST, "m2")
+    assert voided.state is late.state is PaymentState.VOIDED
+    assert world.provider.calls == []
+    assert world.repository.events == [("o1", PaymentState.VOIDED)] * 2  # answered again
+
+
+async def test_a_void_during_the_authorization_lets_the_late_authorization_go(
+    world: World,
+) -> None:
+    async def void_meanwhile() -> None:
+        await world.payments.void(REQUEST, "cancelled", "m2")
+
+    world.provider.during_authorize = void_meanwhile
+    after = await world.payments.authorize(REQUEST, "m1")
+    assert after.state is PaymentState.VOIDED
+    assert world.provider.known["o1"].status is ProviderStatus.VOIDED
+
+
+async def test_a_retry_after_an_unknown_outcome_asks_the_provider_first(world: World) -> None:
+    await world.repository.open(REQUEST, PaymentState.PENDING)
+    await world.repository.attempt(world.repository.payments["o1"])  # a worker died here...
+    world.provider.known["o1"] = ProviderRecord("o1", ProviderStatus.AUTHORIZED, EUR_12, "r")
+    settled = await world.payments.authorize(REQUEST, "m1")  # ...after the provider acted
+    assert settled.state is PaymentState.AUTHORIZED
+    assert world.provider.calls == ["outcome o1"]  # no second authorization
+
+
+async def test_bad_or_forged_authorizations_never_reach_the_provider(world: World) -> None:
+    with pytest.raises(DomainError) as negative:
+        await world.payments.authorize(
+            dataclasses.replace(REQUEST, amount=Money("EUR", -50, 0)), "m1"
+        )
+    assert negative.value.reason == "INVALID_AMOUNT"
+    with pytest.raises(DomainError) as unknown:
+        await world.payments.authorize(dataclasses.replace(REQUEST, order="orders/nope"), "m2")
+    assert unknown.value.kind is ErrorKind.NOT_FOUND
+    world.orders.payable_orders["orders/o1"] = False  # cancelled meanwhile
+    ended = await world.payments.authorize(REQUEST, "m3")
+    assert ended.state is PaymentState.VOIDED
+    with pytest.raises(DomainError) as forged:
+        await world.payments.authorize(dataclasses.replace(REQUEST, amount=EUR_12.times(9)), "m4")
+    assert forged.value.reason == "NOT_THE_ORDERS_PAYMENT"
+    assert world.provider.calls == []
+
+
+async def test_a_void_refunds_a_capture_and_a_capture_needs_an_authorization(
+    world: World,
+) -> None:
+    await world.payments.authorize(REQUEST, "m1")
+    await world.payments.capture("orders/o1", "m2")
+    refunded = await world.payments.void(REQUEST, "returned", "m3")
+    assert refunded.state is PaymentState.REFUNDED
+    assert world.provider.known["o1"].status is ProviderStatus.REFUNDED
+    assert (await world.payments.capture("orders/o1", "m4")).state is PaymentState.REFUNDED
+    voided = dataclasses.replace(REQUEST, order="orders/o2")
+    await world.payments.void(voided, "cancelled", "m5")
+    with pytest.raises(DomainError) as refused:
+        await world.payments.capture("orders/o2", "m6")
+    assert refused.value.reason == "PAYMENT_NOT_CAPTURABLE"
+    assert "capture o2" not in world.provider.calls
+
+
+async def test_the_reconciler_settles_what_was_left_pending(world: World) -> None:
+    known = dataclasses.replace(REQUEST, order="orders/o2")
+    unknown = dataclasses.replace(REQUEST, order="orders/o3")
+    for request in (known, unknown):
+        payment, _ = await world.repository.open(request, PaymentState.PENDING)
+        await world.repository.attempt(payment)
+    world.provider.known["o2"] = ProviderRecord("o2", ProviderStatus.AUTHORIZED, EUR_12, "r")
+    assert await world.payments.reconcile(timedelta(minutes=2)) == 2
+    assert world.repository.payments["o2"].state is PaymentState.AUTHORIZED
+    assert world.repository.payments["o3"].state is PaymentState.DECLINED
