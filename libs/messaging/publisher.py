@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from libs.messaging.broker import BrokerOptions, BrokerUnreachable, connect_next
+from libs.messaging.broker import BrokerOptions, connect_next
 from libs.messaging.envelope import Outgoing, encode, trace_headers
 from libs.messaging.topology import Topology, declare
 from libs.telemetry.tracing import spans_recorded
@@ -79,8 +79,8 @@ class Publisher:
             while not self._closing and not self._up.is_set():
                 try:
                     await self._open()
-                except (BrokerUnreachable, aio_pika.exceptions.AMQPError, OSError) as error:
-                    log.warning("publisher: %s; retrying", error)
+                except Exception as error:  # whatever it was, the publisher keeps trying
+                    log.warning("publisher: %s; retrying", error or repr(error))
                     await asyncio.sleep(self._options.reconnect_interval)
 
     async def connected(self) -> None:
