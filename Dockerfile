@@ -25,10 +25,12 @@ RUN /opt/codegen/bin/python tools/codegen/protogen.py --out /app/build/gen \
     && find /app/build/gen -name '*.pyi' -delete
 COPY libs /app/libs
 COPY services /app/services
-# Debug symbols out of the wheels' shared libraries (about 25 MB); bytecode compiled here, since
-# the runtime's root filesystem is read-only.
+# Debug symbols out of the wheels' shared libraries (about 25 MB), sources of compiled parts,
+# stubs and the docs assets' source maps (7 MB) out; bytecode compiled here, since the runtime's
+# root filesystem is read-only.
 RUN find /opt/venv -name '*.so*' -type f -exec strip --strip-unneeded {} + \
-    && find /opt/venv \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' \) -delete \
+    && find /opt/venv \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' \
+        -o -name '*.map' \) -delete \
     && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv /app
 
 FROM ${BASE}
