@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aio_pika
+import protovalidate
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
@@ -105,7 +106,11 @@ def decode_valid(message: AbstractIncomingMessage, accepts: tuple[type[Message],
         decoded.ParseFromString(message.body)
     except DecodeError as error:
         raise BadMessage(f"unreadable {message.type}: {error}") from error
-    violations = violations_of(decoded)
+    try:
+        violations = violations_of(decoded)
+    except (protovalidate.CompilationError, protovalidate.EvaluationError) as error:
+        # A rule in the contract that cannot run: no retry fixes that either.
+        raise BadMessage(f"cannot validate {message.type}: {error}") from error
     if violations:
         broken = "; ".join(f"{v.field}: {v.description}" for v in violations)
         raise BadMessage(f"invalid {message.type}: {broken}")
