@@ -74,14 +74,17 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
-# The body of a Server-Sent Events response: a text stream of events, described here since
-# JSON Schema cannot describe the framing.
-SSE_STREAM_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "description": "Server-Sent Events: `id: <the event's version or revision>`, "
-    "`event: message` with a response message as JSON in `data:`; then `event: end`, or "
-    "`event: error` with a problem (once the stream is open its status cannot change). "
-    "Reconnect with `Last-Event-ID: <id>` to resume after that event.",
+# One Server-Sent Event: `message` carries a response message as JSON, `error` a problem
+# (once the stream is open its status cannot change), `end` the end of the stream.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One event of the stream. Its `id` identifies it (the resource's version or "
+    "the change's revision); reconnect with `Last-Event-ID: <id>` to resume right after it.",
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "error", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+    },
 }
 
 
@@ -267,7 +270,7 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
         if route.streams_in and method.server_streaming:
             content = {"application/json": {"schema": {"type": "array", "items": output}}}
         elif route.streams_out:
-            content = {"text/event-stream": {"schema": SSE_STREAM_SCHEMA}}
+            content = {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}
         else:
             content = {"application/json": {"schema": output}}
         operation["responses"]["200"] = {"description": "OK", "content": content}

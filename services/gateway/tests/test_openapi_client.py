@@ -160,10 +160,12 @@ async def test_a_generated_client_walks_the_readme(fleet: Fleet, generated_clien
     )
     assert isinstance(order, models.EmporiumOrdersV1Order), order
     order_id = order.name.removeprefix("orders/")
-    watch = operation(api, "orders_v1.orders_service_watch_order")
-    events = await watch.asyncio(order_id, client=ann)
-    assert isinstance(events, str) and "event: end" in events
-    assert "ORDER_STATE_CONFIRMED" in events
+    # Server-Sent Events are a stream, which generated clients do not parse: read it with the
+    # generated client's own configured connection (its base URL and token).
+    http = ann.get_async_httpx_client()
+    async with http.stream("GET", f"/v1/{order.name}:watch") as watched:
+        events = (await watched.aread()).decode()
+    assert "event: end" in events and "ORDER_STATE_CONFIRMED" in events
     get = operation(api, "orders_v1.orders_service_get_order")
     full = await get.asyncio(order_id, client=ann, view=models.OrdersServiceGetOrderView.FULL)
     assert isinstance(full, models.EmporiumOrdersV1Order), full
