@@ -202,13 +202,23 @@ class LocalCluster:
         for node in self.nodes:
             node.remove()
 
+    async def add_vhost(self, name: str) -> str:
+        """Creates virtual host `name` for the guest user; returns its URL on every node."""
+        node = self._running()
+        await node.ctl("add_vhost", name)
+        await node.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return ",".join(f"{each.url}{name}" for each in self.nodes)
+
+    def _running(self) -> LocalBroker:
+        running = next((node for node in self.nodes if node.running), None)
+        if running is None:
+            raise LocalBrokerError("no node of the cluster is running")
+        return running
+
     async def leader(self, queue: str, vhost: str = "/") -> LocalBroker:
         """The node that leads quorum queue (or stream) `queue`, as a running node sees it."""
-        asking = next((node for node in self.nodes if node.running), None)
-        if asking is None:
-            raise LocalBrokerError("no node of the cluster is running")
         listing = json.loads(
-            await asking.ctl(
+            await self._running().ctl(
                 "list_queues", "-p", vhost, "name", "leader", "--formatter", "json", "--quiet"
             )
         )
@@ -222,11 +232,8 @@ class LocalCluster:
 
     async def members(self, queue: str, vhost: str = "/") -> list[str]:
         """The nodes holding a replica of quorum queue (or stream) `queue`."""
-        asking = next((node for node in self.nodes if node.running), None)
-        if asking is None:
-            raise LocalBrokerError("no node of the cluster is running")
         listing = json.loads(
-            await asking.ctl(
+            await self._running().ctl(
                 "list_queues", "-p", vhost, "name", "members", "--formatter", "json", "--quiet"
             )
         )

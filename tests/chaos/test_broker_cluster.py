@@ -2,11 +2,14 @@
 machine, clustered; quorum queues and streams replicated on all three; the services given all
 three addresses), the node that leads `payments.charge` is killed while orders are in flight.
 Nothing is lost: every order is confirmed through the other nodes, the audit balances, and the
-dead-letter queues stay empty. One cluster for the module: starting nodes takes seconds."""
+dead-letter queues stay empty. On SQLite and on PostgreSQL. One cluster for the module
+(starting nodes takes seconds), a virtual host per test, and the killed node started again
+after each test."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,6 @@ import pytest
 from emporium.orders.v1 import orders_service_pb2 as pb
 from libs.messaging.broker import BrokerOptions, connect
 from libs.messaging.local_broker import LocalCluster
-from libs.testing.databases import sqlite_url
 from services.orders.adapters.payment_results import RESULTS_QUEUE
 from services.payments.adapters.charge_queue import CHARGE_QUEUE, EVENTS_STREAM
 from tests.saga.shop import running_shop
@@ -46,11 +48,24 @@ async def depth(url: str, queue: str) -> int:
 
 
 async def test_losing_the_node_that_leads_payments_charge_loses_no_order(
-    cluster: LocalCluster, tmp_path: Path
+    cluster: LocalCluster, database_url: str, tmp_path: Path
+) -> None:
+    vhost = f"saga-{uuid.uuid4().hex[:8]}"
+    amqp_url = await cluster.add_vhost(vhost)
+    try:
+        await order_flow_loses_no_order(cluster, vhost, amqp_url, database_url, tmp_path)
+    finally:
+        for node in cluster.nodes:
+            if not node.running:
+                await node.start()  # it rejoins the cluster from its data directory
+
+
+async def order_flow_loses_no_order(
+    cluster: LocalCluster, vhost: str, amqp_url: str, database_url: str, tmp_path: Path
 ) -> None:
     async with running_shop(
-        sqlite_url(tmp_path),
-        cluster.url,
+        database_url,
+        amqp_url,
         tmp_path,
         units=1000,
         orders=REPLICATED,
@@ -58,8 +73,8 @@ async def test_losing_the_node_that_leads_payments_charge_loses_no_order(
     ) as shop:
         every_node = sorted(node.node for node in cluster.nodes)
         for queue in (CHARGE_QUEUE, RESULTS_QUEUE.name, EVENTS_STREAM, "orders.events"):
-            assert await cluster.members(queue) == every_node, queue
-        leader = await cluster.leader(CHARGE_QUEUE)
+            assert await cluster.members(queue, vhost) == every_node, queue
+        leader = await cluster.leader(CHARGE_QUEUE, vhost)
 
         first = await asyncio.gather(*(shop.place() for _ in range(ORDERS // 2)))
         await leader.kill()  # while the first half is on its way through the saga
@@ -69,10 +84,10 @@ async def test_losing_the_node_that_leads_payments_charge_loses_no_order(
         )
         report = await shop.settled_audit(within=60)
         dead = {
-            queue: await depth(cluster.url, f"{queue}.dlq")
+            queue: await depth(amqp_url, f"{queue}.dlq")
             for queue in (CHARGE_QUEUE, RESULTS_QUEUE.name)
         }
-        new_leader = await cluster.leader(CHARGE_QUEUE)
+        new_leader = await cluster.leader(CHARGE_QUEUE, vhost)
 
     assert report.ok, report.text()
     assert [o.state for o in finals] == [pb.ORDER_STATE_CONFIRMED] * ORDERS
