@@ -21,7 +21,7 @@ from libs.runtime.config import ServiceSettings
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.server import GrpcApp
 from libs.telemetry.logging import JsonFormatter
-from libs.telemetry.tracing import configure_tracing
+from libs.telemetry.tracing import add_span_processor, configure_tracing
 from libs.testing.rpc import serving
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -59,7 +59,9 @@ def add_traced_to_server(servicer: Traced, server: Any) -> None:
 @pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
-    configure_tracing("test", record=True).add_span_processor(SimpleSpanProcessor(exporter))
+    configure_tracing("test", record=True)
+    # To the global provider, whichever test module of this process installed it first.
+    add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 
