@@ -61,9 +61,10 @@ class Dispatcher:
     def _call(self, method: descriptor.MethodDescriptor) -> Any:
         return getattr(self._stubs[method.containing_service.full_name], method.name)
 
-    async def _authorize(
+    def decide(
         self, method: descriptor.MethodDescriptor, request: message.Message, principal: Principal
     ) -> tuple[AccessRule, Decision]:
+        """The contract's access rule for the caller and request; 401/403 if it refuses."""
         rule = self._rules.get(method.full_name)
         if rule is None:
             rule = AccessRule.of(method)
@@ -74,6 +75,12 @@ class Dispatcher:
         decision = rule.decide(principal, request)
         if decision in (Decision.UNAUTHENTICATED, Decision.FORBIDDEN):
             raise _denied(principal, method, "not in the allowed roles, or not the owner")
+        return rule, decision
+
+    async def _authorize(
+        self, method: descriptor.MethodDescriptor, request: message.Message, principal: Principal
+    ) -> tuple[AccessRule, Decision]:
+        rule, decision = self.decide(method, request, principal)
         # The contract's buf.validate rules, at the edge: a bad request is refused before it
         # costs an upstream call, and before a stream has sent its 200.
         check(request)

@@ -218,6 +218,7 @@ class RestApi:
             and route.operation_id in self._key_required
             and not getattr(rpc_request, "request_id")  # noqa: B009
         ):
+            self._dispatcher.decide(route.method, rpc_request, principal)  # 401/403 come first
             raise Problem(
                 400,
                 f"{route.verb} {route.template} needs an Idempotency-Key header (any unique "

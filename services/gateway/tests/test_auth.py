@@ -205,6 +205,7 @@ MATRIX: list[tuple[str, str, Any, dict[str, str], dict[str, str]]] = [
     ("DELETE", "/v1/products/not-there", None, {}, _expect("401", "403", "403", OK, OK)),
     ("POST", "/v1/products:import", [], {}, _expect("401", "403", "403", OK, OK)),
     ("GET", "/v1/inventory/items", None, {}, _expect("401", "403", "403", OK, OK)),
+    ("GET", "/v1/inventory/reservations", None, {}, _expect("401", "403", "403", OK, OK)),
     ("GET", "/v1/inventory/items/mug-01", None, {}, _expect("401", "403", "403", OK, OK)),
     ("POST", "/v1/inventory/items:adjust", [], {}, _expect("401", "403", "403", OK, OK)),
     (
