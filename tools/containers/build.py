@@ -24,10 +24,36 @@ WHEELS = CACHE / "wheels"
 IMAGE = "emporium/services"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    include: tuple[str, ...]  # added to minbase
+    purge: tuple[str, ...] = ()  # removed afterwards (dpkg --purge, forced)
+
+
 # Two roots from minbase: the runtime's adds only Debian's python3 (3.11 on bookworm: the venv
-# links to it, so the wheels' compiled parts, cp311 manylinux, fit); the build stage's also
-# binutils, to strip the wheels' shared libraries (a quarter of the image otherwise).
-BASES = {"base": ("python3",), "build-base": ("python3", "binutils")}
+# links to it, so the wheels' compiled parts, cp311 manylinux, fit) and drops what a container
+# that never installs anything or logs anyone in does not need (the package manager, perl,
+# login tools: 20 MB); the build stage's also has binutils, to strip the wheels' shared
+# libraries (a quarter of the image otherwise).
+BASES = {
+    "base": BaseRecipe(
+        include=("python3",),
+        purge=(
+            "apt",
+            "libapt-pkg6.0",
+            "gpgv",
+            "debian-archive-keyring",
+            "libgnutls30",
+            "perl-base",
+            "passwd",
+            "login",
+            "libdb5.3",
+        ),
+    ),
+    "build-base": BaseRecipe(include=("python3", "binutils")),
+}
 # bookworm's python3 (the image test checks it): requirements-runtime.lock is resolved for it.
 IMAGE_PYTHON = "3.11.2"
 # Not needed at run time and large; dpkg's database stays, so the image can still be inspected.
@@ -97,8 +123,9 @@ def lock_pins(path: Path) -> dict[str, str]:
 def base_rootfs(name: str, progress: Progress) -> tuple[Path, str]:
     """A minimal Debian root (BASES[name]) as a tar, made once and reused while its recipe
     holds. Returns the tar and its digest (the recipe's)."""
-    packages = BASES[name]
-    digest = _digest(SUITE, MIRROR, *packages, *BASE_PRUNED)
+    recipe = BASES[name]
+    packages = recipe.include
+    digest = _digest(SUITE, MIRROR, *packages, "purge", *recipe.purge, *BASE_PRUNED)
     tar = CACHE / f"{name}.tar"
     stamp = CACHE / f"{name}.stamp"
     if tar.is_file() and _stamped(stamp, digest):
@@ -124,6 +151,15 @@ def base_rootfs(name: str, progress: Progress) -> tuple[Path, str]:
         ],
         what="debootstrap (needs root and Debian's mirror)",
     )
+    if recipe.purge:
+        progress(f"{name}: dpkg --purge {' '.join(recipe.purge)}")
+        _run(
+            [
+                "chroot", str(root), "dpkg", "--purge", "--force-depends",
+                "--force-remove-essential", "--force-remove-protected", *recipe.purge,
+            ],
+            what=f"{name}: purge",
+        )  # fmt: skip
     for pruned in BASE_PRUNED:
         target = root / pruned
         if target.is_dir():
@@ -240,6 +276,13 @@ class Engine:
             )
         else:
             self.run("save", "-o", str(archive), reference, what="export")
+
+    def prune(self) -> None:
+        """Removes untagged images: earlier builds' layers, and with them the layer cache."""
+        if self.name == "buildah":
+            self.run("rmi", "--prune", what="buildah rmi --prune")
+        else:
+            self.run("image", "prune", "--force", what="image prune")
 
     def config(self, reference: str) -> dict[str, Any]:
         """The image's OCI config (Env, WorkingDir, User, Cmd)."""
