@@ -12,7 +12,7 @@ from libs.runtime.config import ConfigError, load_settings
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.metrics import configure_metrics
 from libs.telemetry.tracing import configure_tracing
-from services.gateway.app import build
+from services.gateway.app import GatewayServer, build
 from services.gateway.config import GatewaySettings
 
 
@@ -53,7 +53,7 @@ def main() -> None:
             timeout_graceful_shutdown=int(settings.grace_seconds),
             lifespan="on",
         )
-        await uvicorn.Server(config).serve(sockets=[listener])
+        await GatewayServer(config, gateway).serve(sockets=[listener])
 
     try:
         asyncio.run(serve())

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import uvicorn
 from google.protobuf import descriptor, descriptor_pb2
 from graphql import GraphQLSchema, graphql
 from redis.asyncio import Redis
@@ -87,7 +89,21 @@ class Gateway:
     upstreams: dict[str, Upstream]
     cache: ResponseCache
     jwks: JwksCache
+    draining: asyncio.Event
     skipped: list[str] = field(default_factory=list)
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server; when shutdown begins it also tells open event streams to end (with an
+    event saying to reconnect), so a watch does not hold the drain for the whole grace period."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.gateway.draining.set()
+        await super().shutdown(sockets)
 
 
 def _resolver(settings: GatewaySettings) -> Resolver:
@@ -193,8 +209,17 @@ def build(settings: GatewaySettings) -> Gateway:
         buckets=buckets,
     )
     authenticator = Authenticator(verifier)
+    draining = asyncio.Event()
     rest = RestApi(
-        Router(routes), dispatcher, authenticator, limiter, idempotency, cache, references, limits
+        Router(routes),
+        dispatcher,
+        authenticator,
+        limiter,
+        idempotency,
+        cache,
+        references,
+        limits,
+        draining,
     )
     full_view = {
         r.operation_id for r in routes if r.safe and references.has_references(r.method.output_type)
@@ -256,6 +281,7 @@ def build(settings: GatewaySettings) -> Gateway:
         upstreams,
         cache,
         jwks,
+        draining,
         skipped,
     )
 

@@ -8,6 +8,7 @@ pages, and `?view=FULL` following resource references. Every failure is problem+
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -99,6 +100,7 @@ class RestApi:
         cache: ResponseCache,
         references: References,
         limits: Limits,
+        draining: asyncio.Event,
     ) -> None:
         self._router = router
         self._dispatcher = dispatcher
@@ -108,6 +110,7 @@ class RestApi:
         self._cache = cache
         self._references = references
         self._limits = limits
+        self._draining = draining  # set when the gateway begins to shut down
         self._event_ids = {
             route.operation_id: EventIds.of(route.method)
             for route in router.routes
@@ -348,7 +351,7 @@ class RestApi:
             route.method, rpc_request, principal, stream_timeout=self._limits.stream_timeout
         )
         return StreamingResponse(
-            server_sent_events(stream, ids, skip_first),
+            server_sent_events(stream, ids, skip_first, self._draining),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

@@ -73,11 +73,23 @@ class EventIds:
         return None
 
 
+SHUTTING_DOWN = Problem(
+    503,
+    "the gateway is shutting down; reconnect with Last-Event-ID to resume after the last event",
+    reason="SHUTTING_DOWN",
+    code="UNAVAILABLE",
+)
+
+
 async def server_sent_events(
-    stream: AsyncIterator[message.Message], ids: EventIds, skip_first: str | None = None
+    stream: AsyncIterator[message.Message],
+    ids: EventIds,
+    skip_first: str | None = None,
+    draining: asyncio.Event | None = None,
 ) -> AsyncIterator[bytes]:
     """`event: message` per RPC message (with its `id:`), a comment every 15 s so proxies keep
-    the connection, and a final `event: end`, or `event: error` with a problem."""
+    the connection, and a final `event: end`, or `event: error` with a problem (SHUTTING_DOWN
+    when `draining` is set)."""
     queue: asyncio.Queue[message.Message | Problem | None] = asyncio.Queue(maxsize=64)
 
     async def pump() -> None:
@@ -89,14 +101,25 @@ async def server_sent_events(
             await queue.put(problem)
 
     task = asyncio.create_task(pump())
+    drained = asyncio.create_task((draining or asyncio.Event()).wait())
     try:
         first = True
         while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_SECONDS)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
+            getting = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait(
+                (getting, drained),
+                timeout=SSE_HEARTBEAT_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if getting not in done:
+                getting.cancel()
+                if drained in done:
+                    item: message.Message | Problem | None = SHUTTING_DOWN
+                else:
+                    yield b": keep-alive\n\n"
+                    continue
+            else:
+                item = getting.result()
             if item is None:
                 yield b"event: end\ndata: {}\n\n"
                 return
@@ -113,3 +136,4 @@ async def server_sent_events(
             yield f"{head}event: message\ndata: {json.dumps(to_json(item))}\n\n".encode()
     finally:
         task.cancel()
+        drained.cancel()

@@ -24,7 +24,7 @@ from libs.testing.rpc import serving
 from services.catalog.app import build as build_catalog
 from services.catalog.config import CatalogSettings
 from services.catalog.seed import SAMPLES
-from services.gateway.app import Gateway, build
+from services.gateway.app import Gateway, GatewayServer, build
 from services.gateway.config import GatewaySettings
 from services.identity.app import build as build_identity
 from services.identity.config import IdentitySettings
@@ -101,11 +101,11 @@ class Fleet:
         await adjust.done_writing()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with an event for "listening", instead of polling `started`."""
+class _Server(GatewayServer):
+    """The gateway's server with an event for "listening", instead of polling `started`."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config, gateway)
         self.ready = asyncio.Event()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -123,7 +123,7 @@ async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[Gatewa
     port = listener.getsockname()[1]
     gateway = build(settings.model_copy(update={"port": port}))
     config = uvicorn.Config(gateway.app, log_config=None, access_log=False, lifespan="on")
-    server = _Server(config)
+    server = _Server(config, gateway)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     ready = asyncio.create_task(server.ready.wait())
     await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)

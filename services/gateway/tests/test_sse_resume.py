@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet
+from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet, serve_gateway
 
 
 @pytest.fixture
@@ -107,3 +107,34 @@ async def test_a_bad_last_event_id_is_a_problem(fleet: Fleet) -> None:
         refused = await http.get("/v1/products:watch", headers={"Last-Event-ID": "yesterday"})
     assert refused.status_code == 400
     assert refused.json()["reason"] == "INVALID_LAST_EVENT_ID"
+
+
+async def test_a_gateway_shutting_down_ends_its_event_streams_with_a_resume_hint(
+    fleet: Fleet,
+) -> None:
+    """When a gateway stops, an open stream gets SHUTTING_DOWN (reconnect with Last-Event-ID)
+    instead of holding the drain for the whole grace period."""
+    seen: list[tuple[str, str]] = []
+    opened = asyncio.Event()
+
+    async def watch(url: str) -> None:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            http.stream("GET", "/v1/products:watch?after_revision=0") as stream,
+        ):
+            async for _id, event, data in events(stream):
+                seen.append((event, data))
+                opened.set()
+                if event == "error":
+                    return
+
+    async with asyncio.timeout(60):  # the old gateway waited for the stream forever
+        async with serve_gateway(fleet.gateways[0].settings) as (_gateway, url):
+            watching = asyncio.create_task(watch(url))
+            await opened.wait()
+        # Leaving the block shut the gateway down, as SIGTERM does.
+        await watching
+    last_event, last_data = seen[-1]
+    assert last_event == "error"
+    assert json.loads(last_data)["reason"] == "SHUTTING_DOWN"
+    assert {event for event, _ in seen[:-1]} == {"message"}
