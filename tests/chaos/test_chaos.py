@@ -128,7 +128,7 @@ async def dead_letters(amqp_url: str, queue: str) -> int:
 
 
 async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: Path) -> None:
-    seed = int(os.environ.get("EMPORIUM_CHAOS_SEED", random.randrange(1 << 32)))
+    seed = int(os.environ.get("EMPORIUM_CHAOS_SEED") or random.randrange(1 << 32))
     print(f"chaos seed: {seed} (replay with EMPORIUM_CHAOS_SEED={seed})")
     rng = random.Random(seed)
     registry = LocalRegistry(tmp_path / "registry.json")

@@ -220,6 +220,11 @@ class SqlOrderRepository:
                 orders.c.state.in_([OrderState.AUTHORIZED.value, OrderState.CANCELLING.value]),
                 orders.c.update_us <= stalled,
             ),
+            sa.and_(
+                orders.c.state == OrderState.CONFIRMED.value,
+                orders.c.payment_state == PaymentState.AUTHORIZED.value,
+                orders.c.update_us <= stalled,
+            ),
         )
         async with self._engine.connect() as connection:
             rows = (

@@ -325,8 +325,8 @@ class Orders:
     async def sweep(self, limit: int = 100) -> int:
         """Moves the orders that wait too long: PENDING_PAYMENT past the payment deadline
         are cancelled; stalled AUTHORIZED orders are confirmed again, stalled CANCELLING ones
-        ask for the void again. Safe with several replicas (every step is guarded). Returns
-        how many orders it moved."""
+        ask for the void again, CONFIRMED ones whose capture is not heard of for the capture.
+        Safe with several replicas (every step is guarded). Returns how many orders it moved."""
         moved = 0
         now = self._clock()
         for order in await self._repository.due(now, self._times.stalled_after, limit):
@@ -345,8 +345,10 @@ class Orders:
             return await self._start_cancel(order, "payment deadline passed")
         if order.state is OrderState.AUTHORIZED:
             return await self._confirm(order, "")
-        again = self._next(order, order.state)  # CANCELLING: ask for the void again
-        if not await self._save(order, again, [MessageKind.VOID_PAYMENT]):
+        again = self._next(order, order.state)
+        if order.state is OrderState.CONFIRMED:  # not captured yet: ask for the capture again
+            return again if await self._save(order, again, [MessageKind.CAPTURE_PAYMENT]) else None
+        if not await self._save(order, again, [MessageKind.VOID_PAYMENT]):  # CANCELLING
             return None
         await self._release(again)
         return again

@@ -34,8 +34,9 @@ class OrderRepository(Protocol):
         ...
 
     async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
-        """Orders the sweeper must move: PENDING_PAYMENT past their payment deadline, and
-        AUTHORIZED or CANCELLING orders unchanged for `stalled_after`."""
+        """Orders the sweeper must move: PENDING_PAYMENT past their payment deadline, and,
+        unchanged for `stalled_after`, AUTHORIZED or CANCELLING orders and CONFIRMED orders
+        whose payment is only AUTHORIZED (its capture not heard of)."""
         ...
 
     async def versions(self, order_id: str, after: int) -> list[Order]:

@@ -97,6 +97,11 @@ class FakeRepository:
                 o.state in (OrderState.AUTHORIZED, OrderState.CANCELLING)
                 and o.update_time <= now - stalled_after
             )
+            or (
+                o.state is OrderState.CONFIRMED
+                and o.payment_state is PaymentState.AUTHORIZED
+                and o.update_time <= now - stalled_after
+            )
         ][:limit]
 
     def kinds(self, order: Order) -> list[MessageKind]:
@@ -342,6 +347,17 @@ async def test_a_free_order_is_confirmed_at_once_without_a_payment(saga: Saga) -
         MessageKind.ORDER_CREATED,
         MessageKind.ORDER_CONFIRMED,
     ]
+
+
+async def test_the_sweeper_asks_again_for_a_capture_not_heard_of(saga: Saga) -> None:
+    order = await saga.create()
+    await saga.orders.payment_authorized(order.name, "m1")
+    saga.clock.now = START + TIMES.stalled_after
+    assert await saga.orders.sweep() == 1
+    assert saga.repository.kinds(order).count(MessageKind.CAPTURE_PAYMENT) == 2
+    await saga.orders.payment_captured(order.name, "m2")
+    saga.clock.now = START + 3 * TIMES.stalled_after
+    assert await saga.orders.sweep() == 0
 
 
 def test_the_payment_deadline_must_end_before_the_hold() -> None:

@@ -75,6 +75,10 @@ class Payments:
             )
         payment, _ = await self._repository.open(request, PaymentState.PENDING)
         if payment.state is not PaymentState.PENDING:
+            if payment.state in (PaymentState.VOIDED, PaymentState.DECLINED) and payment.attempts:
+                # Voided while an earlier attempt was at the provider, whose worker died before
+                # it heard the answer: this redelivery lets that authorization go.
+                await self._void_held(payment)
             await self._repository.announce(payment, message_id)  # e.g. PaymentVoided
             return payment
         record = await self._provider.outcome(payment.key) if payment.attempts else None
@@ -108,6 +112,12 @@ class Payments:
             await self._provider.void(payment.key, record.reference)
             await self._repository.announce(current, message_id)
         return current
+
+    async def _void_held(self, payment: Payment) -> None:
+        """Voids what the provider holds under the payment's key, if anything."""
+        record = await self._provider.outcome(payment.key)
+        if record is not None and record.status is ProviderStatus.AUTHORIZED:
+            await self._provider.void(payment.key, record.reference)
 
     async def capture(self, order: str, message_id: str) -> Payment:
         payment = await self._existing(payment_id_of_order(order))
@@ -150,10 +160,8 @@ class Payments:
             )
             if voided is None:
                 raise PaymentChanged(payment.name)
-            # An earlier attempt may have got through before this void.
-            record = await self._provider.outcome(payment.key)
-            if record is not None and record.status is ProviderStatus.AUTHORIZED:
-                await self._provider.void(payment.key, record.reference)
+            if payment.attempts:  # an earlier attempt may have got through before this void
+                await self._void_held(payment)
             return voided
         if payment.state is PaymentState.AUTHORIZED:
             await self._provider.void(payment.key, payment.provider_reference)

@@ -196,6 +196,19 @@ async def test_a_void_during_the_authorization_lets_the_late_authorization_go(
     assert world.provider.known["o1"].status is ProviderStatus.VOIDED
 
 
+async def test_a_redelivery_lets_go_of_what_a_dead_worker_left_held(world: World) -> None:
+    """A worker asked the provider and died; a void came before the provider answered (so it
+    found nothing to void); the redelivered authorize finds the authorization and voids it."""
+    payment, _ = await world.repository.open(REQUEST, PaymentState.PENDING)
+    await world.repository.attempt(payment)
+    await world.payments.void(REQUEST, "cancelled", "m1")  # the provider knows nothing yet
+    world.provider.known["o1"] = ProviderRecord("o1", ProviderStatus.AUTHORIZED, EUR_12, "r")
+    after = await world.payments.authorize(REQUEST, "m2")  # the dead worker's message, again
+    assert after.state is PaymentState.VOIDED
+    assert world.provider.known["o1"].status is ProviderStatus.VOIDED
+    assert "authorize o1" not in world.provider.calls
+
+
 async def test_a_retry_after_an_unknown_outcome_asks_the_provider_first(world: World) -> None:
     await world.repository.open(REQUEST, PaymentState.PENDING)
     await world.repository.attempt(world.repository.payments["o1"])  # a worker died here...
