@@ -33,7 +33,7 @@ from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from libs.testing.broker import fresh_vhost
 from services.catalog.seed import SAMPLES
-from tools.launcher import __main__ as launcher
+from tools.commands.run import __main__ as launcher
 
 PRODUCT = f"products/{SAMPLES[0][0].lower()}"
 UNLIMITED = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tools.contracts.check import REPO, breaking, build_image, lint
+from tools.commands.contracts.check import REPO, breaking, build_image, lint
 
 CATALOG = Path("emporium/catalog/v1/product.proto")
 

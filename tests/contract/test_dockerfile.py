@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.contracts.check import REPO
+from tools.commands.contracts.check import REPO
 
 
 def test_hadolint_is_clean() -> None:

@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tools.contracts.check import REPO
+from tools.commands.contracts.check import REPO
 from tools.mesh import overlays
 
 MESH = REPO / "mesh"

@@ -12,8 +12,8 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from tools.containers.build import IMAGE_PYTHON, lock_pins, normalized
-from tools.contracts.check import REPO
+from tools.commands.contracts.check import REPO
+from tools.commands.image.build import IMAGE_PYTHON, lock_pins, normalized
 
 RUNTIME = REPO / "requirements-runtime.lock"
 IMAGE_ENVIRONMENT: dict[str, str] = {

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from libs.testing.databases import admin_dsn
-from tools.contracts.check import REPO
+from tools.commands.contracts.check import REPO
 
 INIT = REPO / "mesh" / "components" / "postgres" / "init.sh"
 

@@ -10,8 +10,8 @@ import contextlib
 from pathlib import Path
 
 from libs.rpcclient.discovery import LocalRegistry
-from tools.certificates.__main__ import ensure
-from tools.launcher.__main__ import curl_walkthrough, start_fleet
+from tools.commands.certs.__main__ import ensure
+from tools.commands.run.__main__ import curl_walkthrough, start_fleet
 
 
 async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:

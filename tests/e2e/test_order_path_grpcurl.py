@@ -19,7 +19,7 @@ import pytest
 
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
-from tools.certificates.__main__ import ensure
+from tools.commands.certs.__main__ import ensure
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 

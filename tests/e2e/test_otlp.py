@@ -25,8 +25,8 @@ from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
 from services.orders.adapters.payment_results import RESULTS_QUEUE
 from services.payments.adapters.charge_queue import CHARGE_QUEUE
-from tools.certificates.__main__ import ensure
-from tools.launcher.__main__ import start_fleet
+from tools.commands.certs.__main__ import ensure
+from tools.commands.run.__main__ import start_fleet
 
 TRACE_ID = uuid.uuid4().hex
 PASSWORD = "correct horse battery"

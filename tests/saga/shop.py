@@ -34,8 +34,8 @@ from services.orders.config import OrdersSettings
 from services.payments.adapters.simulator import SimulatedProvider
 from services.payments.app import build as build_payments
 from services.payments.config import PaymentsSettings
-from tools.balance.reading import Sources, audit
-from tools.balance.rules import Report
+from tools.commands.audit.reading import Sources, audit
+from tools.commands.audit.rules import Report
 
 PRODUCT = "mug"
 PRICE = money_pb2.Money(currency_code="USD", units=9, nanos=500_000_000)

@@ -31,7 +31,7 @@ from services.identity.domain.keys import SigningKey
 from services.orders.app import build as build_orders
 from services.orders.config import OrdersSettings
 from tests.security.test_mtls import credentials_of
-from tools.certificates.__main__ import ensure
+from tools.commands.certs.__main__ import ensure
 from tools.identity.__main__ import init as init_identity
 
 

@@ -1,2 +1,0 @@
-"""The balance audit (`tools/audit`, or `python -m tools.balance`): proves that money and stock
-balance, reading each service's public API and the payment provider's ledger."""

@@ -1,0 +1,1 @@
+"""The Python behind each command script: tools/<name> runs tools/commands/<name>."""
