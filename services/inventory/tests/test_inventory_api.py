@@ -103,6 +103,35 @@ async def test_reserve_commit_release_lifecycle(stub: Stub) -> None:
     assert await available(stub, "mug") == 7
 
 
+async def test_reservations_are_listed_oldest_first_page_by_page(stub: Stub) -> None:
+    await stock(stub, "mug", 10)
+    made = [await stub.ReserveStock(reserve(("mug", n))) for n in (1, 2, 3)]
+    await stub.CommitReservation(pb.CommitReservationRequest(name=made[1].name))
+    first = await stub.ListReservations(pb.ListReservationsRequest(page_size=2))
+    second = await stub.ListReservations(
+        pb.ListReservationsRequest(page_size=2, page_token=first.next_page_token)
+    )
+    listed = [*first.reservations, *second.reservations]
+    assert [r.name for r in listed] == [r.name for r in made]
+    assert [r.state for r in listed] == [
+        pb.RESERVATION_STATE_PENDING,
+        pb.RESERVATION_STATE_COMMITTED,
+        pb.RESERVATION_STATE_PENDING,
+    ]
+    assert [r.lines[0].quantity for r in listed] == [1, 2, 3]
+    assert second.next_page_token == ""
+
+
+async def test_the_default_hold_is_the_ttl_setting(database_url: str) -> None:
+    settings = InventorySettings(database_url=database_url, reservation_ttl_seconds=120)
+    async with serving(await build(settings)) as channel:
+        stub = pb_grpc.InventoryServiceStub(channel)
+        await stock(stub, "mug", 1)
+        held = await stub.ReserveStock(reserve(("mug", 1)))
+    lasts = held.expire_time.ToDatetime() - held.create_time.ToDatetime()
+    assert lasts.total_seconds() == pytest.approx(120, abs=1)
+
+
 async def test_reserve_is_idempotent_by_request_id(stub: Stub) -> None:
     await stock(stub, "mug", 10)
     request = reserve(("mug", 4))
