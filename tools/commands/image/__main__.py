@@ -27,7 +27,9 @@ def _progress(message: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="tools/image",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--engine", choices=("docker", "podman", "buildah"))
     parser.add_argument("--tag", help="image tag (default: the commit, -dirty if changed)")
