@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.type import money_pb2
 
 from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
@@ -38,6 +39,7 @@ from tools.commands.audit.reading import Sources, audit
 from tools.commands.audit.rules import Report
 
 PRODUCT = "mug"
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 PRICE = money_pb2.Money(currency_code="USD", units=9, nanos=500_000_000)
 
 
@@ -49,16 +51,24 @@ class Shop:
     payment_events: EventTap
 
     async def place(self, quantity: int = 1, card: str = "cards/visa") -> pb.Order:
-        return await self.orders.CreateOrder(
-            pb.CreateOrderRequest(
-                order=pb.Order(
-                    customer="customers/ann",
-                    lines=[pb.OrderLine(product=f"products/{PRODUCT}", quantity=quantity)],
-                    payment_method=card,
-                ),
-                request_id=str(uuid.uuid4()),
-            )
+        """CreateOrder as a client does it: on a busy machine, again with the same request_id
+        (the first order comes back) when the call timed out or an upstream was unavailable."""
+        request = pb.CreateOrderRequest(
+            order=pb.Order(
+                customer="customers/ann",
+                lines=[pb.OrderLine(product=f"products/{PRODUCT}", quantity=quantity)],
+                payment_method=card,
+            ),
+            request_id=str(uuid.uuid4()),
         )
+        for attempt in range(1, 6):
+            try:
+                return await self.orders.CreateOrder(request)
+            except grpc.aio.AioRpcError as error:
+                if attempt == 5 or error.code() not in _RETRYABLE:
+                    raise
+            await asyncio.sleep(0.2 * attempt)  # a client's backoff
+        raise AssertionError("unreachable")
 
     async def final_state(self, name: str) -> pb.Order:
         """The order once terminal: WatchOrder ends at a terminal state."""
@@ -149,6 +159,7 @@ async def running_shop(
                 registry_file=registry.path,
                 outbox_poll_seconds=0.2,
                 watch_poll_seconds=1,
+                upstream_timeout_seconds=5,  # inventory on a busy 2-core machine
                 grace_seconds=2,
                 **(orders or {}),
             )
