@@ -5,13 +5,13 @@ from __future__ import annotations
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database, database_errors
+from services.identity.adapters.key_files import SigningKeys
 from services.identity.adapters.secret_files import load_clients, load_users
 from services.identity.adapters.sql_repository import MIGRATIONS, SqlAccountStore
 from services.identity.api.policy import POLICY
 from services.identity.api.servicer import DOMAIN, IdentityServicer
 from services.identity.config import IdentitySettings
 from services.identity.domain.identity import Identity
-from services.identity.domain.keys import SigningKeys
 
 
 async def build(settings: IdentitySettings) -> GrpcApp:

@@ -25,9 +25,9 @@ from emporium.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from libs.rpcclient.discovery import LocalRegistry
 from libs.testing.databases import sqlite_url
 from libs.testing.rpc import rich_error
+from services.identity.adapters.key_files import SigningKey
 from services.identity.app import build as build_identity
 from services.identity.config import IdentitySettings
-from services.identity.domain.keys import SigningKey
 from services.orders.app import build as build_orders
 from services.orders.config import OrdersSettings
 from tests.security.test_mtls import credentials_of

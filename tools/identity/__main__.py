@@ -18,9 +18,9 @@ import secrets
 import time
 from pathlib import Path
 
+from services.identity.adapters.key_files import write_key
 from services.identity.adapters.secret_files import write_accounts
 from services.identity.domain.identity import hash_secret
-from services.identity.domain.keys import write_key
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / "var" / "identity"

@@ -25,7 +25,7 @@ from libs.testing.rpc import rich_error
 from services.gateway.app import EXPOSED
 from services.gateway.routes import build_routes
 from services.gateway.tests.fleet import ISSUER, PRODUCTS, Fleet, running_fleet
-from services.identity.domain.keys import SigningKey, write_key
+from services.identity.adapters.key_files import SigningKey, write_key
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from emporium.identity.v1 import identity_service_pb2 as pb
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from libs.storage.timestamps import from_micros, timestamp_message
 from services.identity.domain.identity import Identity
-from services.identity.domain.keys import SigningKeys
 from services.identity.domain.model import IssuedToken, User
+from services.identity.domain.ports import KeyRing
 
 DOMAIN = "identity.emporium.dev"
 Context = grpc.aio.ServicerContext[object, object]
@@ -36,7 +36,7 @@ def _user(user: User) -> pb.User:
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
-    def __init__(self, identity: Identity, keys: SigningKeys) -> None:
+    def __init__(self, identity: Identity, keys: KeyRing) -> None:
         self._identity = identity
         self._keys = keys
 

@@ -9,16 +9,14 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Protocol
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument
-from libs.storage.timestamps import now_micros
-from services.identity.domain.keys import ALGORITHM, SigningKeys
 from services.identity.domain.model import Client, IssuedToken, RefreshGrant, User
+from services.identity.domain.ports import ALGORITHM, AccountStore, KeyRing
 
 CUSTOMER = "customer"
 _hasher = PasswordHasher()
@@ -31,14 +29,8 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(16))
 
 
-class AccountStore(Protocol):
-    async def user(self, user_id: str) -> User | None: ...
-    async def add_user(self, user: User) -> bool: ...  # False if the id is taken
-    async def put_user(self, user: User) -> None: ...
-    async def add_refresh(self, token_hash: str, grant: RefreshGrant) -> None: ...
-    async def refresh(self, token_hash: str) -> RefreshGrant | None: ...
-    async def use_refresh(self, token_hash: str) -> bool: ...  # False if already used
-    async def revoke_family(self, family: str) -> None: ...
+def _now_micros() -> int:
+    return time.time_ns() // 1_000
 
 
 def hash_secret(secret: str) -> str:
@@ -75,7 +67,7 @@ class Identity:
     def __init__(
         self,
         store: AccountStore,
-        keys: SigningKeys,
+        keys: KeyRing,
         clients: Mapping[str, Client],
         *,
         issuer: str,
@@ -122,7 +114,7 @@ class Identity:
             raise _missing("refresh_token", "refresh_token")
         token_hash = _token_hash(refresh_token)
         grant = await self._store.refresh(token_hash)
-        if grant is None or grant.revoked or grant.expires_us < now_micros():
+        if grant is None or grant.revoked or grant.expires_us < _now_micros():
             raise _invalid_grant("refresh token is unknown, expired or revoked")
         if grant.used or not await self._store.use_refresh(token_hash):
             # A used token presented again means it leaked: end the whole family (BCP 4.14).
@@ -145,7 +137,7 @@ class Identity:
             password_hash=await asyncio.to_thread(hash_secret, password),
             roles=(CUSTOMER,),
             customer=f"customers/{user_id}",
-            create_us=now_micros(),
+            create_us=_now_micros(),
         )
         if not await self._store.add_user(user):
             raise DomainError(
@@ -186,7 +178,7 @@ class Identity:
                 family=family,
                 user_id=user.user_id,
                 scope=" ".join(roles),
-                expires_us=now_micros() + self._refresh_ttl * 1_000_000,
+                expires_us=_now_micros() + self._refresh_ttl * 1_000_000,
                 used=False,
                 revoked=False,
             ),

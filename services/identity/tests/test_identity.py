@@ -16,9 +16,9 @@ from emporium.identity.v1 import identity_service_pb2 as pb
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from libs.security.tokens import InvalidToken, Jwks, JwksCache, TokenVerifier
 from libs.testing.rpc import rich_error, serving
+from services.identity.adapters.key_files import write_key
 from services.identity.app import build
 from services.identity.config import IdentitySettings
-from services.identity.domain.keys import write_key
 from tools.identity.__main__ import init
 
 ISSUER = "https://identity.test"

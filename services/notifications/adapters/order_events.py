@@ -10,14 +10,15 @@ from emporium.orders.v1 import order_events_pb2 as events
 from libs.messaging.consumer import Delivery, PermanentFailure
 from libs.messaging.inbox import first_time
 from libs.messaging.topology import EventStream
+from services.notifications.adapters.order_events_mapping import OrderEventMessage, order_event
 from services.notifications.domain.ports import Channel
-from services.notifications.domain.rendering import OrderEvent, render
+from services.notifications.domain.rendering import render
 
 # Declared by orders, its owner; notifications only reads it.
 ORDERS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
 CONSUMER = "notifications"
 log = logging.getLogger("emporium.notifications")
-EVENT_TYPES: dict[str, type[OrderEvent]] = {
+EVENT_TYPES: dict[str, type[OrderEventMessage]] = {
     message.DESCRIPTOR.full_name: message
     for message in (events.OrderCreated, events.OrderConfirmed, events.OrderCancelled)
 }
@@ -39,7 +40,7 @@ class OrderEventNotifier:
         if not await first_time(connection, CONSUMER, delivery.message_id):
             return
         event = delivery.body(event_type)
-        notification = render(delivery.message_id, event, self._recipient_domain)
+        notification = render(delivery.message_id, order_event(event), self._recipient_domain)
         await self._channel.deliver(notification)
         self.delivered += 1
         log.info(

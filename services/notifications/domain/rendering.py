@@ -4,49 +4,39 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from google.type import money_pb2
-
-from emporium.orders.v1 import order_events_pb2 as events
-from emporium.orders.v1 import orders_service_pb2 as orders
-from libs.money import NANOS_PER_UNIT
-from services.notifications.domain.model import Notification
-
-OrderEvent = events.OrderCreated | events.OrderConfirmed | events.OrderCancelled
+from libs.money import NANOS_PER_UNIT, Money
+from services.notifications.domain.model import MoneyOutcome, Notification, OrderEvent, OrderNews
 
 
 def render(key: str, event: OrderEvent, recipient_domain: str) -> Notification:
-    order = event.order
-    reference = order.name.removeprefix("orders/")
-    if isinstance(event, events.OrderCreated):
+    reference = event.order.removeprefix("orders/")
+    if event.news is OrderNews.CREATED:
         subject = f"We received your order {reference}"
         opening = "Thank you for your order. We are taking payment now."
-    elif isinstance(event, events.OrderConfirmed):
+    elif event.news is OrderNews.CONFIRMED:
         subject = f"Your order {reference} is confirmed"
         opening = "Payment went through and your items are set aside for you."
     else:
         subject = f"Your order {reference} was cancelled"
-        opening = f"Your order was cancelled ({order.cancel_reason or 'no reason given'})."
-        money = _MONEY_AFTER_CANCEL.get(order.payment_state)
-        if money is not None:
-            opening += " " + money.format(total=_amount(order.total))
+        opening = f"Your order was cancelled ({event.cancel_reason or 'no reason given'})."
+        if event.money is not None:
+            opening += " " + _MONEY_AFTER_CANCEL[event.money].format(total=_amount(event.total))
     lines = "\n".join(
         f"  {line.quantity} x {line.title or line.product}  {_amount(line.unit_price)}"
-        for line in order.lines
+        for line in event.lines
     )
-    body = f"{opening}\n\n{lines}\n\n  Total: {_amount(order.total)}\n"
-    customer = order.customer.removeprefix("customers/")
+    body = f"{opening}\n\n{lines}\n\n  Total: {_amount(event.total)}\n"
+    customer = event.customer.removeprefix("customers/")
     return Notification(key, f"{customer}@{recipient_domain}", subject, body)
 
 
 # What happened to the customer's money, told once: in the one cancellation notice.
 _MONEY_AFTER_CANCEL = {
-    orders.ORDER_PAYMENT_STATE_VOIDED: "The {total} held on your card was released;"
-    " you were not charged.",
-    orders.ORDER_PAYMENT_STATE_REFUNDED: "Your payment of {total} was refunded.",
-    orders.ORDER_PAYMENT_STATE_DECLINED: "Your card was not charged.",
+    MoneyOutcome.VOIDED: "The {total} held on your card was released; you were not charged.",
+    MoneyOutcome.REFUNDED: "Your payment of {total} was refunded.",
+    MoneyOutcome.DECLINED: "Your card was not charged.",
 }
 
 
-def _amount(money: money_pb2.Money) -> str:
-    value = Decimal(money.units) + Decimal(money.nanos) / NANOS_PER_UNIT
-    return f"{value:.2f} {money.currency_code}"
+def _amount(money: Money) -> str:
+    return f"{Decimal(money.total_nanos) / NANOS_PER_UNIT:.2f} {money.currency_code}"

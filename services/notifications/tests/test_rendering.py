@@ -1,45 +1,54 @@
-"""What a cancellation notice tells the customer about their money."""
+"""Rendering, a domain unit: what each order event tells the customer (no broker, no database)."""
 
 from __future__ import annotations
 
 import pytest
-from google.type import money_pb2
 
-from emporium.orders.v1 import order_events_pb2 as events
-from emporium.orders.v1 import orders_service_pb2 as orders
+from libs.money import Money
+from services.notifications.domain.model import MoneyOutcome, OrderEvent, OrderLine, OrderNews
 from services.notifications.domain.rendering import render
 
+PRICE = Money("EUR", 6, 250_000_000)
 
-def cancelled(payment_state: orders.OrderPaymentState.ValueType) -> events.OrderCancelled:
-    return events.OrderCancelled(
-        order=orders.Order(
-            name="orders/o9",
-            customer="customers/ada",
-            total=money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000),
-            state=orders.ORDER_STATE_CANCELLED,
-            cancel_reason="changed my mind",
-            payment_state=payment_state,
-        )
+
+def event(news: OrderNews, money: MoneyOutcome | None = None) -> OrderEvent:
+    return OrderEvent(
+        news=news,
+        order="orders/o9",
+        customer="customers/ada",
+        lines=(OrderLine("products/mug-01", "Mug", 2, PRICE),),
+        total=PRICE.times(2),
+        cancel_reason="changed my mind" if news is OrderNews.CANCELLED else "",
+        money=money,
     )
 
 
 @pytest.mark.parametrize(
-    ("payment_state", "told"),
+    ("money", "told"),
     [
-        (orders.ORDER_PAYMENT_STATE_VOIDED, "The 12.50 EUR held on your card was released"),
-        (orders.ORDER_PAYMENT_STATE_REFUNDED, "Your payment of 12.50 EUR was refunded."),
-        (orders.ORDER_PAYMENT_STATE_DECLINED, "Your card was not charged."),
+        (MoneyOutcome.VOIDED, "The 12.50 EUR held on your card was released"),
+        (MoneyOutcome.REFUNDED, "Your payment of 12.50 EUR was refunded."),
+        (MoneyOutcome.DECLINED, "Your card was not charged."),
     ],
 )
-def test_a_cancellation_says_what_happened_to_the_money(
-    payment_state: orders.OrderPaymentState.ValueType, told: str
-) -> None:
-    notice = render("k1", cancelled(payment_state), "customers.emporium.local")
+def test_a_cancellation_says_what_happened_to_the_money(money: MoneyOutcome, told: str) -> None:
+    notice = render("k1", event(OrderNews.CANCELLED, money), "customers.emporium.local")
     assert notice.subject == "Your order o9 was cancelled"
     assert "(changed my mind)" in notice.body
     assert told in notice.body
 
 
 def test_a_cancellation_before_any_payment_news_promises_nothing() -> None:
-    notice = render("k1", cancelled(orders.ORDER_PAYMENT_STATE_UNSPECIFIED), "example.org")
+    notice = render("k1", event(OrderNews.CANCELLED), "example.org")
     assert "charged" not in notice.body and "refunded" not in notice.body
+
+
+def test_each_event_is_addressed_to_the_customer_with_its_lines_and_total() -> None:
+    for news, subject in [
+        (OrderNews.CREATED, "We received your order o9"),
+        (OrderNews.CONFIRMED, "Your order o9 is confirmed"),
+    ]:
+        notice = render("k7", event(news), "example.org")
+        assert (notice.key, notice.recipient, notice.subject) == ("k7", "ada@example.org", subject)
+        assert "2 x Mug  6.25 EUR" in notice.body
+        assert "Total: 12.50 EUR" in notice.body

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from libs.runtime.config import ConfigError
+from services.identity.domain.ports import ALGORITHM
 
-ALGORITHM = "EdDSA"
 CLOCK_SKEW_SECONDS = 60.0
 
 
