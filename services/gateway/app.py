@@ -315,6 +315,13 @@ async def _graphql(
         principal = await authenticator.principal(request.headers.get("authorization"))
         request.state.principal = principal.subject
         if request.method == "GET":
+            if "query" not in request.query_params:
+                raise Problem(
+                    400,
+                    'send the query as ?query=... (or POST {"query": ...}); open /graphql in '
+                    "a browser for GraphiQL",
+                    reason="INVALID_REQUEST",
+                )
             payload: Any = {
                 "query": request.query_params.get("query", ""),
                 "variables": json.loads(request.query_params.get("variables") or "{}"),

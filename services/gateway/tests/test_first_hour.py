@@ -96,3 +96,12 @@ async def test_graphql_writes_zero_as_zero(fleet: Fleet) -> None:
         )
     price = answer.json()["data"]["getProduct"]["price"]
     assert price["nanos"] is not None, price
+
+
+async def test_graphql_without_a_query_says_how_to_send_one(fleet: Fleet) -> None:
+    async with fleet.client() as http:
+        bare = await http.get("/graphql")  # curl's Accept: */*
+        browser = await http.get("/graphql", headers={"Accept": "text/html"})
+    assert bare.status_code == 400
+    assert "?query=" in bare.json()["detail"] and "GraphiQL" in bare.json()["detail"]
+    assert browser.status_code == 200 and "graphiql.min.js" in browser.text
