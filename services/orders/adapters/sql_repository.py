@@ -106,12 +106,23 @@ async def _add_versions(connection: AsyncConnection) -> None:
             await connection.execute(order_versions.insert().values(**_version(order)))
 
 
+async def _old_deadlines(connection: AsyncConnection) -> None:
+    # An order awaiting payment from before payment deadlines gets the default one (10 minutes
+    # after it was taken), so the sweeper ends it too.
+    await connection.execute(
+        orders.update()
+        .where(orders.c.state == OrderState.PENDING_PAYMENT.value, orders.c.deadline_us == 0)
+        .values(deadline_us=orders.c.create_us + 600_000_000)
+    )
+
+
 MIGRATIONS = (
     creating_tables(1, "orders and their request ids", metadata),
     Migration(2, "orders: payment method", _add_payment_method),
     messaging_migration(3),
     Migration(4, "orders: payment state and deadline", _add_saga_columns),
     Migration(5, "orders: every version of an order", _add_versions),
+    Migration(6, "orders: a payment deadline for orders taken before deadlines", _old_deadlines),
 )
 INBOX = "orders.payment-results"
 
