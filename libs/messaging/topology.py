@@ -11,7 +11,7 @@
   stops a message that kills every consumer it reaches from looping for ever.
 - Commands go through the default exchange straight to the work queue they name (the routing
   key is the queue name; mandatory routing makes a missing queue an error), domain events to the
-  topic exchange `emporium.events` (routing key `<domain>.<Event>`).
+  topic exchange named in the messaging contract (routing key `<domain>.<Event>`).
 - Event streams are RabbitMQ streams bound to the events exchange: an immutable log that
   consumers read from an offset.
 - On a cluster, `replicas` sets how many nodes hold each quorum queue and stream.
@@ -33,9 +33,13 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from google.protobuf.message import Message
 
-EVENTS_EXCHANGE = "emporium.events"
+from emporium.messaging.v1 import messaging_pb2
+
+# The shared exchanges, as proto/emporium/messaging/v1/messaging.proto names them.
+_BROKER = messaging_pb2.DESCRIPTOR.GetOptions().Extensions[messaging_pb2.broker]
+EVENTS_EXCHANGE: str = _BROKER.events_exchange
 COMMANDS_EXCHANGE = ""  # the default exchange: routes to the queue named by the routing key
-DEAD_LETTER_EXCHANGE = "emporium.dead-letter"
+DEAD_LETTER_EXCHANGE: str = _BROKER.dead_letter_exchange
 # Broker redeliveries (crashes, cut connections) of one message before RabbitMQ dead-letters
 # it: a guard against a message that kills its consumers, far above any honest run of crashes.
 POISON_DELIVERY_LIMIT = 50

@@ -5,17 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libs.messaging.consumer import StreamConsumer
+from libs.messaging.contract import fleet_contract
 from libs.messaging.schema import messaging_migration
 from libs.messaging.service import ServiceMessaging
 from libs.messaging.topology import Topology
 from libs.runtime.server import GrpcApp
 from libs.storage.database import Database
 from services.notifications.adapters.maildir import MaildirChannel
-from services.notifications.adapters.order_events import (
-    CONSUMER,
-    ORDERS_STREAM,
-    OrderEventNotifier,
-)
+from services.notifications.adapters.order_events import CONSUMER, OrderEventNotifier
 from services.notifications.adapters.smtp import SmtpChannel
 from services.notifications.config import NotificationsSettings
 from services.notifications.domain.ports import Channel
@@ -45,10 +42,12 @@ async def wire(settings: NotificationsSettings) -> Notifications:
         )
     )
     notifier = OrderEventNotifier(channel, settings.recipient_domain)
+    # The stream's producer declares it; notifications only reads it.
+    (orders_stream,) = fleet_contract().streams_read_by(CONSUMER)
     consumer = StreamConsumer(
         settings.broker(),
         Topology(),
-        ORDERS_STREAM,
+        orders_stream,
         notifier,
         name=CONSUMER,
         database=database,

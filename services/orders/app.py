@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
+from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
 from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.channels import ChannelFactory
@@ -16,7 +17,7 @@ from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
 from libs.storage.database import Database, database_errors
 from services.orders.adapters.order_messages import OrderMessages
-from services.orders.adapters.payment_results import RESULTS_QUEUE, TOPOLOGY, PaymentResults
+from services.orders.adapters.payment_results import PaymentResults
 from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
 from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
 from services.orders.api.mapping import order_message
@@ -47,8 +48,9 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     )
     catalog = Upstream("catalog", channels.channel("catalog"), policy)
     inventory = Upstream("inventory", channels.channel("inventory"), policy)
+    topology = fleet_contract().topology("orders")
     messaging = ServiceMessaging(
-        settings.broker(), TOPOLOGY, database, outbox_poll_seconds=settings.outbox_poll_seconds
+        settings.broker(), topology, database, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     feed = OrderFeed()
     orders = Orders(
@@ -76,11 +78,12 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         translators=[database_errors, upstream_errors],
     )
     app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
+    (results_queue,) = topology.work_queues
     messaging.add(
         WorkConsumer(
             settings.broker(),
-            TOPOLOGY,
-            RESULTS_QUEUE,
+            topology,
+            results_queue,
             PaymentResults(orders),
             name="orders",
             prefetch=settings.prefetch,

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
+from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
 from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
@@ -14,7 +15,7 @@ from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
 from libs.storage.database import Database, database_errors
-from services.payments.adapters.charge_queue import CHARGE_QUEUE, ChargeHandler, topology
+from services.payments.adapters.charge_queue import ChargeHandler
 from services.payments.adapters.order_book import GrpcOrderBook, TrustingOrderBook
 from services.payments.adapters.simulator import SimulatedProvider
 from services.payments.adapters.sql_repository import MIGRATIONS, SqlPaymentRepository
@@ -28,7 +29,11 @@ from services.payments.domain.ports import OrderBook
 async def build(settings: PaymentsSettings) -> GrpcApp:
     database = Database(settings.database_url)
     await database.migrate(MIGRATIONS)
-    shape = topology(settings.max_deliveries, settings.retry_delays_seconds)
+    shape = fleet_contract().topology(
+        "payments",
+        max_deliveries=settings.max_deliveries,
+        retry_delays=settings.retry_delays_seconds,
+    )
     messaging = ServiceMessaging(
         settings.broker(), shape, database, outbox_poll_seconds=settings.outbox_poll_seconds
     )
@@ -65,7 +70,6 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
 
     reconciler = Periodic("payment-reconciler", settings.reconcile_every_seconds, reconcile)
     (charge_queue,) = shape.work_queues
-    assert charge_queue.name == CHARGE_QUEUE
     messaging.add(
         WorkConsumer(
             settings.broker(),

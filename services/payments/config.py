@@ -19,9 +19,13 @@ class PaymentsSettings(MessagingSettings):
         description="sqlite+aiosqlite:///<path> (embedded) or postgresql+asyncpg://...",
     )
     concurrency: int = Field(default=16, ge=1, le=1000, description="charges handled at once")
-    max_deliveries: int = Field(default=5, ge=1, description="attempts before the DLQ")
-    retry_delays_seconds: tuple[float, ...] = Field(
-        default=(1.0, 5.0, 30.0), min_length=1, description="backoff between attempts"
+    max_deliveries: int | None = Field(
+        default=None, ge=1, description="attempts before the DLQ; unset: the contract's (5)"
+    )
+    retry_delays_seconds: tuple[float, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="backoff between attempts; unset: the contract's (1, 5, 30)",
     )
     # The built-in provider is a simulator; its ledger stands in for the provider's books.
     provider_ledger: Path = Field(default=Path("var/payment-provider.sqlite3"))

@@ -17,10 +17,13 @@ import pytest
 
 from emporium.orders.v1 import orders_service_pb2 as pb
 from libs.messaging.broker import BrokerOptions, connect
+from libs.messaging.contract import fleet_contract
 from libs.messaging.local_broker import LocalCluster
-from services.orders.adapters.payment_results import RESULTS_QUEUE
-from services.payments.adapters.charge_queue import CHARGE_QUEUE, EVENTS_STREAM
 from tests.saga.shop import running_shop
+
+RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
+CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name
+EVENTS_STREAM = fleet_contract().topology("payments").streams[0].name
 
 ORDERS = 40
 REPLICATED = {"amqp_replicas": 3}

@@ -20,13 +20,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.messaging.contract import fleet_contract
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from services.orders.adapters.payment_results import RESULTS_QUEUE
-from services.payments.adapters.charge_queue import CHARGE_QUEUE
 from tools.commands.certs.__main__ import ensure
 from tools.commands.run.__main__ import metrics_address, start_fleet
 from tools.monitoring.definition import exported_names_used
+
+RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
+CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name
 
 CONFIRMED_ORDERS = 2
 PASSWORD = "correct horse battery"

@@ -21,12 +21,14 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
 
+from libs.messaging.contract import fleet_contract
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from services.orders.adapters.payment_results import RESULTS_QUEUE
-from services.payments.adapters.charge_queue import CHARGE_QUEUE
 from tools.commands.certs.__main__ import ensure
 from tools.commands.run.__main__ import start_fleet
+
+RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
+CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name
 
 TRACE_ID = uuid.uuid4().hex
 PASSWORD = "correct horse battery"

@@ -16,13 +16,15 @@ from google.type import money_pb2
 from emporium.orders.v1 import order_events_pb2 as events
 from emporium.orders.v1 import orders_service_pb2 as orders
 from libs.messaging.broker import BrokerOptions
+from libs.messaging.contract import fleet_contract
 from libs.messaging.envelope import Outgoing, event
 from libs.messaging.publisher import Publisher
 from libs.testing.databases import sqlite_url
 from libs.testing.rpc import serving
 from services.notifications.app import Notifications, wire
 from services.notifications.config import NotificationsSettings
-from services.orders.adapters.payment_results import TOPOLOGY as ORDERS_TOPOLOGY
+
+ORDERS_TOPOLOGY = fleet_contract().topology("orders")
 
 
 def order(order_id: str, state: int = orders.ORDER_STATE_PENDING_PAYMENT) -> orders.Order:

@@ -1,5 +1,5 @@
 """The messages the orders use cases decide to send, as the contracts spell them: commands
-to payments' work queue and orders' own events on `orders.events`."""
+to payments and orders' own events, each routed as its contract says."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from collections.abc import Callable
 from emporium.orders.v1 import order_events_pb2 as events
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.payments.v1 import payment_messages_pb2 as payments
-from libs.messaging.envelope import Outgoing, command, event
+from libs.messaging.contract import outgoing
+from libs.messaging.envelope import Outgoing
 from services.orders.domain.model import MessageKind, Order, OrderMessage
-
-DOMAIN_EVENTS = "orders"
-PAYMENTS_QUEUE = "payments.charge"  # payments' work queue (declared by payments)
 
 Snapshot = Callable[[Order], pb.Order]  # the order as its protobuf resource (api.mapping)
 _EVENTS: dict[
@@ -37,7 +35,7 @@ class OrderMessages:
         event_type = _EVENTS.get(message.kind)
         if event_type is not None:
             body = event_type(order=self._snapshot(order))
-            return event(DOMAIN_EVENTS, body, correlation_id=correlation)
+            return outgoing(body, correlation_id=correlation)
         match message.kind:
             case MessageKind.AUTHORIZE_PAYMENT:
                 authorize = payments.AuthorizePayment(
@@ -46,10 +44,10 @@ class OrderMessages:
                     amount=order.total.to_message(),
                     payment_method=order.payment_method,
                 )
-                return command(PAYMENTS_QUEUE, authorize, correlation_id=correlation)
+                return outgoing(authorize, correlation_id=correlation)
             case MessageKind.CAPTURE_PAYMENT:
                 capture = payments.CapturePayment(order=order.name)
-                return command(PAYMENTS_QUEUE, capture, correlation_id=correlation)
+                return outgoing(capture, correlation_id=correlation)
             case MessageKind.VOID_PAYMENT:
                 void = payments.VoidPayment(
                     order=order.name,
@@ -57,5 +55,5 @@ class OrderMessages:
                     amount=order.total.to_message(),
                     reason=order.cancel_reason,
                 )
-                return command(PAYMENTS_QUEUE, void, correlation_id=correlation)
+                return outgoing(void, correlation_id=correlation)
         raise ValueError(f"no message for {message.kind}")

@@ -1,32 +1,15 @@
-"""Orders' queue of payment outcomes, its event stream, and the handler that moves orders on."""
+"""The handler of orders' queue of payment outcomes, which moves orders on (the queue, its
+bindings and orders' event stream are declared in `proto/emporium/orders/v1/order_events.proto`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from google.protobuf.message import Message
-
 from emporium.payments.v1 import payment_messages_pb2 as payments
 from libs.messaging.consumer import Delivery, PermanentFailure
-from libs.messaging.envelope import event_key
-from libs.messaging.topology import EVENTS_EXCHANGE, EventStream, Topology, WorkQueue
 from libs.runtime.errors import DomainError, ErrorKind
 from services.orders.domain.orders import Orders
 
-OUTCOMES: tuple[type[Message], ...] = (
-    payments.PaymentAuthorized,
-    payments.PaymentDeclined,
-    payments.PaymentCaptured,
-    payments.PaymentVoided,
-    payments.PaymentRefunded,
-)
-RESULTS_QUEUE = WorkQueue(
-    "orders.payment-results",
-    bindings=tuple((EVENTS_EXCHANGE, event_key("payments", outcome)) for outcome in OUTCOMES),
-    accepts=OUTCOMES,
-)
-EVENTS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
-TOPOLOGY = Topology(work_queues=(RESULTS_QUEUE,), streams=(EVENTS_STREAM,))
 # An unknown order or a malformed name: no retry can fix it.
 _PERMANENT = (ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND)
 

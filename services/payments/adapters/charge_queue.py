@@ -1,5 +1,6 @@
-"""The `payments.charge` work queue: its topology and the handler of the four payment
-commands (AuthorizePayment, CapturePayment, VoidPayment, RefundPayment)."""
+"""The handler of payments' work queue of commands (AuthorizePayment, CapturePayment,
+VoidPayment, RefundPayment); the queue itself is declared in the contract
+(`proto/emporium/payments/v1/payment_messages.proto`)."""
 
 from __future__ import annotations
 
@@ -9,38 +10,20 @@ from google.protobuf.message import Message
 
 from emporium.payments.v1 import payment_messages_pb2 as messages
 from libs.messaging.consumer import Delivery, PermanentFailure
-from libs.messaging.topology import EventStream, Topology, WorkQueue
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind
 from services.payments.domain.model import PaymentRequest
 from services.payments.domain.payments import Payments
 from services.payments.domain.ports import ProviderRefused
 
-CHARGE_QUEUE = "payments.charge"
-EVENTS_STREAM = "payments.events"
-# Errors no retry can fix: the message goes to the DLQ at once, with the reason.
 COMMANDS: tuple[type[Message], ...] = (
     messages.AuthorizePayment,
     messages.CapturePayment,
     messages.VoidPayment,
     messages.RefundPayment,
 )
+# Errors no retry can fix: the message goes to the DLQ at once, with the reason.
 _PERMANENT = (ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND, ErrorKind.FAILED_PRECONDITION)
-
-
-def topology(max_deliveries: int, retry_delays: tuple[float, ...]) -> Topology:
-    return Topology(
-        work_queues=(
-            WorkQueue(
-                CHARGE_QUEUE,
-                accepts=COMMANDS,
-                max_deliveries=max_deliveries,
-                retry_delays=retry_delays,
-            ),
-        ),
-        # Payment events are kept as a replayable stream (and are always routable).
-        streams=(EventStream(EVENTS_STREAM, routing_keys=("payments.#",)),),
-    )
 
 
 class ChargeHandler:
@@ -56,8 +39,7 @@ class ChargeHandler:
         handle = self._commands.get(delivery.message_type)
         if handle is None:
             raise PermanentFailure(
-                f"payments.charge takes {', '.join(sorted(self._commands))};"
-                f" not {delivery.message_type!r}"
+                f"payments takes {', '.join(sorted(self._commands))}; not {delivery.message_type!r}"
             )
         try:
             await handle(delivery)

@@ -1,13 +1,12 @@
-"""The events payments publishes, one per state a payment reaches (routed as
-`payments.<Event>` on the events exchange)."""
+"""The events payments publishes, one per state a payment reaches (routed as the contract
+says: `payments.<Event>` on the events exchange)."""
 
 from __future__ import annotations
 
 from emporium.payments.v1 import payment_messages_pb2 as messages
-from libs.messaging.envelope import Outgoing, event
+from libs.messaging.contract import outgoing
+from libs.messaging.envelope import Outgoing
 from services.payments.domain.model import Payment, PaymentState
-
-DOMAIN_EVENTS = "payments"
 
 
 def state_event(payment: Payment) -> Outgoing | None:
@@ -38,4 +37,4 @@ def state_event(payment: Payment) -> Outgoing | None:
             body = messages.PaymentRefunded(
                 payment=name, order=order, amount=amount, reason=payment.void_reason
             )
-    return event(DOMAIN_EVENTS, body, correlation_id=order)
+    return outgoing(body, correlation_id=order)

@@ -20,16 +20,18 @@ from emporium.payments.v1 import payment_messages_pb2 as messages
 from emporium.payments.v1 import payments_service_pb2 as pb
 from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from libs.messaging.broker import BrokerOptions
+from libs.messaging.contract import fleet_contract
 from libs.messaging.envelope import DEAD_LETTER_REASON_HEADER, Outgoing, command
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import Topology
 from libs.testing.broker import EventTap
 from libs.testing.rpc import rich_error, serving
-from services.payments.adapters.charge_queue import CHARGE_QUEUE
 from services.payments.adapters.simulator import SimulatedProvider, ledger_charges, ledger_requests
 from services.payments.app import build
 from services.payments.config import PaymentsSettings
 from services.payments.domain.model import ProviderStatus
+
+CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name
 
 EUR_12 = money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000)
 

@@ -11,13 +11,15 @@ from google.type import money_pb2
 
 from emporium.payments.v1 import payment_messages_pb2 as messages
 from libs.messaging.broker import BrokerOptions
+from libs.messaging.contract import fleet_contract
 from libs.messaging.envelope import command
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import Topology
 from libs.runtime.processes import start_service
 from libs.testing.broker import EventTap
-from services.payments.adapters.charge_queue import CHARGE_QUEUE
 from services.payments.adapters.simulator import ledger_charges, ledger_requests
+
+CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name
 
 ORDERS = 60
 

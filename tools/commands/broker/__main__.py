@@ -38,9 +38,7 @@ from libs.messaging.envelope import ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, t
 from libs.messaging.offsets import reset_offset
 from libs.messaging.topology import Topology, WorkQueue, declare
 from libs.storage.database import Database
-from tools.commands.broker.fleet import FLEET, MESSAGE_MODULES
-
-assert MESSAGE_MODULES  # registers the message types in the default descriptor pool
+from tools.commands.broker.fleet import FLEET
 
 
 class CliError(Exception):
