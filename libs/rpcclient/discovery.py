@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,3 +64,17 @@ class KubernetesDns:
         if override:
             return override
         return f"dns:///{service}.{self.namespace}.svc.{self.cluster_domain}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Targets given by settings (`{"identity": "dns:///identity:50051"}`), for a service that
+    knows where its one or two upstreams are without a registry."""
+
+    targets: Mapping[str, str]
+
+    def target(self, service: str) -> str:
+        try:
+            return self.targets[service]
+        except KeyError:
+            raise UnknownService(f"no address set for {service}") from None

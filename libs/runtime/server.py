@@ -22,18 +22,16 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from emporium.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
 from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
 from libs.runtime.reflection import enable_reflection
 from libs.runtime.validation import RequestValidation
-from libs.security.authentication import TokenAuthentication, identity_jwks
+from libs.security.authentication import TokenAuthentication
 from libs.security.credentials import CertificateFiles
 from libs.security.identity import TransportSecurity
 from libs.security.policy import Authorization, MethodPolicy
-from libs.security.tokens import TokenVerifier
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.metrics import configure_metrics, serve_worker_metrics
 from libs.telemetry.tracing import ServerTelemetry, configure_tracing
@@ -133,7 +131,10 @@ class GrpcApp:
         translators: Sequence[ExceptionTranslator] = (),
         policy: MethodPolicy | None = None,
         chain: Sequence[Middleware] | None = None,
+        tokens: TokenAuthentication | None = None,
     ) -> None:
+        """`tokens` verifies callers' bearer tokens (the service wires one, e.g.
+        libs.security.identity_tokens); the app closes it when it stops."""
         self.name = name
         self.settings = settings
         self.security = TransportSecurity(settings.security)
@@ -141,8 +142,7 @@ class GrpcApp:
             raise ConfigError(f"{name}: security={settings.security} needs a method policy")
         authorization = Authorization(policy or {}, self.security, domain)
         self._gate = ShutdownGate()
-        self._identity_channel: grpc.aio.Channel | None = None
-        tokens = self._token_authentication(domain)
+        self._tokens = tokens
         chain = (
             list(chain)
             if chain is not None
@@ -160,25 +160,6 @@ class GrpcApp:
         self._serving: bool | None = None
         self._stopped = asyncio.Event()
         self.port = 0
-
-    def _token_authentication(self, domain: str) -> TokenAuthentication | None:
-        target = self.settings.identity_target
-        if not target:
-            return None
-        if self.security is TransportSecurity.MTLS:
-            files = CertificateFiles.for_service(self.settings.certs_dir, self.name)
-            channel = grpc.aio.secure_channel(target, files.channel_credentials())
-        else:
-            channel = grpc.aio.insecure_channel(target)
-        self._identity_channel = channel
-        verifier = TokenVerifier(
-            identity_jwks(
-                identity_grpc.IdentityServiceStub(channel), self.settings.jwks_refetch_seconds
-            ),
-            issuer=self.settings.token_issuer,
-            audience=self.settings.token_audience,
-        )
-        return TokenAuthentication(verifier, self.security, domain)
 
     def add_servicer(self, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
         self._services += register(self._server, add_to_server, servicer, self._chain)
@@ -257,8 +238,8 @@ class GrpcApp:
         await self._server.stop(max(0.0, deadline - loop.time()))
         for hook in self._on_stop:
             await hook()
-        if self._identity_channel is not None:
-            await self._identity_channel.close(None)
+        if self._tokens is not None:
+            await self._tokens.close()
         log.info("stopped")
 
     async def run_until_signal(self) -> None:

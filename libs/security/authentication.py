@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -62,11 +62,18 @@ class TokenAuthentication:
         mode: TransportSecurity,
         domain: str,
         front_door: frozenset[str] = frozenset({spiffe_id("gateway")}),
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._verifier = verifier
         self._mode = mode
         self._domain = domain
         self._front_door = front_door
+        self._on_close = on_close
+
+    async def close(self) -> None:
+        """Releases what reaches the key source (the app calls it when it stops)."""
+        if self._on_close is not None:
+            await self._on_close()
 
     def wrap(self, method: MethodInfo, behavior: Behavior) -> Behavior:
         rule = AccessRule.of(method.descriptor) if method.descriptor is not None else None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v2 import catalog_service_pb2_grpc as pb_v2_grpc
 from libs.runtime.server import GrpcApp
+from libs.security.identity_tokens import identity_tokens
 from libs.storage.database import Database, database_errors
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.api.mapping import validate_draft
@@ -43,7 +44,14 @@ async def build(settings: CatalogSettings) -> GrpcApp:
     parts = await build_catalog(settings)
     if settings.seed_sample_products:
         await seed(parts.catalog)
-    app = GrpcApp("catalog", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors])
+    app = GrpcApp(
+        "catalog",
+        settings,
+        domain=DOMAIN,
+        policy=POLICY,
+        translators=[database_errors],
+        tokens=identity_tokens(settings, "catalog", DOMAIN),
+    )
     app.add_servicer(pb_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(parts.catalog))
     app.add_servicer(
         pb_v2_grpc.add_CatalogServiceServicer_to_server, CatalogServicerV2(parts.catalog)

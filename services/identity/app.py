@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from libs.runtime.server import GrpcApp
+from libs.security.identity_tokens import identity_tokens
 from libs.storage.database import Database, database_errors
 from services.identity.adapters.key_files import SigningKeys
 from services.identity.adapters.secret_files import load_clients, load_users
@@ -32,7 +33,12 @@ async def build(settings: IdentitySettings) -> GrpcApp:
         refresh_ttl=settings.refresh_token_ttl_seconds,
     )
     app = GrpcApp(
-        "identity", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
+        "identity",
+        settings,
+        domain=DOMAIN,
+        policy=POLICY,
+        translators=[database_errors],
+        tokens=identity_tokens(settings, "identity", DOMAIN),
     )
     app.add_servicer(
         pb_grpc.add_IdentityServiceServicer_to_server, IdentityServicer(identity, keys)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
+from libs.security.identity_tokens import identity_tokens
 from libs.storage.database import Database, database_errors
 from services.inventory.adapters.sql_repository import MIGRATIONS, SqlInventoryRepository
 from services.inventory.api.policy import POLICY
@@ -33,7 +34,12 @@ async def build(settings: InventorySettings) -> GrpcApp:
         feed.close()
 
     app = GrpcApp(
-        "inventory", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors]
+        "inventory",
+        settings,
+        domain=DOMAIN,
+        policy=POLICY,
+        translators=[database_errors],
+        tokens=identity_tokens(settings, "inventory", DOMAIN),
     )
     app.add_servicer(pb_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(inventory))
     app.add_health_check("database", database.ping)

@@ -10,6 +10,7 @@ from libs.messaging.schema import messaging_migration
 from libs.messaging.service import ServiceMessaging
 from libs.messaging.topology import Topology
 from libs.runtime.server import GrpcApp
+from libs.security.identity_tokens import identity_tokens
 from libs.storage.database import Database
 from services.notifications.adapters.maildir import MaildirChannel
 from services.notifications.adapters.order_events import CONSUMER, OrderEventNotifier
@@ -18,6 +19,8 @@ from services.notifications.config import NotificationsSettings
 from services.notifications.domain.ports import Channel
 
 MIGRATIONS = (messaging_migration(1),)
+
+DOMAIN = "notifications.emporium.dev"
 
 
 @dataclass
@@ -57,7 +60,13 @@ async def wire(settings: NotificationsSettings) -> Notifications:
     messaging = ServiceMessaging(settings.broker(), Topology(), None)  # it publishes nothing
     messaging.add(consumer)
     # No RPCs of its own: the server is there for health checks (and the mesh).
-    app = GrpcApp("notifications", settings, domain="notifications.emporium.dev", policy={})
+    app = GrpcApp(
+        "notifications",
+        settings,
+        domain=DOMAIN,
+        policy={},
+        tokens=identity_tokens(settings, "notifications", DOMAIN),
+    )
     app.add_health_check("database", database.ping)
     messaging.attach(app)
     app.on_stop(database.dispose)

@@ -15,6 +15,7 @@ from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
+from libs.security.identity_tokens import identity_tokens
 from libs.storage.database import Database, database_errors
 from services.orders.adapters.order_messages import OrderMessages
 from services.orders.adapters.payment_results import PaymentResults
@@ -76,6 +77,7 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         domain=DOMAIN,
         policy=POLICY,
         translators=[database_errors, upstream_errors],
+        tokens=identity_tokens(settings, "orders", DOMAIN),
     )
     app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
     (results_queue,) = topology.work_queues

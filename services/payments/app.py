@@ -14,6 +14,7 @@ from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
 from libs.security.credentials import CertificateFiles
+from libs.security.identity_tokens import identity_tokens
 from libs.storage.database import Database, database_errors
 from services.payments.adapters.charge_queue import ChargeHandler
 from services.payments.adapters.order_book import GrpcOrderBook, TrustingOrderBook
@@ -81,7 +82,14 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
             concurrency=settings.concurrency,
         )
     )
-    app = GrpcApp("payments", settings, domain=DOMAIN, policy=POLICY, translators=[database_errors])
+    app = GrpcApp(
+        "payments",
+        settings,
+        domain=DOMAIN,
+        policy=POLICY,
+        translators=[database_errors],
+        tokens=identity_tokens(settings, "payments", DOMAIN),
+    )
     app.add_servicer(pb_grpc.add_PaymentsServiceServicer_to_server, PaymentsServicer(payments))
     app.add_health_check("database", database.ping)
     messaging.attach(app)
