@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FileDescriptor
@@ -52,6 +53,10 @@ class Route:
     @property
     def full_name(self) -> str:
         return str(self.message.DESCRIPTOR.full_name)
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return cast(Descriptor, self.message.DESCRIPTOR)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from emporium.orders.v1 import orders_service_pb2 as orders_pb
 from emporium.orders.v1 import orders_service_pb2_grpc as orders_grpc
 from emporium.payments.v1 import payments_service_pb2 as payments_pb
 from emporium.payments.v1 import payments_service_pb2_grpc as payments_grpc
+from libs.messaging.contract import fleet_contract
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.channels import ChannelFactory
@@ -43,6 +44,7 @@ from libs.runtime.deadline import budget
 from libs.security.authentication import identity_jwks
 from libs.security.credentials import CertificateFiles
 from libs.security.tokens import JwksCache, TokenVerifier
+from services.gateway.asyncapi import build_asyncapi
 from services.gateway.caching import ResponseCache
 from services.gateway.config import GatewaySettings
 from services.gateway.dispatch import Dispatcher
@@ -227,9 +229,15 @@ def build(settings: GatewaySettings) -> Gateway:
     document = build_document(routes, title="Emporium", full_view=full_view)
     schema = SchemaBuilder(dispatcher, references).build(routes)
     openapi_body = json.dumps(document).encode()
+    asyncapi_body = json.dumps(
+        build_asyncapi(fleet_contract(), title="Emporium messaging", version="1")
+    ).encode()
 
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
+
+    async def asyncapi(request: Request) -> Response:
+        return Response(asyncapi_body, media_type="application/json")
 
     async def docs(request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE)
@@ -266,6 +274,7 @@ def build(settings: GatewaySettings) -> Gateway:
     app = Starlette(
         routes=[
             HttpRoute("/openapi.json", openapi, methods=["GET"]),
+            HttpRoute("/asyncapi.json", asyncapi, methods=["GET"]),
             HttpRoute("/docs", docs, methods=["GET"]),
             HttpRoute("/healthz", healthz, methods=["GET"]),
             HttpRoute("/graphql", graphql_endpoint, methods=["GET", "POST"]),

@@ -115,7 +115,10 @@ def _behaviors(field: FieldDescriptor) -> set[int]:
     return set(options.Extensions[field_behavior_pb2.field_behavior])
 
 
-class _Schemas:
+class JsonSchemas:
+    """Protobuf messages as JSON schemas of their proto3 JSON form, collected as components
+    (`#/components/schemas/<full name>`); /asyncapi.json reuses them for message payloads."""
+
     def __init__(self) -> None:
         self.components: dict[str, dict[str, Any]] = {}
 
@@ -158,7 +161,7 @@ class _Schemas:
 
 
 def _query_parameters(
-    schemas: _Schemas, message_type: descriptor.Descriptor, bound: set[str], required: set[str]
+    schemas: JsonSchemas, message_type: descriptor.Descriptor, bound: set[str], required: set[str]
 ) -> list[dict[str, Any]]:
     parameters = []
     for field in message_type.fields:
@@ -192,7 +195,7 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
 
 def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) -> dict[str, Any]:
     """`full_view`: operation ids that accept `?view=FULL` (their responses hold references)."""
-    schemas = _Schemas()
+    schemas = JsonSchemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         path, path_parameters = openapi_path(route.template)
