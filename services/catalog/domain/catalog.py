@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field, not_found
 from libs.runtime.pagination import page_request
+from libs.runtime.resource_names import resource_id
 from services.catalog.domain.change_feed import ChangeFeed
 from services.catalog.domain.model import (
     MUTABLE_FIELDS,
@@ -22,6 +23,8 @@ from services.catalog.domain.repository import CreateRequest, ProductRepository
 # Checks a draft against the contract's rules; raises INVALID_ARGUMENT naming fields under the
 # given prefix (`product.`). The API layer provides it: the rules live in the contract.
 DraftValidator = Callable[[ProductDraft, str], None]
+
+PRODUCT_PATTERN = PRODUCT_PREFIX + "{product}"
 
 
 def _new_product_id() -> str:
@@ -130,14 +133,7 @@ class Catalog:
 
 
 def product_id_of(name: str, field_path: str) -> str:
-    product_id = name.removeprefix(PRODUCT_PREFIX)
-    if not name.startswith(PRODUCT_PREFIX) or not product_id or "/" in product_id:
-        raise invalid_field(
-            field_path,
-            f"{name!r} is not a product name (products/{{product}})",
-            "INVALID_RESOURCE_NAME",
-        )
-    return product_id
+    return resource_id(name, PRODUCT_PATTERN, field_path)
 
 
 def _etag_mismatch(name: str, given: str, current: str) -> DomainError:

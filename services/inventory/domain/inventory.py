@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument, not_found
+from libs.runtime.errors import FieldViolation, invalid_argument, not_found
 from libs.runtime.pagination import page_request
+from libs.runtime.resource_names import resource_id
 from services.inventory.domain.level_feed import LevelFeed
 from services.inventory.domain.model import (
     ITEM_PREFIX,
@@ -112,16 +113,4 @@ class Inventory:
 
 
 def id_of(name: str, prefix: str, field_path: str) -> str:
-    identifier = name.removeprefix(prefix)
-    if not name.startswith(prefix) or not identifier or "/" in identifier:
-        raise DomainError(
-            ErrorKind.INVALID_ARGUMENT,
-            "INVALID_RESOURCE_NAME",
-            f"{field_path}: {name!r} is not of the form {prefix}{{id}}",
-            violations=[
-                FieldViolation(
-                    field_path, f"must look like {prefix}{{id}}", "INVALID_RESOURCE_NAME"
-                )
-            ],
-        )
-    return identifier
+    return resource_id(name, prefix + "{id}", field_path)
