@@ -33,7 +33,7 @@ from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from libs.testing.broker import fresh_vhost
 from services.catalog.seed import SAMPLES
-from tools.commands.run import __main__ as launcher
+from tools.commands.run import fleet
 
 PRODUCT = f"products/{SAMPLES[0][0].lower()}"
 UNLIMITED = {
@@ -50,7 +50,7 @@ async def start_fleet(
     """The fleet as `tools/run` starts it (plaintext, free ports, the gateway's response cache
     off), plus a second gateway with its cache on and the hand-written baseline."""
     registry = LocalRegistry(directory / "registry.json")
-    running = await launcher.start_fleet(
+    running = await fleet.start_fleet(
         directory,
         amqp_url,
         registry,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from libs.rpcclient.discovery import LocalRegistry
 from tools.commands.certs.__main__ import ensure
-from tools.commands.run.__main__ import curl_walkthrough, start_fleet
+from tools.commands.run.fleet import start_fleet
+from tools.commands.run.walkthrough import curl_walkthrough
 
 
 async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:

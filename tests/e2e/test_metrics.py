@@ -24,7 +24,7 @@ from libs.messaging.contract import fleet_contract
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
 from tools.commands.certs.__main__ import ensure
-from tools.commands.run.__main__ import metrics_address, start_fleet
+from tools.commands.run.fleet import metrics_address, start_fleet
 from tools.monitoring.definition import exported_names_used
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]

@@ -12,56 +12,41 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
 from libs.rpcclient.discovery import LocalRegistry
-from libs.runtime.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess
 from tools.commands.certs.__main__ import ensure
+from tools.commands.run.fleet import start_fleet, stop_fleet
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+
+
+ORDER_PATH = ("catalog", "inventory", "orders", "payments", "notifications")
 
 
 @pytest.fixture
 async def order_path(
     tmp_path: Path, amqp_url: str
 ) -> AsyncIterator[tuple[Path, dict[str, ServiceProcess]]]:
+    """The launcher's fleet (without identity and the gateway) on free ports under tmp_path."""
     certs = tmp_path / "certs"
     ensure(certs)
-    registry = LocalRegistry(tmp_path / "registry.json")
-    running: dict[str, ServiceProcess] = {}
-    async with AsyncExitStack() as stack:
-        for name, extra in (
-            ("catalog", {"CATALOG_SEED_SAMPLE_PRODUCTS": "true"}),
-            ("inventory", {}),
-            ("orders", {"ORDERS_REGISTRY_FILE": str(registry.path)}),
-            (
-                "payments",
-                {
-                    "PAYMENTS_PROVIDER_LEDGER": str(tmp_path / "ledger.sqlite3"),
-                    "PAYMENTS_REGISTRY_FILE": str(registry.path),  # it asks orders first
-                },
-            ),
-            ("notifications", {"NOTIFICATIONS_MAILDIR": str(tmp_path / "mail")}),
-        ):
-            prefix = name.upper()
-            process = await start_service(
-                f"services.{name}",
-                {
-                    f"{prefix}_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / name}.sqlite3",
-                    f"{prefix}_SECURITY": "mtls",
-                    f"{prefix}_CERTS_DIR": str(certs),
-                    f"{prefix}_AMQP_URL": amqp_url,
-                    f"{prefix}_OUTBOX_POLL_SECONDS": "0.2",
-                    **extra,
-                },
-            )
-            stack.push_async_callback(process.terminate)
-            registry.register(name, process.address)
-            running[name] = process
+    running = await start_fleet(
+        tmp_path,
+        amqp_url,
+        LocalRegistry(tmp_path / "registry.json"),
+        certs=certs,
+        free_ports=True,
+        only=ORDER_PATH,
+        env_overrides={name: {f"{name.upper()}_OUTBOX_POLL_SECONDS": "0.2"} for name in ORDER_PATH},
+    )
+    try:
         yield tmp_path, running
+    finally:
+        await stop_fleet(running, frozenset())
 
 
 def grpcurl_command(

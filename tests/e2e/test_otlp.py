@@ -25,7 +25,7 @@ from libs.messaging.contract import fleet_contract
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
 from tools.commands.certs.__main__ import ensure
-from tools.commands.run.__main__ import start_fleet
+from tools.commands.run.fleet import start_fleet
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
 CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name

@@ -17,164 +17,24 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
-from libs.messaging.local_broker import LocalBroker, LocalBrokerError
+from libs.messaging.broker import BrokerOptions
 from libs.rpcclient.discovery import LocalRegistry
-from libs.runtime.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess
 from tools.commands.certs.__main__ import ensure as ensure_certificates
-from tools.identity.__main__ import init as init_identity
+from tools.commands.run.fleet import (
+    CERTS,
+    REPO,
+    broker_url,
+    edge_of,
+    metrics_address,
+    services,
+    start_fleet,
+    stop_fleet,
+)
+from tools.commands.run.walkthrough import curl_walkthrough
 from tools.monitoring.prometheus import LocalPrometheus, LocalPrometheusError
-
-REPO = Path(__file__).resolve().parents[3]
-CERTS = REPO / "var" / "certs"
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    module: str
-    port: int
-    env: dict[str, str] = field(default_factory=dict)
-    # The edge stops first, alone, so that no request comes in while the others stop.
-    edge: bool = False
-
-
-# Each service's Prometheus endpoint in local mode (override with <SERVICE>_METRICS_PORT).
-METRICS_PORTS = {
-    "catalog": 9101,
-    "inventory": 9102,
-    "orders": 9103,
-    "payments": 9104,
-    "notifications": 9105,
-    "identity": 9106,
-    "gateway": 9180,
-}
-
-
-def metrics_address(process: ServiceProcess) -> str | None:
-    """host:port of the metrics endpoint the service logged (`metrics`), if it serves one."""
-    for line in process.log_lines:
-        if line.get("message") == "metrics":
-            return f"127.0.0.1:{line['port']}"
-    return None
-
-
-def _sqlite(var: Path, name: str) -> str:
-    return f"sqlite+aiosqlite:///{var / name}.sqlite3"
-
-
-def services(var: Path) -> list[ServiceSpec]:
-    identity = var / "identity"
-    return [
-        # First: the gateway and (when they verify tokens) the services read its keys.
-        ServiceSpec(
-            "identity",
-            "services.identity",
-            50056,
-            {
-                "IDENTITY_DATABASE_URL": _sqlite(var, "identity"),
-                "IDENTITY_KEYS_DIR": str(identity / "keys"),
-                "IDENTITY_CLIENTS_FILE": str(identity / "clients.json"),
-                "IDENTITY_USERS_FILE": str(identity / "users.json"),
-            },
-        ),
-        ServiceSpec(
-            "catalog",
-            "services.catalog",
-            50051,
-            {
-                "CATALOG_DATABASE_URL": _sqlite(var, "catalog"),
-                "CATALOG_SEED_SAMPLE_PRODUCTS": "true",
-            },
-        ),
-        ServiceSpec(
-            "inventory",
-            "services.inventory",
-            50052,
-            {"INVENTORY_DATABASE_URL": _sqlite(var, "inventory")},
-        ),
-        # It finds catalog and inventory through the registry.
-        ServiceSpec(
-            "orders",
-            "services.orders",
-            50053,
-            {
-                "ORDERS_DATABASE_URL": _sqlite(var, "orders"),
-                "ORDERS_REGISTRY_FILE": str(var / "registry.json"),
-            },
-        ),
-        ServiceSpec(
-            "payments",
-            "services.payments",
-            50054,
-            {
-                "PAYMENTS_DATABASE_URL": _sqlite(var, "payments"),
-                "PAYMENTS_PROVIDER_LEDGER": str(var / "payment-provider.sqlite3"),
-                # It asks orders (through the registry) whether an order may be paid.
-                "PAYMENTS_REGISTRY_FILE": str(var / "registry.json"),
-            },
-        ),
-        ServiceSpec(
-            "notifications",
-            "services.notifications",
-            50055,
-            {
-                "NOTIFICATIONS_DATABASE_URL": _sqlite(var, "notifications"),
-                "NOTIFICATIONS_MAILDIR": str(var / "mail"),
-            },
-        ),
-        # Last: the HTTP front door; it finds every service through the registry.
-        ServiceSpec(
-            "gateway",
-            "services.gateway",
-            8080,
-            edge=True,
-            env={
-                "GATEWAY_REGISTRY_FILE": str(var / "registry.json"),
-                **(
-                    {"GATEWAY_REDIS_URL": redis}
-                    if (redis := os.environ.get("EMPORIUM_REDIS_URL"))
-                    else {}
-                ),
-            },
-        ),
-    ]
-
-
-_JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
-
-
-def curl_walkthrough(gateway: str, secrets: Path) -> list[str]:
-    """Shell lines a new user can paste: stock as staff, sign up, page through products,
-    order with an Idempotency-Key, watch it over SSE until CONFIRMED, read it with its products.
-    tests/e2e/test_front_door_curl.py runs exactly these lines."""
-    json_header = "-H 'Content-Type: application/json'"
-    return [
-        f"G=http://{gateway}",
-        f'STAFF=$(curl -s $G/v1/token {json_header} -d "{{\\"grant_type\\": \\"password\\", '
-        f'\\"username\\": \\"staff\\", \\"password\\": \\"$(cat {secrets}/staff)\\"}}" '
-        f"| {_JSON_FIELD} access_token)",
-        f'curl -s $G/v1/inventory/items:adjust -H "Authorization: Bearer $STAFF" {json_header} '
-        '-d \'[{"item": "inventory/items/mug-01", "delta": 10}]\'; echo',
-        f'curl -s "$G/v1/users?user_id=ann" {json_header} '
-        '-d \'{"password": "correct horse battery"}\'; echo',
-        f'TOKEN=$(curl -s $G/v1/token {json_header} -d \'{{"grant_type": "password", '
-        f'"username": "ann", "password": "correct horse battery"}}\' | {_JSON_FIELD} access_token)',
-        'curl -si "$G/v1/products?page_size=2" | grep -i \'^link:\'    # rel="next": the next page',
-        f'ORDER=$(curl -s $G/v1/orders -H "Authorization: Bearer $TOKEN" '
-        '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
-        f'{json_header} -d \'{{"customer": "customers/ann", "lines": [{{"product": '
-        f'"products/mug-01", "quantity": 2}}]}}\' | {_JSON_FIELD} name)',
-        'curl -sN "$G/v1/$ORDER:watch" -H "Authorization: Bearer $TOKEN"    '
-        "# Server-Sent Events until CONFIRMED",
-        'curl -s "$G/v1/$ORDER?view=FULL" -H "Authorization: Bearer $TOKEN"; echo    '
-        "# with each line's productDetails",
-    ]
 
 
 def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
@@ -249,124 +109,6 @@ def banner(running: dict[str, ServiceProcess], amqp_url: str, var: Path) -> str:
         "Logs are JSON lines on stderr. Ctrl-C stops everything gracefully.",
     ]
     return "\n".join(lines)
-
-
-async def broker_url(var: Path, stack: contextlib.AsyncExitStack) -> str:
-    """EMPORIUM_AMQP_URL, else the local broker if it answers, else a private node."""
-    configured = os.environ.get("EMPORIUM_AMQP_URL")
-    candidate = configured or DEFAULT_AMQP_URL
-    try:
-        connection = await connect(BrokerOptions(candidate, connect_timeout=3))
-        await connection.close()
-        print(f"RabbitMQ: using {BrokerOptions(candidate).safe_url}", flush=True)
-        return candidate
-    except BrokerUnreachable as error:
-        if configured:
-            raise RuntimeError(f"EMPORIUM_AMQP_URL: {error}") from None
-    print("RabbitMQ: none on 127.0.0.1:5672; starting a private node ...", flush=True)
-    node = LocalBroker(var / "rabbitmq")
-    try:
-        await node.start()
-    except LocalBrokerError as error:
-        raise RuntimeError(str(error)) from None
-    stack.push_async_callback(node.stop)
-    print(f"RabbitMQ: private node {node.node} on {node.url} (data in {node.directory})")
-    return node.url
-
-
-async def start_fleet(
-    var: Path,
-    amqp_url: str,
-    registry: LocalRegistry,
-    *,
-    certs: Path = CERTS,
-    security: str = "mtls",
-    free_ports: bool = False,
-    env_overrides: Mapping[str, Mapping[str, str]] | None = None,
-    echo_log: bool = True,
-) -> dict[str, ServiceProcess]:
-    """Starts every service in order (each registered once serving); the caller terminates
-    them. Ports: free ones with `free_ports`, else <SERVICE>_PORT, else the spec's.
-    `env_overrides` adds settings per service (the gateway bench turns the cache off)."""
-    written = init_identity(var / "identity")
-    if written:
-        print(f"identity secrets created in {var / 'identity'}: {', '.join(written)}")
-    running: dict[str, ServiceProcess] = {}
-    try:
-        for spec in services(var):
-            port = (
-                "0" if free_ports else os.environ.get(f"{spec.name.upper()}_PORT", str(spec.port))
-            )
-            print(f"starting {spec.name} on 127.0.0.1:{port} ...", flush=True)
-            prefix = spec.name.upper()
-            metrics_port = (
-                "0"
-                if free_ports
-                else os.environ.get(f"{prefix}_METRICS_PORT", str(METRICS_PORTS.get(spec.name, 0)))
-            )
-            env = {
-                f"{prefix}_PORT": port,
-                f"{prefix}_METRICS_PORT": metrics_port,
-                f"{prefix}_SECURITY": security,
-                f"{prefix}_CERTS_DIR": str(certs),
-                "EMPORIUM_AMQP_URL": amqp_url,
-                **spec.env,
-                **(env_overrides or {}).get(spec.name, {}),
-            }
-            if "identity" in running:  # every service verifies tokens with identity's keys
-                env["EMPORIUM_IDENTITY_TARGET"] = running["identity"].address
-            running[spec.name] = await start_service(spec.module, env, echo_log=echo_log)
-            registry.register(spec.name, running[spec.name].address)
-    except BaseException:
-        await stop_fleet(running, edge_of(services(var)))
-        raise
-    return running
-
-
-class Stoppable(Protocol):
-    async def terminate(self) -> int: ...
-
-    async def kill(self) -> None: ...
-
-
-# Beyond a service's grace period (<SERVICE>_GRACE_SECONDS, 10 s), time to exit before a kill.
-EXIT_MARGIN_SECONDS = 5.0
-
-
-def grace_of(name: str) -> float:
-    prefix = name.upper()
-    grace = os.environ.get(f"{prefix}_GRACE_SECONDS") or os.environ.get("EMPORIUM_GRACE_SECONDS")
-    try:
-        return float(grace or 10.0) + EXIT_MARGIN_SECONDS
-    except ValueError:
-        raise RuntimeError(f"{prefix}_GRACE_SECONDS: not a number ({grace!r})") from None
-
-
-def edge_of(specs: list[ServiceSpec]) -> frozenset[str]:
-    return frozenset(spec.name for spec in specs if spec.edge)
-
-
-async def stop_fleet(running: Mapping[str, Stoppable], edge: frozenset[str]) -> None:
-    """Stops the edge (the gateway) first, then every other service at once; each gets its
-    grace period (SIGTERM), then is killed."""
-
-    async def stop(name: str, process: Stoppable) -> None:
-        try:
-            await asyncio.wait_for(process.terminate(), grace_of(name))
-        except ProcessLookupError:
-            pass
-        except TimeoutError:
-            print(f"{name} did not stop within its grace period; killing it", file=sys.stderr)
-            await process.kill()
-
-    tiers = [
-        {n: p for n, p in running.items() if n in edge},
-        {n: p for n, p in running.items() if n not in edge},
-    ]
-    for tier in tiers:
-        if tier:
-            print(f"stopping {', '.join(tier)} ...", flush=True)
-            await asyncio.gather(*(stop(name, process) for name, process in tier.items()))
 
 
 async def observe(

@@ -18,7 +18,7 @@ from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
 from libs.runtime.server import free_port
 from tools.commands.certs.__main__ import ensure
-from tools.commands.run.__main__ import start_fleet
+from tools.commands.run.fleet import start_fleet
 
 
 async def load(*args: str) -> tuple[int, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.commands.run.__main__ import edge_of, services, stop_fleet
+from tools.commands.run.fleet import edge_of, services, stop_fleet
 
 
 class FakeProcess:
@@ -60,7 +60,7 @@ async def test_the_edge_stops_first_then_the_rest_together() -> None:
 
 async def test_a_service_past_its_grace_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATALOG_GRACE_SECONDS", "0")
-    monkeypatch.setattr("tools.commands.run.__main__.EXIT_MARGIN_SECONDS", 0.0)
+    monkeypatch.setattr("tools.commands.run.fleet.EXIT_MARGIN_SECONDS", 0.0)
     log: list[str] = []
     stuck = FakeProcess("catalog", log, exits=False)
     await stop_fleet({"catalog": stuck}, frozenset())
