@@ -220,9 +220,10 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
             "summary": f"{method.containing_service.name}.{method.name}",
             "tags": [_tag(route)],
             "x-emporium-access": _access(route),
+            "x-emporium-reasons": error_reasons(method.containing_service.file.package),
             "responses": {
                 "default": {
-                    "description": "an error",
+                    "description": "an error; its `reason` is one of `x-emporium-reasons`",
                     "content": {
                         "application/problem+json": {
                             "schema": {"$ref": "#/components/schemas/Problem"}
@@ -281,7 +282,7 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
         if route.verb == "GET" and not route.streams_out:
             operation["responses"]["304"] = {"description": "not modified (If-None-Match)"}
         paths.setdefault(path, {})[route.verb.lower()] = operation
-    tags = sorted({_tag(route) for route in routes})
+    services = {_tag(route): route.method.containing_service.full_name for route in routes}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -291,7 +292,10 @@ def build_document(routes: Sequence[Route], *, title: str, full_view: set[str]) 
             "token from `POST /v1/token` (the `oauth2` scheme does it for you in /docs) and "
             "send it as `Authorization: Bearer <token>`.",
         },
-        "tags": [{"name": tag, "description": f"`{tag}`, gRPC service"} for tag in tags],
+        "tags": [
+            {"name": tag, "description": f"gRPC service `{services[tag]}`"}
+            for tag in sorted(services)
+        ],
         "paths": paths,
         "components": {
             "schemas": {**schemas.components, "Problem": PROBLEM_SCHEMA},
@@ -310,6 +314,27 @@ SECURITY_SCHEMES: dict[str, Any] = {
     },
 }
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"oauth2": []}]
+
+
+def error_reasons(package: str) -> list[str]:
+    """The reasons an operation of `package` may return: its domain's ErrorReason enum
+    (`proto/emporium/<domain>/v1/error_reason.proto`; a later version shares v1's) and the
+    kit's and the gateway's (`emporium.errors.v1`)."""
+    domain = ".".join(package.split(".")[:2])
+    reasons: list[str] = []
+    for candidate in (package, f"{domain}.v1", SHARED_REASONS):
+        try:
+            module = importlib.import_module(f"{candidate}.error_reason_pb2")
+        except ModuleNotFoundError:
+            continue
+        values = module.DESCRIPTOR.enum_types_by_name["ErrorReason"].values
+        reasons += [v.name for v in values if v.number and v.name not in reasons]
+        if candidate != SHARED_REASONS:
+            break
+    for value in _shared_reasons():
+        if value not in reasons:
+            reasons.append(value)
+    return reasons
 
 
 def _tag(route: Route) -> str:
