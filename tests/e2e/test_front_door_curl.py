@@ -10,7 +10,7 @@ import contextlib
 from pathlib import Path
 
 from libs.rpcclient.discovery import LocalRegistry
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 from tools.commands.run.fleet import start_fleet
 from tools.commands.run.walkthrough import curl_walkthrough
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from libs.messaging.contract import fleet_contract
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 from tools.commands.run.fleet import metrics_address, start_fleet
 from tools.monitoring.definition import exported_names_used
 

@@ -18,7 +18,7 @@ import pytest
 
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 from tools.commands.run.fleet import start_fleet, stop_fleet
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tra
 from libs.messaging.contract import fleet_contract
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 from tools.commands.run.fleet import start_fleet
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]

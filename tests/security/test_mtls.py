@@ -32,7 +32,7 @@ from services.inventory.config import InventorySettings
 from services.orders.api.policy import POLICY as ORDERS_POLICY
 from services.orders.app import build as build_orders
 from services.orders.config import OrdersSettings
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 
 
 @dataclass

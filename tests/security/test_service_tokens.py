@@ -31,8 +31,8 @@ from services.identity.config import IdentitySettings
 from services.orders.app import build as build_orders
 from services.orders.config import OrdersSettings
 from tests.security.test_mtls import credentials_of
-from tools.commands.certs.__main__ import ensure
-from tools.identity.__main__ import init as init_identity
+from tools.commands.certs.authority import ensure
+from tools.identity.accounts import init as init_identity
 
 
 @dataclass

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.runtime.processes import start_service
 from libs.testing.databases import sqlite_url
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 
 
 async def test_a_refused_handshake_adds_no_plain_text_to_the_logs(tmp_path: Path) -> None:

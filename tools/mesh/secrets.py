@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tools.identity.__main__ import init as init_identity
+from tools.identity.accounts import init as init_identity
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "mesh" / "local"

@@ -34,7 +34,7 @@ from services.orders.app import build as build_orders
 from services.orders.config import OrdersSettings
 from services.payments.app import build as build_payments
 from services.payments.config import PaymentsSettings
-from tools.identity.__main__ import init as init_identity
+from tools.identity.accounts import init as init_identity
 
 ISSUER = "https://identity.test"
 PRODUCTS = [f"products/{sample[0].lower()}" for sample in SAMPLES]

@@ -19,7 +19,7 @@ from libs.testing.rpc import rich_error, serving
 from services.identity.adapters.key_files import write_key
 from services.identity.app import build
 from services.identity.config import IdentitySettings
-from tools.identity.__main__ import init
+from tools.identity.accounts import init
 
 ISSUER = "https://identity.test"
 

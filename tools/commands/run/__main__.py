@@ -22,7 +22,7 @@ from pathlib import Path
 from libs.messaging.broker import BrokerOptions
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.__main__ import ensure as ensure_certificates
+from tools.commands.certs.authority import ensure as ensure_certificates
 from tools.commands.run.fleet import (
     CERTS,
     REPO,

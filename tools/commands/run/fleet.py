@@ -17,7 +17,7 @@ from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreach
 from libs.messaging.local_broker import LocalBroker, LocalBrokerError
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
-from tools.identity.__main__ import init as init_identity
+from tools.identity.accounts import init as init_identity
 
 REPO = Path(__file__).resolve().parents[3]
 CERTS = REPO / "var" / "certs"

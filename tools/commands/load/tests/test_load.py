@@ -17,7 +17,7 @@ import pytest
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
 from libs.runtime.server import free_port
-from tools.commands.certs.__main__ import ensure
+from tools.commands.certs.authority import ensure
 from tools.commands.run.fleet import start_fleet
 
 
