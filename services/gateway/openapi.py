@@ -8,6 +8,7 @@ problem+json errors and who may call it (`x-emporium-access`).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Struct": {"type": "object"},
     "google.protobuf.Value": {},
 }
+SHARED_REASONS = "emporium.errors.v1"
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "RFC 9457 problem details with the gRPC status's ErrorInfo and BadRequest",
@@ -318,23 +320,19 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"oauth2": []}]
 
 def error_reasons(package: str) -> list[str]:
     """The reasons an operation of `package` may return: its domain's ErrorReason enum
-    (`proto/emporium/<domain>/v1/error_reason.proto`; a later version shares v1's) and the
+    (`proto/emporium/<domain>/v1/error_reason.proto`; a later version shares v1's), then the
     kit's and the gateway's (`emporium.errors.v1`)."""
-    domain = ".".join(package.split(".")[:2])
-    reasons: list[str] = []
-    for candidate in (package, f"{domain}.v1", SHARED_REASONS):
-        try:
-            module = importlib.import_module(f"{candidate}.error_reason_pb2")
-        except ModuleNotFoundError:
-            continue
-        values = module.DESCRIPTOR.enum_types_by_name["ErrorReason"].values
-        reasons += [v.name for v in values if v.number and v.name not in reasons]
-        if candidate != SHARED_REASONS:
-            break
-    for value in _shared_reasons():
-        if value not in reasons:
-            reasons.append(value)
-    return reasons
+    own = _enum_values(package) or _enum_values(".".join(package.split(".")[:2]) + ".v1")
+    return own + [reason for reason in _enum_values(SHARED_REASONS) if reason not in own]
+
+
+def _enum_values(package: str) -> list[str]:
+    try:
+        module = importlib.import_module(f"{package}.error_reason_pb2")
+    except ModuleNotFoundError:
+        return []
+    values = module.DESCRIPTOR.enum_types_by_name["ErrorReason"].values
+    return [value.name for value in values if value.number]
 
 
 def _tag(route: Route) -> str:
