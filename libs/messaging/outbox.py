@@ -123,12 +123,24 @@ class OutboxRelay:
                 async with self._database.writing() as connection:
                     await self._mark_sent(connection, sent)
         else:
-            # Replicas share the outbox: each claims rows the others have not locked.
+            # Replicas share the outbox: each claims rows the others have not locked, and marks
+            # them sent in the same statement; the ones that fail to publish are unmarked before
+            # commit (a crash rolls the marks back, so a row is never lost).
+            free = query.with_only_columns(outbox.c.id).with_for_update(skip_locked=True)
+            claim = (
+                outbox.update()
+                .where(outbox.c.id.in_(free.scalar_subquery()))
+                .values(sent_us=now_micros())
+                .returning(*outbox.c)
+            )
             async with self._database.engine.begin() as connection:
-                rows = (await connection.execute(query.with_for_update(skip_locked=True))).all()
+                rows = sorted((await connection.execute(claim)).all(), key=lambda row: row.id)
                 sent, failures = await self._publish_all(rows)
-                if sent:
-                    await self._mark_sent(connection, sent)
+                unsent = sorted({row.id for row in rows} - set(sent))
+                if unsent:
+                    await connection.execute(
+                        outbox.update().where(outbox.c.id.in_(unsent)).values(sent_us=None)
+                    )
         if failures:
             log.warning(
                 "outbox publish failed; will retry",
@@ -145,9 +157,7 @@ class OutboxRelay:
         )
         sent = [row.id for row, result in zip(rows, results, strict=True) if result is None]
         count_published(
-            row.message_type
-            for row, result in zip(rows, results, strict=True)
-            if result is None
+            row.message_type for row, result in zip(rows, results, strict=True) if result is None
         )
         return sent, [r for r in results if isinstance(r, BaseException)]
 

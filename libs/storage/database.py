@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from opentelemetry import metrics
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -49,8 +50,23 @@ def _pool_usage(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
     return observations
 
 
-metrics.get_meter("emporium.storage").create_observable_up_down_counter(
+def _statements(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
+    """`db.client.statements`: statements each open Database has sent (bench/orders.py divides
+    it by the orders placed)."""
+    return [
+        metrics.Observation(
+            database.statements, {"db.client.connections.pool.name": database.pool_name}
+        )
+        for database in list(_open)
+    ]
+
+
+_meter = metrics.get_meter("emporium.storage")
+_meter.create_observable_up_down_counter(
     "db.client.connections.usage", [_pool_usage], description="pool connections by state"
+)
+_meter.create_observable_counter(
+    "db.client.statements", [_statements], unit="{statement}", description="statements sent"
 )
 
 
@@ -80,13 +96,14 @@ class Database:
             )
         self.url = parsed
         self.pool_name = parsed.render_as_string(hide_password=True)
-        self._write_lock = asyncio.Lock()
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.statements = 0
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(parsed, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         else:
             self.engine = create_async_engine(
                 parsed,
@@ -94,20 +111,24 @@ class Database:
                 pool_size=10,
                 connect_args={"timeout": connect_timeout},
             )
+        event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
+        # Write transactions take SQLite's write lock when they begin (BEGIN IMMEDIATE), so
+        # concurrent writers wait their turn in busy_timeout instead of failing to upgrade.
+        self._write_engine = self.engine.execution_options(**{_WRITE: True})
         _open.add(self)
 
+    def _count_statement(self, *_arguments: object) -> None:
+        self.statements += 1
+
     @asynccontextmanager
-    async def writing(self, lock_table: str | None = None) -> AsyncIterator[AsyncConnection]:
-        """One write transaction at a time from this process (SQLite allows one writer anyway,
-        and a deferred transaction that upgrades to writing can fail instead of waiting). On
-        PostgreSQL, `lock_table` also serializes writers across replicas. An IntegrityError
-        reaches the caller as it is (a repository may turn it into its own error); one nobody
-        handles becomes ALREADY_EXISTS at the RPC edge (`database_errors`)."""
-        async with self._write_lock, self.engine.begin() as connection:
-            if lock_table is not None and not self.is_sqlite:
-                await connection.execute(
-                    sa.text(f"LOCK TABLE {lock_table} IN SHARE ROW EXCLUSIVE MODE")
-                )
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. Writers run concurrently, within this process and across
+        replicas: correctness comes from the database (conditional UPDATEs, unique keys,
+        `FOR UPDATE` row locks on PostgreSQL, which SQLite does without since BEGIN IMMEDIATE
+        admits one writer at a time). An IntegrityError reaches the caller as it is (a
+        repository may turn it into its own error); one nobody handles becomes ALREADY_EXISTS
+        at the RPC edge (`database_errors`)."""
+        async with self._write_engine.begin() as connection:
             yield connection
 
     async def ping(self) -> None:
@@ -119,7 +140,7 @@ class Database:
         """Applies the migrations not yet recorded; returns the versions applied. Processes
         starting together (workers, replicas) take turns: a PostgreSQL advisory lock, or a
         file lock beside the SQLite file."""
-        async with self._migration_lock(), self.engine.begin() as connection:
+        async with self._migration_lock(), self._write_engine.begin() as connection:
             if not self.is_sqlite:
                 await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7305)"))
             await connection.execute(
@@ -162,6 +183,22 @@ class Database:
         await self.engine.dispose()
 
 
+def insert(connection: AsyncConnection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing` / `on_conflict_do_update`
+    (PostgreSQL and SQLite spell ON CONFLICT alike): a unique key settles a race, no lock."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+async def ordered_section(connection: AsyncConnection, key: int) -> None:
+    """From here to commit, one transaction at a time per `key` across every process: for what
+    must commit in the order it was numbered (catalog's change log). PostgreSQL: a
+    transaction-scoped advisory lock; SQLite: nothing to do, its BEGIN IMMEDIATE already admits
+    one writer. Take it as late in the transaction as possible."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def database_errors(error: Exception) -> DomainError | None:
     """ExceptionTranslator: a lost or refused database connection is UNAVAILABLE (retryable),
     not INTERNAL; a unique-constraint race no repository turned into its own error is
@@ -182,10 +219,21 @@ def database_errors(error: Exception) -> DomainError | None:
     return None
 
 
+_WRITE = "emporium_write"
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     # WAL lets readers run beside the writer; busy_timeout makes a writer wait, not fail.
+    # The driver's own implicit BEGIN is off: `_sqlite_begin` says which kind.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    """A reader's transaction is DEFERRED (WAL: it never waits); a writer's is IMMEDIATE."""
+    write = connection.get_execution_options().get(_WRITE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,15 +1,17 @@
 """ProductRepository on SQLAlchemy async core: the same SQL for SQLite and PostgreSQL.
 
 Every write appends to `product_changes` in the same transaction, so the change log (and with it
-WatchProducts) can never miss or invent a change. Writers are serialized (Database.writing, with a
-lock on the change table on PostgreSQL) so revisions commit in order.
+WatchProducts) can never miss or invent a change. Writers run concurrently (within a process and
+across replicas); each locks the product rows it changes (FOR UPDATE on PostgreSQL, BEGIN
+IMMEDIATE on SQLite) and numbers its change last, inside `ordered_section`, held only from
+numbering to commit: so revisions are dense and commit in their order, and a watcher reading
+`revision > n` never sees n+2 before n+1 (tests/test_change_log_concurrency.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
-from libs.storage.database import Database, creating_tables
+from libs.storage.database import Database, creating_tables, ordered_section
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.catalog.domain.model import (
     ChangeType,
@@ -127,7 +129,7 @@ class SqlProductRepository:
         return [_product(row._mapping) for row in rows], int(total)
 
     async def create(self, request: CreateRequest) -> tuple[Product, bool]:
-        async with self._writing() as connection:
+        async with self._database.writing() as connection:
             if request.request_id:
                 earlier = (
                     await connection.execute(
@@ -163,14 +165,14 @@ class SqlProductRepository:
             return product, True
 
     async def update(self, product_id: str, draft: ProductDraft, expected_revision: int) -> Product:
-        async with self._writing() as connection:
+        async with self._database.writing() as connection:
             current = await _locked_current(connection, product_id, expected_revision)
             if draft.sku != current.draft.sku:
                 await self._check_sku_free(connection, draft.sku)
             return await _write_update(connection, current, draft)
 
     async def delete(self, product_id: str, expected_revision: int | None) -> Product:
-        async with self._writing() as connection:
+        async with self._database.writing() as connection:
             current = await _locked_current(connection, product_id, expected_revision)
             revision = await _next_revision(connection)
             await connection.execute(products.delete().where(products.c.id == product_id))
@@ -183,9 +185,11 @@ class SqlProductRepository:
     async def upsert_by_sku(
         self, draft: ProductDraft, new_id: str, *, named: bool = False
     ) -> tuple[Product, ImportOutcome]:
-        async with self._writing() as connection:
+        async with self._database.writing() as connection:
             row = (
-                await connection.execute(sa.select(products).where(products.c.sku == draft.sku))
+                await connection.execute(
+                    sa.select(products).where(products.c.sku == draft.sku).with_for_update()
+                )
             ).first()
             if named and row is not None and row.id != new_id:
                 raise _already_exists(
@@ -229,9 +233,6 @@ class SqlProductRepository:
         async with self._engine.connect() as connection:
             return await _last_revision(connection)
 
-    def _writing(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        return self._database.writing(lock_table="product_changes")
-
     async def _check_sku_free(self, connection: AsyncConnection, sku: str) -> None:
         if await _exists(connection, products.c.sku == sku):
             raise _already_exists("SKU_TAKEN", f"another product has sku {sku!r}", sku=sku)
@@ -273,7 +274,8 @@ async def _write_update(
 async def _locked_current(
     connection: AsyncConnection, product_id: str, expected_revision: int | None
 ) -> Product:
-    row = (await connection.execute(sa.select(products).where(products.c.id == product_id))).first()
+    locked = sa.select(products).where(products.c.id == product_id).with_for_update()
+    row = (await connection.execute(locked)).first()
     if row is None:
         raise DomainError(
             ErrorKind.NOT_FOUND,
@@ -317,7 +319,12 @@ async def _record(
     )
 
 
+_CHANGE_LOG = 0x43A7A106  # ordered_section's key for the change log
+
+
 async def _next_revision(connection: AsyncConnection) -> int:
+    """Call it after the checks, before the writes that carry the revision."""
+    await ordered_section(connection, _CHANGE_LOG)
     return await _last_revision(connection) + 1
 
 

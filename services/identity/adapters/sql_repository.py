@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from libs.storage.database import Database, creating_tables
+from libs.storage.database import Database, creating_tables, insert
 from services.identity.domain.model import RefreshGrant, User
 
 metadata = sa.MetaData()
@@ -72,9 +72,12 @@ class SqlAccountStore:
         return True
 
     async def put_user(self, user: User) -> None:
-        async with self._database.writing("users") as connection:
-            await connection.execute(users.delete().where(users.c.id == user.user_id))
-            await connection.execute(users.insert().values(**_user_values(user)))
+        values = _user_values(user)
+        async with self._database.writing() as connection:
+            upsert = insert(connection, users).values(**values)
+            await connection.execute(
+                upsert.on_conflict_do_update(index_elements=[users.c.id], set_=values)
+            )
 
     async def add_refresh(self, token_hash: str, grant: RefreshGrant) -> None:
         async with self._database.writing() as connection:

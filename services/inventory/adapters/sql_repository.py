@@ -7,6 +7,7 @@ every line rolls back whole.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,7 +61,9 @@ class SqlInventoryRepository:
     async def level(self, item_id: str) -> StockLevel | None:
         async with self._engine.connect() as connection:
             row = (
-                await connection.execute(sa.select(stock).where(stock.c.item_id == item_id))
+                await connection.execute(
+                    sa.select(stock).where(stock.c.item_id == item_id).with_for_update()
+                )
             ).first()
         return _level(row._mapping) if row else None
 
@@ -176,10 +179,13 @@ class SqlInventoryRepository:
             due = (
                 (
                     await connection.execute(
-                        sa.select(reservations.c.id).where(
+                        sa.select(reservations.c.id)
+                        .where(
                             reservations.c.state == ReservationState.PENDING.value,
                             reservations.c.expire_us <= to_micros(now),
                         )
+                        # Replicas share the sweep: each takes the rows no other holds.
+                        .with_for_update(skip_locked=True)
                     )
                 )
                 .scalars()
@@ -196,7 +202,9 @@ class SqlInventoryRepository:
         now = now_micros()
         async with self._database.writing() as connection:
             current = (
-                await connection.execute(sa.select(stock).where(stock.c.item_id == item_id))
+                await connection.execute(
+                    sa.select(stock).where(stock.c.item_id == item_id).with_for_update()
+                )
             ).first()
             if current is None:
                 if delta < 0:
@@ -229,28 +237,28 @@ class SqlInventoryRepository:
     ) -> tuple[Reservation, list[StockLevel]]:
         # A reservation found past its time is expired here and now; that change is kept even
         # when the settle it came with is refused.
+        # The reservation's row lock (PostgreSQL) makes concurrent settles take turns; each
+        # change below is known, so nothing is read twice.
         async with self._database.writing() as connection:
-            reservation = await _reservation(connection, reservation_id)
+            reservation = await _reservation(connection, reservation_id, for_update=True)
             expired_now = (
                 reservation.state is ReservationState.PENDING
                 and reservation.expire_time <= datetime.now(UTC)
             )
             if expired_now:
                 await _return_stock(connection, reservation, ReservationState.EXPIRED)
-                reservation = await _reservation(connection, reservation_id)
-            changed = await _levels_of(connection, [line.item_id for line in reservation.lines])
+                reservation = replace(reservation, state=ReservationState.EXPIRED)
+            items = [line.item_id for line in reservation.lines]
             done = reservation.state is target or (
                 target is ReservationState.RELEASED
                 and reservation.state is ReservationState.EXPIRED
             )
             if not done and reservation.state is ReservationState.PENDING:
                 await _return_stock(connection, reservation, target)
-                return (
-                    await _reservation(connection, reservation_id),
-                    await _levels_of(connection, [line.item_id for line in reservation.lines]),
-                )
+                return replace(reservation, state=target), await _levels_of(connection, items)
+            changed = await _levels_of(connection, items) if done and expired_now else []
         if done:
-            return reservation, changed if expired_now else []
+            return reservation, changed
         raise DomainError(
             ErrorKind.FAILED_PRECONDITION,
             "RESERVATION_NOT_PENDING",
@@ -278,10 +286,11 @@ async def _return_stock(
     )
 
 
-async def _reservation(connection: AsyncConnection, reservation_id: str) -> Reservation:
-    row = (
-        await connection.execute(sa.select(reservations).where(reservations.c.id == reservation_id))
-    ).first()
+async def _reservation(
+    connection: AsyncConnection, reservation_id: str, *, for_update: bool = False
+) -> Reservation:
+    query = sa.select(reservations).where(reservations.c.id == reservation_id)
+    row = (await connection.execute(query.with_for_update() if for_update else query)).first()
     if row is None:
         raise DomainError(
             ErrorKind.NOT_FOUND,

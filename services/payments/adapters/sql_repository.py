@@ -13,7 +13,7 @@ from libs.messaging.inbox import first_time
 from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
-from libs.storage.database import Database, Migration, creating_tables
+from libs.storage.database import Database, Migration, creating_tables, insert
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.payments.adapters.payment_events import state_event
 from services.payments.domain.model import Payment, PaymentRequest, PaymentState
@@ -82,12 +82,11 @@ class SqlPaymentRepository:
         if existing is not None:
             return existing, False
         now = now_micros()
-        async with self._database.writing("payments") as connection:
-            raced = await _get(connection, request.payment_id)
-            if raced is not None:
-                return raced, False
-            await connection.execute(
-                payments.insert().values(
+        async with self._database.writing() as connection:
+            # The key settles a race with another replica: the loser reads the winner's row.
+            inserted = await connection.execute(
+                insert(connection, payments)
+                .values(
                     id=request.payment_id,
                     order_name=request.order,
                     customer=request.customer,
@@ -104,7 +103,12 @@ class SqlPaymentRepository:
                     create_us=now,
                     update_us=now,
                 )
+                .on_conflict_do_nothing(index_elements=[payments.c.id])
             )
+            if inserted.rowcount != 1:
+                raced = await _get(connection, request.payment_id)
+                assert raced is not None
+                return raced, False
             created = await _get(connection, request.payment_id)
             assert created is not None
             announced = state_event(created)
