@@ -28,12 +28,12 @@ class CatalogParts:
 
 
 async def build_catalog(settings: CatalogSettings) -> CatalogParts:
-    """The catalog without its server: migrated storage, a running change feed, the use cases."""
+    """The catalog without its server: migrated storage, its change feed (not yet following the
+    change log: the app starts it, `feed.start()`), the use cases."""
     database = Database(settings.database_url)
     await database.migrate(MIGRATIONS)
     repository = SqlProductRepository(database)
     feed = ChangeFeed(repository, poll_interval=settings.feed_poll_interval_seconds)
-    await feed.start()
     catalog = Catalog(
         repository, feed, currency_code=settings.currency_code, validate_draft=validate_draft
     )
@@ -57,6 +57,7 @@ async def build(settings: CatalogSettings) -> GrpcApp:
         pb_v2_grpc.add_CatalogServiceServicer_to_server, CatalogServicerV2(parts.catalog)
     )
     app.add_health_check("database", parts.database.ping)
+    app.on_start(parts.feed.start)
     app.on_shutdown(parts.feed.close)
     app.on_stop(parts.database.dispose)
     return app
