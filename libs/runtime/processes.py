@@ -13,10 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# gRPC's C core writes plain-text lines to stderr (one per refused TLS handshake, at INFO) among
-# the JSON logs; it reads these when grpc is imported, so they are set for the process. Its
-# errors still show; GRPC_VERBOSITY=INFO (or GRPC_TRACE) in the environment brings it all back.
-GRPC_CORE_LOGGING = {"GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")}
 
 
 @dataclass
@@ -71,7 +67,7 @@ async def start_service(
         python,
         "-m",
         module,
-        env={**os.environ, **GRPC_CORE_LOGGING, "PYTHONPATH": python_path, **env},
+        env={**os.environ, "PYTHONPATH": python_path, **env},
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
         cwd=os.environ.get("TEST_TMPDIR", str(REPO)),

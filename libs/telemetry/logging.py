@@ -6,11 +6,12 @@ import contextvars
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any
 
 from opentelemetry import trace
+
+from libs.telemetry.native_logs import capture_native_stderr
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -64,15 +65,22 @@ class LineWriter(logging.Handler):
             self.handleError(record)
 
 
+_stderr: int | None = None
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
-    """Routes every logger to stderr as JSON lines. `level` applies to Emporium's own loggers;
-    libraries log from INFO up, so DEBUG shows our RPCs, not every SQLite call."""
+    """Routes every logger to stderr as JSON lines, native code's lines included
+    (libs.telemetry.native_logs). `level` applies to Emporium's own loggers; libraries log
+    from INFO up, so DEBUG shows our RPCs, not every SQLite call."""
+    global _stderr
+    if _stderr is None:
+        _stderr = capture_native_stderr()
     # The JSON lines carry no file or line number: skip logging's stack walk for them
     # (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
     logging.logThreads = False  # nor thread or multiprocessing names
     logging.logMultiprocessing = False
-    handler = LineWriter(sys.stderr.fileno())
+    handler = LineWriter(_stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

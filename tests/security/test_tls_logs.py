@@ -1,6 +1,7 @@
 """A client refused at the TLS handshake (no client certificate) leaves the service's stderr all
-JSON: gRPC's C core does not add its own plain-text lines. The client gets UNAVAILABLE and no
-gRPC status of the service's (it never reached one)."""
+JSON: gRPC's C core's plain-text lines are translated (libs.telemetry.native_logs), and each
+refused handshake is one WARNING `tls handshake refused` with the reason. The client gets
+UNAVAILABLE and no gRPC status of the service's (it never reached one)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from libs.testing.databases import sqlite_url
 from tools.commands.certs.authority import ensure
 
 
-async def test_a_refused_handshake_adds_no_plain_text_to_the_logs(tmp_path: Path) -> None:
+async def test_a_refused_handshake_is_one_json_line_and_nothing_plain(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     ensure(certs)
     service = await start_service(
@@ -42,3 +43,9 @@ async def test_a_refused_handshake_adds_no_plain_text_to_the_logs(tmp_path: Path
     await service.wait_for_log("stopped")  # its last line: all before it has been read
     raw = [line for line in service.log_lines if "level" not in line]
     assert raw == [], json.dumps(raw)
+    refusals = [line for line in service.log_lines if line["message"] == "tls handshake refused"]
+    assert refusals, "no line for the refused handshake"
+    assert all(
+        line["level"] == "WARNING" and "PEER_DID_NOT_RETURN_A_CERTIFICATE" in str(line["reason"])
+        for line in refusals
+    ), json.dumps(refusals)
