@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,8 @@ from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
-from libs.rpcclient.discovery import LocalRegistry
 from libs.telemetry.tracing import add_span_processor, configure_tracing
-from libs.testing.databases import sqlite_url
-from libs.testing.rpc import serving
-from services.catalog.app import build as build_catalog
-from services.catalog.config import CatalogSettings
-from services.inventory.app import build as build_inventory
-from services.inventory.config import InventorySettings
-from services.orders.app import build as build_orders
-from services.orders.config import OrdersSettings
-from services.payments.app import build as build_payments
-from services.payments.config import PaymentsSettings
+from tools.commands.run.fleet import in_process_fleet
 
 ORDER_UPDATE = "emporium.inventory.v1.InventoryService/CommitReservation"
 
@@ -77,38 +66,17 @@ async def recorder() -> AsyncIterator[SpanRecorder]:
 
 @pytest.fixture
 async def orders(tmp_path: Path, amqp_url: str) -> AsyncIterator[pb_grpc.OrdersServiceAsyncStub]:
-    registry = LocalRegistry(tmp_path / "registry.json")
-    async with AsyncExitStack() as stack:
-        catalog = await build_catalog(
-            CatalogSettings(database_url=sqlite_url(tmp_path), seed_sample_products=True)
-        )
-        await stack.enter_async_context(serving(catalog))
-        registry.register("catalog", catalog.address)
-        inventory = await build_inventory(InventorySettings(database_url=sqlite_url(tmp_path)))
-        inventory_channel = await stack.enter_async_context(serving(inventory))
-        registry.register("inventory", inventory.address)
-        adjust = inventory_grpc.InventoryServiceStub(inventory_channel).AdjustStock(None)
+    async with in_process_fleet(
+        tmp_path,
+        amqp_url,
+        only=("catalog", "inventory", "orders", "payments"),
+        settings={"payments": {"provider_latency_seconds": 0}},
+    ) as fleet:
+        adjust = inventory_grpc.InventoryServiceStub(fleet.channels["inventory"]).AdjustStock(None)
         await adjust.write(inventory_pb.AdjustStockRequest(item="inventory/items/mug-01", delta=3))
         await adjust.read()
         await adjust.done_writing()
-        payments = await build_payments(
-            PaymentsSettings(
-                database_url=sqlite_url(tmp_path),
-                amqp_url=amqp_url,
-                provider_ledger=tmp_path / "ledger.sqlite3",
-                provider_latency_seconds=0,
-                registry_file=registry.path,  # it asks orders before authorizing
-            )
-        )
-        await stack.enter_async_context(serving(payments))
-        app = await build_orders(
-            OrdersSettings(
-                database_url=sqlite_url(tmp_path), amqp_url=amqp_url, registry_file=registry.path
-            )
-        )
-        channel = await stack.enter_async_context(serving(app))
-        registry.register("orders", app.address)
-        yield pb_grpc.OrdersServiceStub(channel)
+        yield pb_grpc.OrdersServiceStub(fleet.channels["orders"])
 
 
 async def test_one_trace_from_create_order_to_the_order_update(

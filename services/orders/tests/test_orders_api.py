@@ -8,7 +8,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -24,18 +24,11 @@ from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
-from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.server import GrpcApp
-from libs.testing.databases import sqlite_url
-from libs.testing.rpc import rich_error, serving
-from services.catalog.app import build as build_catalog
-from services.catalog.config import CatalogSettings
+from libs.testing.rpc import rich_error
 from services.inventory.app import build as build_inventory
 from services.inventory.config import InventorySettings
-from services.orders.app import build as build_orders
-from services.orders.config import OrdersSettings
-from services.payments.app import build as build_payments
-from services.payments.config import PaymentsSettings
+from tools.commands.run.fleet import in_process_fleet
 
 OrdersStub: TypeAlias = "pb_grpc.OrdersServiceAsyncStub"
 
@@ -52,49 +45,38 @@ class Shop:
     @asynccontextmanager
     async def payments(self, latency: float = 0.0) -> AsyncIterator[None]:
         """The payments worker, for tests that follow an order to its end."""
-        app = await build_payments(
-            PaymentsSettings(
-                database_url=sqlite_url(self.directory),
-                amqp_url=self.amqp_url,
-                provider_ledger=self.directory / "ledger.sqlite3",
-                provider_latency_seconds=latency,
-                outbox_poll_seconds=0.2,
-                registry_file=self.directory / "registry.json",
-            )
-        )
-        async with serving(app):
+        async with in_process_fleet(
+            self.directory,
+            self.amqp_url,
+            only=("payments",),
+            settings={
+                "payments": {"provider_latency_seconds": latency, "outbox_poll_seconds": 0.2}
+            },
+        ):
             yield
 
 
 @pytest.fixture
 async def shop(database_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterator[Shop]:
-    registry = LocalRegistry(tmp_path / "registry.json")
-    async with AsyncExitStack() as stack:
-        catalog_app = await build_catalog(CatalogSettings(database_url=sqlite_url(tmp_path)))
-        catalog_channel = await stack.enter_async_context(serving(catalog_app))
-        registry.register("catalog", catalog_app.address)
+    async with in_process_fleet(
+        tmp_path,
+        amqp_url,
+        only=("catalog", "inventory", "orders"),
+        settings={
+            "catalog": {"seed_sample_products": False},
+            "inventory": {"grace_seconds": 1},
+            "orders": {
+                "database_url": database_url,
+                "outbox_poll_seconds": 0.2,
+                "watch_poll_seconds": 5,
+                "upstream_timeout_seconds": 1,
+                "upstream_breaker_cooldown_seconds": 0.3,
+            },
+        },
+    ) as fleet:
+        catalog_channel, inventory_channel = fleet.channels["catalog"], fleet.channels["inventory"]
+        inventory_app, orders_channel = fleet.apps["inventory"], fleet.channels["orders"]
         inventory_database = tmp_path / "inventory.sqlite3"
-        inventory_app = await build_inventory(
-            InventorySettings(
-                database_url=f"sqlite+aiosqlite:///{inventory_database}", grace_seconds=1
-            )
-        )
-        inventory_channel = await stack.enter_async_context(serving(inventory_app))
-        registry.register("inventory", inventory_app.address)
-        orders_app = await build_orders(
-            OrdersSettings(
-                database_url=database_url,
-                amqp_url=amqp_url,
-                outbox_poll_seconds=0.2,
-                registry_file=registry.path,
-                watch_poll_seconds=5,
-                upstream_timeout_seconds=1,
-                upstream_breaker_cooldown_seconds=0.3,
-            )
-        )
-        orders_channel = await stack.enter_async_context(serving(orders_app))
-        registry.register("orders", orders_app.address)
-
         products = catalog_grpc.CatalogServiceStub(catalog_channel)
         inventory = inventory_grpc.InventoryServiceStub(inventory_channel)
         for product_id, units in (("mug", 8), ("jar", 5)):

@@ -1,22 +1,30 @@
-"""The fleet as processes: every service started in order on loopback (each registered in the
-local registry once it logs `serving`) and stopped edge first. `tools/run` runs it; tests and
-benchmarks that need real processes start it with `start_fleet` too."""
+"""The fleet, from one list of services (`services`: module, settings, order): as processes
+(`start_fleet`: each started on loopback and registered in the local registry once it logs
+`serving`, stopped edge first; `tools/run` runs it, and so do tests and benchmarks that need real
+processes) or in this process (`in_process_fleet`: the same services and settings served on
+port 0, for tests that reach into a service and benchmarks without process hops)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import grpc
 
 from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
 from libs.messaging.local_broker import LocalBroker, LocalBrokerError
 from libs.rpcclient.discovery import LocalRegistry
+from libs.runtime.config import ServiceSettings
 from libs.runtime.processes import ServiceProcess, start_service
+from libs.runtime.server import GrpcApp
+from libs.testing.rpc import serving
 from tools.identity.accounts import init as init_identity
 
 REPO = Path(__file__).resolve().parents[3]
@@ -257,3 +265,69 @@ async def stop_fleet(running: Mapping[str, Stoppable], edge: frozenset[str]) -> 
         if tier:
             print(f"stopping {', '.join(tier)} ...", flush=True)
             await asyncio.gather(*(stop(name, process) for name, process in tier.items()))
+
+
+@dataclass
+class InProcessFleet:
+    registry: LocalRegistry
+    apps: dict[str, GrpcApp]
+    channels: dict[str, grpc.aio.Channel]  # plaintext, to each app
+
+
+def settings_class_of(spec: ServiceSpec) -> type[ServiceSettings]:
+    """`services.<name>.config.<Name>Settings`."""
+    found: type[ServiceSettings] = getattr(
+        importlib.import_module(f"{spec.module}.config"), f"{spec.name.title()}Settings"
+    )
+    return found
+
+
+def settings_of(spec: ServiceSpec, overrides: Mapping[str, Any]) -> ServiceSettings:
+    """The spec's environment as the service's settings (`CATALOG_DATABASE_URL` ->
+    `database_url`), then `overrides` by field name; an unknown name is an error."""
+    settings_class = settings_class_of(spec)
+    prefix = str(settings_class.model_config.get("env_prefix", ""))
+    values: dict[str, Any] = {
+        key.removeprefix(prefix).lower(): value
+        for key, value in spec.env.items()
+        if key.startswith(prefix)
+    }
+    values.update(overrides)
+    if unknown := set(values) - set(settings_class.model_fields):
+        raise ValueError(
+            f"{settings_class.__name__} has no setting(s) {', '.join(sorted(unknown))}"
+        )
+    return settings_class(**values)
+
+
+@contextlib.asynccontextmanager
+async def in_process_fleet(
+    var: Path,
+    amqp_url: str,
+    *,
+    only: Collection[str],
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> AsyncIterator[InProcessFleet]:
+    """Serves the services named in `only` in this process, in the fleet's order, each on port 0
+    and registered in var/registry.json; `settings` overrides per service by field name. With
+    identity among them, the others verify tokens with its keys (as in tools/run). The gateway
+    is no GrpcApp: its tests serve it themselves (services/gateway/tests/fleet.py)."""
+    specs = [spec for spec in services(var) if spec.name in only and not spec.edge]
+    if unknown := set(only) - {spec.name for spec in specs}:
+        raise ValueError(f"not an in-process service of the fleet: {', '.join(sorted(unknown))}")
+    fleet = InProcessFleet(LocalRegistry(var / "registry.json"), {}, {})
+    if "identity" in only:
+        init_identity(var / "identity")
+    async with contextlib.AsyncExitStack() as stack:
+        for spec in specs:
+            fields = settings_class_of(spec).model_fields
+            overrides: dict[str, Any] = {"amqp_url": amqp_url} if "amqp_url" in fields else {}
+            if "identity" in fleet.apps:
+                overrides["identity_target"] = fleet.apps["identity"].address
+            overrides.update((settings or {}).get(spec.name, {}))
+            build = importlib.import_module(f"{spec.module}.app").build
+            app: GrpcApp = await build(settings_of(spec, overrides))
+            fleet.channels[spec.name] = await stack.enter_async_context(serving(app))
+            fleet.apps[spec.name] = app
+            fleet.registry.register(spec.name, app.address)
+        yield fleet
