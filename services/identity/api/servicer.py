@@ -7,32 +7,12 @@ from google.protobuf import empty_pb2
 
 from emporium.identity.v1 import identity_service_pb2 as pb
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from libs.storage.timestamps import from_micros, timestamp_message
+from services.identity.api.mapping import token_message, user_message
 from services.identity.domain.identity import Identity
-from services.identity.domain.model import IssuedToken, User
 from services.identity.domain.ports import KeyRing
 
 DOMAIN = "identity.emporium.dev"
 Context = grpc.aio.ServicerContext[object, object]
-
-
-def _token(issued: IssuedToken) -> pb.Token:
-    return pb.Token(
-        access_token=issued.access_token,
-        token_type="Bearer",
-        expires_in=issued.expires_in,
-        refresh_token=issued.refresh_token,
-        scope=issued.scope,
-    )
-
-
-def _user(user: User) -> pb.User:
-    return pb.User(
-        name=user.name,
-        roles=list(user.roles),
-        customer=user.customer,
-        create_time=timestamp_message(from_micros(user.create_us)),
-    )
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
@@ -51,7 +31,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             )
         else:  # refresh_token: validation admits no other grant type
             issued = await self._identity.refresh_grant(request.refresh_token)
-        return _token(issued)
+        return token_message(issued)
 
     async def RevokeToken(
         self, request: pb.RevokeTokenRequest, context: Context
@@ -63,7 +43,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         return pb.Jwks(keys=[pb.Jwk(**jwk) for jwk in self._keys.jwks()["keys"]])
 
     async def CreateUser(self, request: pb.CreateUserRequest, context: Context) -> pb.User:
-        return _user(await self._identity.sign_up(request.user_id, request.user.password))
+        return user_message(await self._identity.sign_up(request.user_id, request.user.password))
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> pb.User:
-        return _user(await self._identity.user(request.name.removeprefix("users/")))
+        return user_message(await self._identity.user(request.name.removeprefix("users/")))
