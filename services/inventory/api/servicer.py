@@ -15,18 +15,11 @@ from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.idempotency import fingerprint
 from libs.runtime.rich_status import status_of
 from libs.runtime.validation import check
-from libs.storage.timestamps import timestamp_message
+from services.inventory.api.mapping import level_message, reservation_message
 from services.inventory.domain.inventory import Inventory
-from services.inventory.domain.model import Reservation, ReservationState, StockLevel
 
 DOMAIN = "inventory.emporium.dev"
 Context = grpc.aio.ServicerContext[object, object]
-STATES = {
-    ReservationState.PENDING: pb.RESERVATION_STATE_PENDING,
-    ReservationState.COMMITTED: pb.RESERVATION_STATE_COMMITTED,
-    ReservationState.RELEASED: pb.RESERVATION_STATE_RELEASED,
-    ReservationState.EXPIRED: pb.RESERVATION_STATE_EXPIRED,
-}
 _CLIENT_DONE = object()
 _SHUTDOWN = object()
 
@@ -124,26 +117,3 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                     await task
-
-
-def level_message(level: StockLevel) -> pb.StockLevel:
-    return pb.StockLevel(
-        name=level.name,
-        on_hand=level.on_hand,
-        reserved=level.reserved,
-        available=level.available,
-        update_time=timestamp_message(level.update_time),
-    )
-
-
-def reservation_message(reservation: Reservation) -> pb.Reservation:
-    return pb.Reservation(
-        name=reservation.name,
-        lines=[
-            pb.ReservationLine(item=f"inventory/items/{line.item_id}", quantity=line.quantity)
-            for line in reservation.lines
-        ],
-        state=STATES[reservation.state],
-        expire_time=timestamp_message(reservation.expire_time),
-        create_time=timestamp_message(reservation.create_time),
-    )
