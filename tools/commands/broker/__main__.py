@@ -36,13 +36,9 @@ from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreach
 from libs.messaging.consumer import StartAt
 from libs.messaging.envelope import ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, to_amqp
 from libs.messaging.offsets import reset_offset
-from libs.messaging.topology import Topology, WorkQueue, declare
 from libs.storage.database import Database
 from tools.commands.broker.fleet import FLEET
-
-
-class CliError(Exception):
-    """Printed as `error: ...`; exit status 2."""
+from tools.commands.broker.operations import CliError, queue_depth, renew_queue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,18 +61,6 @@ async def _connect(url: str) -> AbstractConnection:
             f"{error}\n  Is RabbitMQ running (tools/run starts one)? "
             "Point --url or EMPORIUM_AMQP_URL at it."
         ) from None
-
-
-async def _depth(connection: AbstractConnection, name: str) -> tuple[int, int] | None:
-    """(messages, consumers), or None if the queue does not exist."""
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-    except aio_pika.exceptions.ChannelClosed:
-        return None
-    result = queue.declaration_result
-    await channel.close()
-    return int(result.message_count or 0), int(result.consumer_count or 0)
 
 
 async def _broker_consumers(url: str) -> dict[str, int] | None:
@@ -142,11 +126,11 @@ async def queues(arguments: argparse.Namespace) -> int:
                     if ".retry." in name
                     else "work"
                 )
-                rows.append((name, kind, *_counts(await _depth(connection, name))))
+                rows.append((name, kind, *_counts(await queue_depth(connection, name))))
         streams = FLEET.all_streams()
         counted = await _broker_consumers(arguments.url) if streams else {}
         for stream in streams:
-            messages, consumers = _counts(await _depth(connection, stream.name))
+            messages, consumers = _counts(await queue_depth(connection, stream.name))
             if consumers != "-":
                 consumers = "?" if counted is None else str(counted.get(stream.name, 0))
             rows.append((stream.name, "stream", messages, consumers))
@@ -247,53 +231,6 @@ async def renew(arguments: argparse.Namespace) -> int:
     return 0
 
 
-async def renew_queue(
-    connection: AbstractConnection, work: WorkQueue, name: str, *, replicas: int | None
-) -> int:
-    """Re-creates `name` (`work`'s queue, DLQ or a retry queue) with the arguments the kit
-    declares today: its messages wait in `<name>.renewing` meanwhile. Publishes to it in
-    between are refused as unroutable (outboxes retry them). Run again after an interruption:
-    messages left in `<name>.renewing` are moved back too."""
-    depth = await _depth(connection, name)
-    if depth is None:
-        raise CliError(f"no queue {name!r} on this broker")
-    if depth[1]:
-        raise CliError(f"{name} has {depth[1]} consumer(s); stop them first")
-    holding = f"{name}.renewing"
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    await channel.declare_queue(holding, durable=True, arguments={"x-queue-type": "quorum"})
-    print(f"moving {depth[0]} message(s) from {name} to {holding} ...", flush=True)
-    await _move(channel, name, holding)
-    # Quorum queues ignore if-empty: check just before deleting.
-    if (await _depth(connection, name) or (0, 0))[0]:
-        raise CliError(f"{name} received messages meanwhile; nothing lost, run renew again")
-    await channel.queue_delete(name)
-    await declare(channel, Topology(work_queues=(work,)), replicas=replicas)
-    moved = await _move(channel, holding, name)
-    await channel.queue_delete(holding)
-    return moved
-
-
-async def _move(channel: AbstractChannel, source_name: str, target: str) -> int:
-    """Moves every message, each acknowledged only once the broker confirmed its copy."""
-    source = await channel.get_queue(source_name, ensure=False)
-    moved = 0
-    while (message := await source.get(no_ack=False, fail=False)) is not None:
-        copy = to_amqp(
-            body=message.body,
-            message_type=message.type or "",
-            message_id=message.message_id or "",
-            correlation_id=message.correlation_id or "",
-            headers={k: v for k, v in message.headers.items() if k != "x-delivery-count"},
-            timestamp=message.timestamp,
-        )
-        copy.content_type = message.content_type
-        await channel.default_exchange.publish(copy, target, mandatory=True)
-        await message.ack()
-        moved += 1
-    return moved
-
-
 async def replay(arguments: argparse.Namespace) -> int:
     start = _position(arguments.start)
     if arguments.consumer:
@@ -345,7 +282,7 @@ async def _reset_consumer(arguments: argparse.Namespace, start: StartAt) -> int:
 async def _existing(
     connection: AbstractConnection, channel: AbstractChannel, name: str
 ) -> aio_pika.abc.AbstractQueue:
-    if await _depth(connection, name) is None:
+    if await queue_depth(connection, name) is None:
         raise CliError(f"no queue {name!r} on this broker (tools/broker queues lists them)")
     return await channel.get_queue(name, ensure=False)
 

@@ -10,7 +10,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from libs.messaging.broker import BrokerOptions, connect
 from libs.messaging.envelope import ATTEMPT_HEADER, to_amqp
 from libs.messaging.topology import Topology, WorkQueue, declare
-from tools.commands.broker.__main__ import renew_queue
+from tools.commands.broker.operations import renew_queue
 
 WORK = WorkQueue("renew.work", retry_delays=(0.5,))
 
