@@ -16,7 +16,6 @@ import jsonschema
 import pytest
 import yaml
 
-from tools.monitoring.__main__ import COMPONENT, DASHBOARD_FILE, REPO, RULES_FILE, rendered
 from tools.monitoring.definition import (
     GRPC_SERVICES,
     SERVICES,
@@ -24,6 +23,7 @@ from tools.monitoring.definition import (
     exported_names_used,
     metric_names,
 )
+from tools.monitoring.manifests import COMPONENT, DASHBOARD_FILE, REPO, RULES_FILE, rendered
 
 
 def promtool() -> str:
