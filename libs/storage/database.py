@@ -40,9 +40,13 @@ def _pool_usage(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
     in each open Database's pool."""
     observations = []
     for database in list(_open):
-        pool = database.engine.pool
-        if isinstance(pool, QueuePool):
-            name = {"db.client.connections.pool.name": database.pool_name}
+        pools = {database.pool_name: database.engine.pool}
+        if database.is_sqlite:
+            pools[f"{database.pool_name} (writer)"] = database.writer.pool
+        for pool_name, pool in pools.items():
+            if not isinstance(pool, QueuePool):
+                continue
+            name = {"db.client.connections.pool.name": pool_name}
             observations += [
                 metrics.Observation(pool.checkedout(), {**name, "state": "used"}),
                 metrics.Observation(pool.checkedin(), {**name, "state": "idle"}),
@@ -102,8 +106,18 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(parsed, connect_args={"timeout": 30})
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            # SQLite admits one writer per file: one writer connection per process, whose pool
+            # queues this process's write transactions (SQLite's busy handler, which polls
+            # with sleeps of up to 100 ms, is then left to settle only other processes'
+            # turns). Its transactions begin IMMEDIATE, so a writer never fails to upgrade.
+            self.writer: AsyncEngine = create_async_engine(
+                parsed, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+            )
+            for engine in (self.engine, self.writer):
+                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+                event.listen(engine.sync_engine, "begin", _sqlite_begin)
+                event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
+            self._write_engine = self.writer.execution_options(**{_WRITE: True})
         else:
             self.engine = create_async_engine(
                 parsed,
@@ -111,10 +125,8 @@ class Database:
                 pool_size=10,
                 connect_args={"timeout": connect_timeout},
             )
-        event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
-        # Write transactions take SQLite's write lock when they begin (BEGIN IMMEDIATE), so
-        # concurrent writers wait their turn in busy_timeout instead of failing to upgrade.
-        self._write_engine = self.engine.execution_options(**{_WRITE: True})
+            event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
+            self.writer = self._write_engine = self.engine  # one pool; rows lock, not the pool
         _open.add(self)
 
     def _count_statement(self, *_arguments: object) -> None:
@@ -181,6 +193,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.writer is not self.engine:
+            await self.writer.dispose()
 
 
 def insert(connection: AsyncConnection, table: sa.Table) -> Any:

@@ -61,9 +61,7 @@ class SqlInventoryRepository:
     async def level(self, item_id: str) -> StockLevel | None:
         async with self._engine.connect() as connection:
             row = (
-                await connection.execute(
-                    sa.select(stock).where(stock.c.item_id == item_id).with_for_update()
-                )
+                await connection.execute(sa.select(stock).where(stock.c.item_id == item_id))
             ).first()
         return _level(row._mapping) if row else None
 

@@ -1,0 +1,251 @@
+"""What a confirmed order costs the fleet: CreateOrder through the gateway at a fixed
+concurrency, then wait until every order is CONFIRMED, and report per process the CPU spent per
+confirmed order (/proc/<pid>/stat utime + stime deltas), the SQL statements per order (each
+service's `db.client.statements`, scraped from its metrics endpoint), orders/s and the
+CreateOrder p50/p99; plus a bare grpc.aio echo's CPU per call, measured in the same run, as the
+yardstick. The fleet is the one `tools/run` starts (plaintext, free ports, payments' provider
+latency 0, the gateway's limits and cache off), on SQLite (the default) or PostgreSQL.
+
+    tools/bench orders [--orders 300] [--concurrency 16] [--database sqlite|postgres]
+
+RabbitMQ's CPU is not included (the broker is shared with other work on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import grpc
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bench.load import Result, closed_loop
+from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
+from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from libs.rpcclient.discovery import LocalRegistry
+from libs.runtime.processes import ServiceProcess, start_service
+from libs.testing.broker import fresh_vhost
+from libs.testing.databases import fresh_postgres_database
+from services.catalog.seed import SAMPLES
+from services.orders.domain.model import OrderState
+from tools.commands.run import fleet
+
+PRODUCT = f"products/{SAMPLES[0][0].lower()}"
+DATABASES = ("identity", "catalog", "inventory", "orders", "payments", "notifications")
+UNLIMITED = {
+    "GATEWAY_RATE_READ_PER_SECOND": "1000000",
+    "GATEWAY_RATE_READ_BURST": "1000000",
+    "GATEWAY_RATE_WRITE_PER_SECOND": "1000000",
+    "GATEWAY_RATE_WRITE_BURST": "1000000",
+    "GATEWAY_CACHE_TTL_SECONDS": "0",
+}
+STATEMENTS = re.compile(r"^db_client_statements_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+def cpu_seconds(process: ServiceProcess) -> float:
+    """User + system CPU the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def statements(http: httpx.AsyncClient, running: dict[str, ServiceProcess]) -> dict[str, int]:
+    """Statements each service has sent so far (absent when it exports no such metric)."""
+    counts: dict[str, int] = {}
+    for name, process in running.items():
+        address = fleet.metrics_address(process)
+        if address is None:
+            continue
+        text = (await http.get(f"http://{address}/metrics")).text
+        found = STATEMENTS.findall(text)
+        if found:
+            counts[name] = int(sum(float(value) for value in found))
+    return counts
+
+
+@asynccontextmanager
+async def database_urls(kind: str, var: Path) -> AsyncIterator[dict[str, str]]:
+    """Each service's database URL: the launcher's SQLite files, or fresh PostgreSQL databases."""
+    if kind == "sqlite":
+        specs = {spec.name: spec.env for spec in fleet.services(var)}
+        yield {name: specs[name][f"{name.upper()}_DATABASE_URL"] for name in DATABASES}
+        return
+    async with AsyncExitStack() as stack:
+        yield {
+            name: await stack.enter_async_context(fresh_postgres_database()) for name in DATABASES
+        }
+
+
+async def confirmed(orders_url: str) -> int:
+    engine = create_async_engine(orders_url)
+    try:
+        async with engine.connect() as connection:
+            query = sa.text("SELECT count(*) FROM orders WHERE state = :state")
+            value = await connection.scalar(query, {"state": OrderState.CONFIRMED.value})
+            return int(value or 0)
+    finally:
+        await engine.dispose()
+
+
+async def wait_confirmed(orders_url: str, count: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (done := await confirmed(orders_url)) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {done} of {count} orders CONFIRMED after {within:.0f} s")
+        await asyncio.sleep(0.2)  # polls the orders database, not a service
+
+
+async def echo_cpu_per_call(args: argparse.Namespace) -> float:
+    server = await start_service("bench.echo_server", {})
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            echo = channel.unary_unary("/bench.Echo/Echo", None, None)
+            payload = b"x" * 64
+            before = cpu_seconds(server)
+            result = await closed_loop(
+                "echo", lambda: echo(payload), concurrency=args.concurrency, seconds=3, warmup=0
+            )
+            return (cpu_seconds(server) - before) * 1000 / max(1, result.calls)
+    finally:
+        await server.terminate()
+
+
+async def place_orders(
+    gateway: str, count: int, concurrency: int, http: httpx.AsyncClient
+) -> Result:
+    headers = {"Authorization": f"Bearer {await token(http, gateway)}"}
+    order = {"customer": "customers/bench", "lines": [{"product": PRODUCT, "quantity": 1}]}
+    remaining = iter(range(count))
+    latencies: list[float] = []
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        for _ in remaining:
+            began = time.perf_counter()
+            response = await http.post(
+                f"http://{gateway}/v1/orders",
+                json=order,
+                headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+            )
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - began) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Result("CreateOrder", count, time.perf_counter() - start, latencies)
+
+
+async def token(http: httpx.AsyncClient, gateway: str) -> str:
+    base = f"http://{gateway}"
+    await http.post(
+        f"{base}/v1/users", params={"user_id": "bench"}, json={"password": "bench-pw-1"}
+    )
+    response = await http.post(
+        f"{base}/v1/token",
+        json={"grant_type": "password", "username": "bench", "password": "bench-pw-1"},
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+async def stock_up(inventory: str) -> None:
+    async with grpc.aio.insecure_channel(inventory) as channel:
+        adjust = inventory_grpc.InventoryServiceStub(channel).AdjustStock(None)
+        item = "inventory/items/" + PRODUCT.removeprefix("products/")
+        await adjust.write(inventory_pb.AdjustStockRequest(item=item, delta=1_000_000))
+        await adjust.read()
+        await adjust.done_writing()
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with AsyncExitStack() as stack:
+        amqp_url = await stack.enter_async_context(fresh_vhost())
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        urls = await stack.enter_async_context(database_urls(args.database, scratch))
+        overrides: dict[str, dict[str, str]] = {
+            name: {f"{name.upper()}_DATABASE_URL": url} for name, url in urls.items()
+        }
+        overrides["payments"]["PAYMENTS_PROVIDER_LATENCY_SECONDS"] = "0"
+        overrides["gateway"] = UNLIMITED
+        print(f"starting the fleet on {args.database} ...", flush=True)
+        running = await fleet.start_fleet(
+            scratch,
+            amqp_url,
+            LocalRegistry(scratch / "registry.json"),
+            security="insecure",
+            free_ports=True,
+            env_overrides=overrides,
+            echo_log=False,
+        )
+        for process in running.values():
+            stack.push_async_callback(process.terminate)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=60))
+        await stock_up(running["inventory"].address)
+        gateway = running["gateway"].address
+        print(f"warm-up: {args.warmup} orders ...", flush=True)
+        await place_orders(gateway, args.warmup, args.concurrency, http)
+        await wait_confirmed(urls["orders"], args.warmup, args.within)
+        cpu_before = {name: cpu_seconds(process) for name, process in running.items()}
+        statements_before = await statements(http, running)
+        print(f"measuring: {args.orders} orders at {args.concurrency} concurrent ...", flush=True)
+        started = time.perf_counter()
+        created = await place_orders(gateway, args.orders, args.concurrency, http)
+        await wait_confirmed(urls["orders"], args.warmup + args.orders, args.within)
+        elapsed = time.perf_counter() - started
+        cpu_ms = {
+            name: (cpu_seconds(process) - cpu_before[name]) * 1000 / args.orders
+            for name, process in running.items()
+        }
+        statements_after = await statements(http, running)
+        echo_ms = await echo_cpu_per_call(args)
+    per_order = {
+        name: (statements_after[name] - statements_before.get(name, 0)) / args.orders
+        for name in statements_after
+    }
+    load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(
+        f"\n{platform.node()} · {platform.machine()} · {os.cpu_count()} cores · "
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {args.database} · {args.orders} orders at "
+        f"{args.concurrency} concurrent · load average {load_average}"
+    )
+    print(f"{'process':<16} {'CPU ms/order':>12} {'statements/order':>17}")
+    for name in sorted(cpu_ms, key=lambda n: -cpu_ms[n]):
+        counted = f"{per_order[name]:17.1f}" if name in per_order else f"{'-':>17}"
+        print(f"{name:<16} {cpu_ms[name]:12.2f} {counted}")
+    total = sum(cpu_ms.values())
+    print(f"{'total':<16} {total:12.2f} {sum(per_order.values()):17.1f}")
+    print(
+        f"confirmed orders/s {args.orders / elapsed:.1f} · CreateOrder p50 "
+        f"{created.percentile(0.5):.1f} ms p99 {created.percentile(0.99):.1f} ms"
+    )
+    print(
+        f"bare grpc.aio echo: {echo_ms * 1000:.0f} µs CPU per call; an order costs "
+        f"{total / echo_ms:.0f} echo calls (target total <= 20 ms: "
+        f"{'met' if total <= 20 else 'NOT met'})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--orders", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--within", type=float, default=300.0, help="s to wait for CONFIRMED")
+    args = parser.parse_args()
+    if args.orders < 1 or args.concurrency < 1 or args.warmup < 0:
+        parser.error("--orders and --concurrency must be at least 1, --warmup at least 0")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
