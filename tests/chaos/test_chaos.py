@@ -35,10 +35,12 @@ from tests.saga.shop import PRODUCT, Shop, stocked_shelves
 ORDERS = 200
 KILLS = 4
 BOUND_SECONDS = 120  # every order terminal within this, from the last order placed
-# A replica down (or killed mid-call), or a step that lost a race and asks to be tried again.
+# A replica down (or killed mid-call), shedding load, or a step that lost a race and asks to
+# be tried again.
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
 )
 

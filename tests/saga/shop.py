@@ -39,7 +39,12 @@ from tools.commands.audit.reading import Sources, audit
 from tools.commands.audit.rules import Report
 
 PRODUCT = "mug"
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Down, timed out, or shed by an overloaded server: a client tries again later.
+_RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 PRICE = money_pb2.Money(currency_code="USD", units=9, nanos=500_000_000)
 
 
