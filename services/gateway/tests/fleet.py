@@ -1,6 +1,7 @@
 """The whole fleet behind a gateway, in one process, for the gateway's tests and bench: identity,
-catalog (sample products), inventory, orders and payments on port 0 found through a registry
-file, and the gateway on uvicorn on port 0. Real SQLite files, a real broker (a fresh vhost)."""
+catalog (sample products), inventory, orders and payments as the launcher configures them
+(tools.commands.run.fleet.in_process_fleet), found through a registry file, and the gateway on
+uvicorn on port 0. Real SQLite files, a real broker (a fresh vhost)."""
 
 from __future__ import annotations
 
@@ -13,28 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import uvicorn
 
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from libs.rpcclient.discovery import LocalRegistry
-from libs.testing.rpc import serving
-from services.catalog.app import build as build_catalog
-from services.catalog.config import CatalogSettings
 from services.catalog.seed import SAMPLES
 from services.gateway.app import Gateway, GatewayServer, build
 from services.gateway.config import GatewaySettings
-from services.identity.app import build as build_identity
-from services.identity.config import IdentitySettings
-from services.inventory.app import build as build_inventory
-from services.inventory.config import InventorySettings
-from services.orders.app import build as build_orders
-from services.orders.config import OrdersSettings
-from services.payments.app import build as build_payments
-from services.payments.config import PaymentsSettings
-from tools.identity.accounts import init as init_identity
+from tools.commands.run.fleet import in_process_fleet
 
 ISSUER = "https://identity.test"
 PRODUCTS = [f"products/{sample[0].lower()}" for sample in SAMPLES]
@@ -148,79 +137,36 @@ async def running_fleet(
     payments: bool = True,
     **gateway_settings: Any,
 ) -> AsyncIterator[Fleet]:
-    init_identity(directory / "identity")
-    registry = LocalRegistry(directory / "registry.json")
-
-    def sqlite(name: str) -> str:
-        return f"sqlite+aiosqlite:///{directory / name}.sqlite3"
-
+    # Every service verifies the tokens the gateway forwards, as in tools/run.
+    tokens: dict[str, Any] = {
+        "token_issuer": ISSUER,
+        "jwks_refetch_seconds": gateway_settings.get("jwks_refetch_seconds", 30.0),
+    }
+    names = ("identity", "catalog", "inventory", "orders", *(("payments",) if payments else ()))
     async with AsyncExitStack() as stack:
-        identity = await build_identity(
-            IdentitySettings(
-                database_url=sqlite("identity"),
-                keys_dir=directory / "identity" / "keys",
-                clients_file=directory / "identity" / "clients.json",
-                users_file=directory / "identity" / "users.json",
-                issuer=ISSUER,
+        services = await stack.enter_async_context(
+            in_process_fleet(
+                directory,
+                amqp_url,
+                only=names,
+                settings={
+                    "identity": {"issuer": ISSUER},
+                    "catalog": tokens,
+                    "inventory": tokens,
+                    "orders": {**tokens, "outbox_poll_seconds": 0.2, "watch_poll_seconds": 0.5},
+                    "payments": {
+                        **tokens,
+                        "provider_latency_seconds": 0,
+                        "outbox_poll_seconds": 0.2,
+                    },
+                },
             )
         )
-        await stack.enter_async_context(serving(identity))
-        registry.register("identity", identity.address)
-        # Every service verifies the tokens the gateway forwards, as in tools/run.
-        tokens: dict[str, Any] = {
-            "identity_target": identity.address,
-            "token_issuer": ISSUER,
-            "jwks_refetch_seconds": gateway_settings.get("jwks_refetch_seconds", 30.0),
-        }
-        apps: list[tuple[str, Any]] = [
-            (
-                "catalog",
-                await build_catalog(
-                    CatalogSettings(
-                        database_url=sqlite("catalog"), seed_sample_products=True, **tokens
-                    )
-                ),
-            ),
-            (
-                "inventory",
-                await build_inventory(
-                    InventorySettings(database_url=sqlite("inventory"), **tokens)
-                ),
-            ),
-        ]
-        channels: dict[str, grpc.aio.Channel] = {}
-        for name, app in apps:
-            channels[name] = await stack.enter_async_context(serving(app))
-            registry.register(name, app.address)
-        orders = await build_orders(
-            OrdersSettings(
-                database_url=sqlite("orders"),
-                amqp_url=amqp_url,
-                outbox_poll_seconds=0.2,
-                registry_file=registry.path,
-                watch_poll_seconds=0.5,
-                **tokens,
-            )
+        if not payments:
+            services.registry.register("payments", "127.0.0.1:9")  # nothing listens: UNAVAILABLE
+        settings = GatewaySettings(
+            registry_file=services.registry.path, issuer=ISSUER, **gateway_settings
         )
-        await stack.enter_async_context(serving(orders))
-        registry.register("orders", orders.address)
-        if payments:
-            payments_app = await build_payments(
-                PaymentsSettings(
-                    database_url=sqlite("payments"),
-                    amqp_url=amqp_url,
-                    provider_ledger=directory / "ledger.sqlite3",
-                    provider_latency_seconds=0,
-                    outbox_poll_seconds=0.2,
-                    registry_file=registry.path,
-                    **tokens,
-                )
-            )
-            await stack.enter_async_context(serving(payments_app))
-            registry.register("payments", payments_app.address)
-        else:
-            registry.register("payments", "127.0.0.1:9")  # nothing listens: UNAVAILABLE
-        settings = GatewaySettings(registry_file=registry.path, issuer=ISSUER, **gateway_settings)
         gateways, urls = [], []
         for _ in range(replicas):
             gateway, url = await stack.enter_async_context(serve_gateway(settings))
@@ -228,10 +174,10 @@ async def running_fleet(
             urls.append(url)
         yield Fleet(
             directory,
-            registry,
+            services.registry,
             gateways,
             urls,
-            inventory_grpc.InventoryServiceStub(channels["inventory"]),
+            inventory_grpc.InventoryServiceStub(services.channels["inventory"]),
         )
 
 
