@@ -83,6 +83,25 @@ class ServiceSettings(BaseSettings):
         description="/metrics HTTP port; 0 picks a free one",
     )
 
+    # Overload protection (libs.runtime.overload): shed with RESOURCE_EXHAUSTED and a retry
+    # pushback rather than queue calls until their deadlines pass.
+    overload_protection: bool = True
+    max_in_flight: int = Field(
+        default=512, ge=1, description="unary calls in flight beyond which every call is shed"
+    )
+    overload_cpu_threshold: float = Field(
+        default=0.8,
+        gt=0,
+        description="process CPU use (1.0 = one core) from which calls beyond the adaptive "
+        "limit (max rate x min latency) are shed",
+    )
+    overload_window_seconds: float = Field(
+        default=5.0, gt=0, description="how far back the adaptive limit's rate and latency go"
+    )
+    retry_pushback_ms: int = Field(
+        default=250, ge=0, description="grpc-retry-pushback-ms sent with a shed call"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -26,6 +26,7 @@ from libs.runtime.config import ConfigError, ServiceSettings, load_settings
 from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
+from libs.runtime.overload import AdaptiveLimit, OverloadProtection
 from libs.runtime.reflection import enable_reflection
 from libs.runtime.validation import RequestValidation
 from libs.security.authentication import TokenAuthentication
@@ -148,7 +149,22 @@ class GrpcApp:
             if chain is not None
             else default_chain(domain, translators, authorization, tokens)
         )
-        self._chain: list[Middleware] = [self._gate, *chain]
+        self.overload: OverloadProtection | None = None
+        if settings.overload_protection:
+            self.overload = OverloadProtection(
+                AdaptiveLimit(
+                    max_in_flight=settings.max_in_flight,
+                    cpu_threshold=settings.overload_cpu_threshold,
+                    window_seconds=settings.overload_window_seconds,
+                ),
+                domain,
+                settings.retry_pushback_ms,
+            )
+        self._chain: list[Middleware] = [
+            self._gate,
+            *([self.overload] if self.overload is not None else []),
+            *chain,
+        ]
         self._server = grpc.aio.server(options=self._channel_options())
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._services: list[str] = []

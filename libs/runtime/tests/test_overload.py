@@ -1,0 +1,225 @@
+"""Overload protection: shed calls get RESOURCE_EXHAUSTED with a pushback and ErrorInfo at once,
+and a call whose deadline passed while it waited is never started. Behaviour, not speed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest as Request
+from grpc_health.v1.health_pb2 import HealthCheckResponse as Response
+
+from libs.runtime.config import ServiceSettings
+from libs.runtime.overload import PUSHBACK_KEY, AdaptiveLimit
+from libs.runtime.processes import start_service
+from libs.runtime.server import GrpcApp
+from libs.testing.rpc import rich_error, serving
+
+CODEC: dict[str, Any] = {
+    "request_deserializer": Request.FromString,
+    "response_serializer": Response.SerializeToString,
+}
+log = logging.getLogger("emporium.test")
+STUB_CODEC: dict[str, Any] = {
+    "request_serializer": Request.SerializeToString,
+    "response_deserializer": Response.FromString,
+}
+
+
+class Holder:
+    """test.Holder/Hold records each call it starts (by `service`), then waits for `release`
+    unless the call is named `quick`."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.release = asyncio.Event()
+        self.holding = asyncio.Condition()
+        self.thaw: socket.socket | None = None
+
+    async def Hold(
+        self, request: Request, context: grpc.aio.ServicerContext[object, object]
+    ) -> Response:
+        self.started.append(request.service)
+        async with self.holding:
+            self.holding.notify_all()
+        if request.service != "quick":
+            await self.release.wait()
+        return Response(status=Response.SERVING)
+
+    async def Freeze(
+        self, request: Request, context: grpc.aio.ServicerContext[object, object]
+    ) -> Response:
+        """Blocks the whole event loop (on purpose: calls arriving now queue up) until a byte
+        comes on the test's socket."""
+        self.started.append("freeze")
+        assert self.thaw is not None
+        log.info("frozen")
+        self.thaw.recv(1)
+        return Response(status=Response.SERVING)
+
+
+def add_holder(holder: Holder, server: grpc.aio.Server) -> None:
+    server.add_registered_method_handlers(  # type: ignore[attr-defined]
+        "test.Holder",
+        {
+            "Hold": grpc.unary_unary_rpc_method_handler(holder.Hold, **CODEC),
+            "Freeze": grpc.unary_unary_rpc_method_handler(holder.Freeze, **CODEC),
+        },
+    )
+
+
+def holder_app(**settings: Any) -> tuple[GrpcApp, Holder]:
+    app = GrpcApp("test", ServiceSettings(reflection=False, **settings), domain="test.emporium.dev")
+    holder = Holder()
+    app.add_servicer(add_holder, holder)
+    return app, holder
+
+
+async def test_calls_beyond_the_limit_get_resource_exhausted_with_pushback() -> None:
+    app, holder = holder_app(max_in_flight=2, retry_pushback_ms=300)
+    async with serving(app) as channel:
+        hold = channel.unary_unary("/test.Holder/Hold", **STUB_CODEC)
+        first = asyncio.ensure_future(hold(Request(service="first")))
+        second = asyncio.ensure_future(hold(Request(service="second")))
+        async with holder.holding:
+            await asyncio.wait_for(holder.holding.wait_for(lambda: len(holder.started) == 2), 10)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await hold(Request(service="third"), timeout=10)
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.info is not None
+        assert (error.info.reason, error.info.domain) == ("OVERLOADED", "test.emporium.dev")
+        assert error.info.metadata["retry_after_ms"] == "300"
+        assert caught.value.trailing_metadata()[PUSHBACK_KEY] == "300"  # type: ignore[call-overload]
+        # the shed call never reached the handler
+        assert sorted(holder.started) == ["first", "second"]
+
+        holder.release.set()
+        assert (await first).status == Response.SERVING
+        assert (await second).status == Response.SERVING
+        assert (await hold(Request(service="fourth"), timeout=10)).status == Response.SERVING
+    assert sorted(holder.started) == ["first", "fourth", "second"]
+
+
+async def test_a_call_whose_deadline_passed_while_queued_is_never_started() -> None:
+    # The server runs in its own process (tests/holder_server.py), so blocking its event loop
+    # leaves this one running; Freeze blocks it until this test sends a byte on `thaw`.
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = await start_service(
+        "libs.runtime.tests.holder_server",
+        {"HOLDER_THAW_PORT": str(listener.getsockname()[1]), "EMPORIUM_SECURITY": "insecure"},
+    )
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            hold = channel.unary_unary("/test.Holder/Hold", **STUB_CODEC)
+            freeze = channel.unary_unary("/test.Holder/Freeze", **STUB_CODEC)
+            frozen = asyncio.ensure_future(freeze(Request(), timeout=30))
+            listener.settimeout(30)
+            thaw, _ = await asyncio.to_thread(listener.accept)
+            await server.wait_for_log("frozen")
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await hold(Request(service="late"), timeout=0.3)
+            assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+            thaw.sendall(b"x")
+            await frozen
+            await hold(Request(service="quick"), timeout=10)
+            thaw.close()
+    finally:
+        listener.close()
+        await server.terminate()
+    stopped = next(line for line in server.log_lines if line.get("message") == "holder stopped")
+    # Here gRPC itself drops the late call (it expired before the server asked for it); a call
+    # handed over before its deadline and reached after it is refused by OverloadProtection.
+    assert stopped["started"] == ["freeze", "quick"]
+
+
+class Clocks:
+    """A wall clock and a process CPU clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 10.0
+
+    def advance(self, seconds: float, cpu_share: float) -> None:
+        self.wall += seconds
+        self.cpu += seconds * cpu_share
+
+
+@pytest.fixture
+def clocks() -> Clocks:
+    return Clocks()
+
+
+def limit_on(clocks: Clocks, max_in_flight: int = 1000) -> AdaptiveLimit:
+    # a 50 s window: buckets of 1 s (round numbers, exact in floating point)
+    return AdaptiveLimit(
+        max_in_flight=max_in_flight,
+        cpu_threshold=0.8,
+        window_seconds=50.0,
+        clock=lambda: clocks.wall,
+        cpu_clock=lambda: clocks.cpu,
+    )
+
+
+def serve_bucket(
+    limit: AdaptiveLimit, clocks: Clocks, calls: int, latency: float, cpu: float
+) -> None:
+    """`calls` calls of `latency` s each start and finish within one 1 s bucket."""
+    started = clocks.wall
+    assert fill(limit, calls) == [True] * calls
+    clocks.advance(latency, cpu)
+    for _ in range(calls):
+        limit.release(started)
+    clocks.advance(1.0 - latency, cpu)
+
+
+def fill(limit: AdaptiveLimit, count: int) -> list[bool]:
+    return [limit.admit() for _ in range(count)]
+
+
+def test_a_busy_server_sheds_beyond_max_rate_times_min_latency(clocks: Clocks) -> None:
+    limit = limit_on(clocks)
+    for _ in range(5):  # 20 calls per second, 0.5 s each: Little's law gives 10
+        serve_bucket(limit, clocks, calls=20, latency=0.5, cpu=0.5)
+    clocks.advance(4.0, 0.95)  # then the process gets busy
+    assert limit.bbr_limit() == pytest.approx(10.0)
+    assert fill(limit, 12) == [True] * 10 + [False] * 2
+
+
+def test_an_idle_server_admits_a_burst_beyond_the_adaptive_limit(clocks: Clocks) -> None:
+    limit = limit_on(clocks)
+    for _ in range(5):
+        serve_bucket(limit, clocks, calls=20, latency=0.5, cpu=0.3)
+    clocks.advance(1.0, 0.3)
+    assert fill(limit, 30) == [True] * 30
+
+
+def test_max_in_flight_caps_calls_whatever_the_load(clocks: Clocks) -> None:
+    limit = limit_on(clocks, max_in_flight=3)
+    assert fill(limit, 4) == [True, True, True, False]
+    limit.release(clocks.wall)
+    assert limit.admit()
+
+
+def test_shedding_stops_once_the_load_is_gone(clocks: Clocks) -> None:
+    limit = limit_on(clocks)
+    for _ in range(5):
+        serve_bucket(limit, clocks, calls=20, latency=0.5, cpu=0.5)
+    clocks.advance(4.0, 0.95)
+    assert fill(limit, 11)[-1] is False
+    for _ in range(10):
+        limit.release(clocks.wall)
+    clocks.advance(1.5, 0.1)  # past the cool-down, the process idle
+    assert fill(limit, 30) == [True] * 30
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        AdaptiveLimit(max_in_flight=0, cpu_threshold=0.8, window_seconds=5)
