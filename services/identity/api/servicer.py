@@ -7,6 +7,7 @@ from google.protobuf import empty_pb2
 
 from emporium.identity.v1 import identity_service_pb2 as pb
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from libs.runtime.resource_names import resource_id
 from services.identity.api.mapping import token_message, user_message
 from services.identity.domain.identity import Identity
 from services.identity.domain.ports import KeyRing
@@ -46,4 +47,4 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         return user_message(await self._identity.sign_up(request.user_id, request.user.password))
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> pb.User:
-        return user_message(await self._identity.user(request.name.removeprefix("users/")))
+        return user_message(await self._identity.user(resource_id(request.name, "users/{user}")))
