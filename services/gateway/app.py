@@ -62,6 +62,7 @@ from services.gateway.ratelimit import BucketPolicy, LocalRateLimiter, RateLimit
 from services.gateway.references import References
 from services.gateway.rest import Authenticator, Limits, RestApi
 from services.gateway.routes import ExposedService, Router, build_routes
+from services.gateway.shedding import Shedding
 
 log = logging.getLogger("emporium.gateway")
 
@@ -233,6 +234,8 @@ def build(settings: GatewaySettings) -> Gateway:
         build_asyncapi(fleet_contract(), title="Emporium messaging", version="1")
     ).encode()
 
+    shedding = Shedding(settings)
+
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
@@ -248,12 +251,14 @@ def build(settings: GatewaySettings) -> Gateway:
     async def graphql_endpoint(request: Request) -> Response:
         if _wants_ide(request):
             return HTMLResponse(GRAPHIQL_PAGE)
-        return await _graphql(request, schema, rest, authenticator, settings)
+        return await shedding.serve(
+            request, lambda request: _graphql(request, schema, rest, authenticator, settings)
+        )
 
     async def rest_endpoint(request: Request) -> Response:
         # Every upstream call of this request shares its budget (the client kit reads it).
         with budget(settings.request_timeout_seconds):
-            return await rest(request)
+            return await shedding.serve(request, rest)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 from starlette.responses import Response
 
 from libs.runtime.errors import DomainError
+from libs.runtime.overload import PUSHBACK_KEY
 from libs.runtime.rich_status import details_of, status_from_trailers, status_of
 
 PROBLEM_JSON = "application/problem+json"
@@ -124,17 +125,46 @@ def _violations(bad_request: error_details_pb2.BadRequest | None) -> list[dict[s
     ]
 
 
+# RESOURCE_EXHAUSTED that means "the server is full, come back soon" (a service shedding load,
+# the client kit's bulkhead), not a quota of the caller's: 503 with Retry-After, not 429.
+SHED_REASONS = frozenset({"OVERLOADED", "BULKHEAD_FULL"})
+
+
+def overloaded(detail: str, retry_after_ms: int) -> Problem:
+    return Problem(
+        503,
+        detail,
+        reason="OVERLOADED",
+        code="RESOURCE_EXHAUSTED",
+        metadata={"retry_after_ms": str(retry_after_ms)},
+        headers={"Retry-After": _retry_after(retry_after_ms)},
+    )
+
+
+def _retry_after(milliseconds: int) -> str:
+    """Retry-After is whole seconds: round up, and never 0."""
+    return str(max(1, -(-milliseconds // 1000)))
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> Problem:
     code = error.code()
-    status = status_from_trailers(error.trailing_metadata())
+    trailers = error.trailing_metadata()
+    status = status_from_trailers(trailers)
     info, bad_request = details_of(status) if status is not None else (None, None)
     headers = {}
-    if code == grpc.StatusCode.UNAVAILABLE:
-        # An open circuit says when it will let a probe through; otherwise retry soon.
+    http_status = HTTP_STATUS.get(code, 500)
+    pushback = _pushback_ms(trailers)
+    shed = code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        pushback is not None or (info is not None and info.reason in SHED_REASONS)
+    )
+    if code == grpc.StatusCode.UNAVAILABLE or shed:
+        # An open circuit or a shedding server says when to come back; otherwise retry soon.
         retry_after_ms = int(info.metadata.get("retry_after_ms", "1000")) if info else 1000
-        headers["Retry-After"] = str(max(1, -(-retry_after_ms // 1000)))
+        headers["Retry-After"] = _retry_after(pushback if pushback is not None else retry_after_ms)
+    if shed:
+        http_status = 503
     return Problem(
-        HTTP_STATUS.get(code, 500),
+        http_status,
         error.details() or code.name,
         reason=info.reason if info else "",
         code=code.name,
@@ -157,3 +187,12 @@ def from_domain_error(error: DomainError) -> Problem:
         metadata=dict(error.metadata),
         violations=_violations(bad_request),
     )
+
+
+def _pushback_ms(trailers: object) -> int | None:
+    """The `grpc-retry-pushback-ms` trailer a shedding server sends, if any."""
+    for key, value in trailers or ():  # type: ignore[attr-defined]
+        if key == PUSHBACK_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return int(text) if text.isdigit() else None
+    return None
