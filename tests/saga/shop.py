@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.type import money_pb2
@@ -39,6 +39,7 @@ from tools.commands.audit.reading import Sources, audit
 from tools.commands.audit.rules import Report
 
 PRODUCT = "mug"
+Request = TypeVar("Request", pb.CreateOrderRequest, pb.CancelOrderRequest)
 # Down, timed out, or shed by an overloaded server: a client tries again later.
 _RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -66,9 +67,17 @@ class Shop:
             ),
             request_id=str(uuid.uuid4()),
         )
+        return await self.call(self.orders.CreateOrder, request)
+
+    async def cancel(self, name: str) -> pb.Order:
+        return await self.call(self.orders.CancelOrder, pb.CancelOrderRequest(name=name))
+
+    @staticmethod
+    async def call(method: Callable[[Request], Awaitable[pb.Order]], request: Request) -> pb.Order:
+        """One call, again (the same request) while the server is down, slow or shedding."""
         for attempt in range(1, 6):
             try:
-                return await self.orders.CreateOrder(request)
+                return await method(request)
             except grpc.aio.AioRpcError as error:
                 if attempt == 5 or error.code() not in _RETRYABLE:
                     raise

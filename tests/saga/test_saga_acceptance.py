@@ -40,7 +40,7 @@ async def test_cancels_racing_payment_leave_no_money_and_no_stock_behind(
             created = await shop.place(quantity=1 + rng.randrange(3))
             await asyncio.sleep(delay)  # the customer changes their mind after `delay`
             try:
-                await shop.orders.CancelOrder(pb.CancelOrderRequest(name=created.name))
+                await shop.cancel(created.name)
                 outcomes[created.name] = "won"
             except grpc.aio.AioRpcError as error:
                 details = rich_error(error)
