@@ -269,7 +269,7 @@ def test_linkerd_identities_name_service_accounts(rendered: dict[str, list[Docum
 def test_mesh_resources_match_the_code() -> None:
     """The committed generated files are what `python -m tools.mesh` makes from the services'
     policies, contracts and calls today (regenerate after changing one)."""
-    from tools.mesh.__main__ import OUTPUTS, render
+    from tools.mesh.resources import OUTPUTS, render
 
     for path, build in OUTPUTS.items():
         assert path.read_text() == render(build()), f"{path} is stale: run python -m tools.mesh"
@@ -277,13 +277,13 @@ def test_mesh_resources_match_the_code() -> None:
 
 def test_no_grant_goes_unused() -> None:
     """A service's policy admits a fleet service only to methods that service's code calls."""
-    from tools.mesh.__main__ import unused_grants
+    from tools.mesh.resources import unused_grants
 
     assert unused_grants() == []
 
 
 def test_every_method_is_authorized_and_routed() -> None:
-    from tools.mesh.__main__ import SERVICES, istio_authorization, linkerd_resilience
+    from tools.mesh.resources import SERVICES, istio_authorization, linkerd_resilience
 
     paths = {
         path
@@ -311,7 +311,7 @@ def test_retries_only_for_idempotent_methods() -> None:
     never (Istio would retry them by default)."""
     from google.protobuf.descriptor_pb2 import MethodOptions
 
-    from tools.mesh.__main__ import SERVICES, istio_resilience, linkerd_resilience
+    from tools.mesh.resources import SERVICES, istio_resilience, linkerd_resilience
 
     safe = {MethodOptions.IDEMPOTENT, MethodOptions.NO_SIDE_EFFECTS}
     expected = {
