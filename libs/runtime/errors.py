@@ -10,6 +10,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from libs.runtime.reasons import SharedReason
+
 
 class ErrorKind(enum.Enum):
     """The AIP-193 categories a domain can report; each maps to one gRPC code."""
@@ -60,12 +62,14 @@ def invalid_argument(
     return DomainError(ErrorKind.INVALID_ARGUMENT, reason, message, metadata, violations)
 
 
-def invalid_field(field_path: str, description: str, reason: str = "INVALID_FIELD") -> DomainError:
+def invalid_field(
+    field_path: str, description: str, reason: str = SharedReason.INVALID_FIELD
+) -> DomainError:
     """A request with one bad field."""
     return invalid_argument(
         reason, f"{field_path}: {description}", [FieldViolation(field_path, description, reason)]
     )
 
 
-def not_found(resource: str, reason: str = "RESOURCE_NOT_FOUND") -> DomainError:
+def not_found(resource: str, reason: str = SharedReason.RESOURCE_NOT_FOUND) -> DomainError:
     return DomainError(ErrorKind.NOT_FOUND, reason, f"{resource} not found", {"resource": resource})

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from libs.runtime.errors import invalid_field
+from libs.runtime.reasons import SharedReason
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -53,17 +54,17 @@ def decode_token(token: str, fingerprint: str) -> int:
         offset, token_fingerprint = payload["o"], payload["q"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise invalid_field(
-            "page_token", "is not a token this service issued", "INVALID_PAGE_TOKEN"
+            "page_token", "is not a token this service issued", SharedReason.INVALID_PAGE_TOKEN
         ) from None
     if not isinstance(offset, int) or offset < 0:
         raise invalid_field(
-            "page_token", "is not a token this service issued", "INVALID_PAGE_TOKEN"
+            "page_token", "is not a token this service issued", SharedReason.INVALID_PAGE_TOKEN
         )
     if token_fingerprint != fingerprint:
         raise invalid_field(
             "page_token",
             "belongs to a query with another filter or order_by",
-            "PAGE_TOKEN_QUERY_MISMATCH",
+            SharedReason.PAGE_TOKEN_QUERY_MISMATCH,
         )
     return offset
 

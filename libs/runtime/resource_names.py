@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.runtime.errors import FieldViolation, invalid_argument
+from libs.runtime.reasons import SharedReason
 
 
 def resource_id(name: str, pattern: str, field_path: str = "name") -> str:
@@ -12,8 +13,12 @@ def resource_id(name: str, pattern: str, field_path: str = "name") -> str:
     found = name.removeprefix(prefix)
     if not name.startswith(prefix) or not found or "/" in found:
         raise invalid_argument(
-            "INVALID_RESOURCE_NAME",
+            SharedReason.INVALID_RESOURCE_NAME,
             f"{name!r} is not {pattern}",
-            [FieldViolation(field_path, f"must look like {pattern}", "INVALID_RESOURCE_NAME")],
+            [
+                FieldViolation(
+                    field_path, f"must look like {pattern}", SharedReason.INVALID_RESOURCE_NAME
+                )
+            ],
         )
     return found

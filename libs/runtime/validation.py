@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from libs.runtime.errors import DomainError, FieldViolation, invalid_argument
 from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
+from libs.runtime.reasons import SharedReason
 
 _validator = protovalidate.Validator()
 
@@ -33,7 +34,7 @@ def violations_of(message: Message, prefix: str = "") -> list[FieldViolation]:
 
 def invalid_request(violations: Sequence[FieldViolation]) -> DomainError:
     fields = ", ".join(dict.fromkeys(v.field for v in violations))  # a field breaking two rules
-    return invalid_argument("FIELD_VIOLATION", f"invalid request: {fields}", violations)
+    return invalid_argument(SharedReason.FIELD_VIOLATION, f"invalid request: {fields}", violations)
 
 
 def check(message: Message, prefix: str = "") -> None:

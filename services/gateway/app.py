@@ -41,6 +41,7 @@ from libs.rpcclient.channels import ChannelFactory
 from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.deadline import budget
+from libs.runtime.reasons import SharedReason
 from libs.security.authentication import identity_jwks
 from libs.security.credentials import CertificateFiles
 from libs.security.tokens import JwksCache, TokenVerifier
@@ -334,7 +335,7 @@ async def _graphql(
                     400,
                     'send the query as ?query=... (or POST {"query": ...}); open /graphql in '
                     "a browser for GraphiQL",
-                    reason="INVALID_REQUEST",
+                    reason=SharedReason.INVALID_REQUEST,
                 )
             payload: Any = {
                 "query": request.query_params.get("query", ""),
@@ -344,12 +345,12 @@ async def _graphql(
         else:
             payload = json.loads(await rest.read_body(request) or b"{}")
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
-            raise Problem(400, 'send {"query": "..."} as JSON', reason="INVALID_REQUEST")
+            raise Problem(400, 'send {"query": "..."} as JSON', reason=SharedReason.INVALID_REQUEST)
     except Problem as problem:
         problem.headers = {**headers, **problem.headers}
         return problem.response(request.url.path, request.state.request_id)
     except ValueError:
-        return Problem(400, "the body is not JSON", reason="INVALID_REQUEST").response(
+        return Problem(400, "the body is not JSON", reason=SharedReason.INVALID_REQUEST).response(
             request.url.path, request.state.request_id
         )
 

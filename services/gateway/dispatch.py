@@ -10,6 +10,7 @@ import grpc
 from google.protobuf import descriptor, message, message_factory
 
 from libs.rpcclient.upstream import Upstream
+from libs.runtime.reasons import SharedReason
 from libs.runtime.validation import check
 from libs.security.access import AccessRule, Decision, reads_only
 from libs.security.tokens import Principal
@@ -37,14 +38,14 @@ def _denied(principal: Principal, method: descriptor.MethodDescriptor, why: str)
         return Problem(
             401,
             f"{method.full_name} needs a bearer token",
-            reason="UNAUTHENTICATED",
+            reason=SharedReason.UNAUTHENTICATED,
             code="UNAUTHENTICATED",
             headers={"WWW-Authenticate": 'Bearer realm="emporium"'},
         )
     return Problem(
         403,
         f"{principal.subject} may not call {method.full_name}: {why}",
-        reason="CALLER_NOT_ALLOWED",
+        reason=SharedReason.CALLER_NOT_ALLOWED,
         code="PERMISSION_DENIED",
         metadata={"method": method.full_name},
     )

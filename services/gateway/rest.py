@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from libs.runtime.errors import DomainError
+from libs.runtime.reasons import SharedReason
 from libs.security.tokens import ANONYMOUS, InvalidToken, Principal, TokenVerifier, bearer_token
 from services.gateway.caching import ResponseCache, etag_of, matches
 from services.gateway.dispatch import Dispatcher
@@ -81,7 +82,7 @@ class Authenticator:
             raise Problem(
                 401,
                 str(error),
-                reason="INVALID_TOKEN",
+                reason=SharedReason.INVALID_TOKEN,
                 code="UNAUTHENTICATED",
                 headers={
                     "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{error}"'
@@ -152,7 +153,7 @@ class RestApi:
             raise Problem(
                 429,
                 f"rate limit of {policy.per_second:g}/s ({route_class}) reached; retry later",
-                reason="RATE_LIMITED",
+                reason=SharedReason.RATE_LIMITED,
                 code="RESOURCE_EXHAUSTED",
             )
 
@@ -172,7 +173,9 @@ class RestApi:
         media = _media_type(request)
         if body.strip() and media not in (JSON, FORM) and not media.endswith("+json"):
             raise Problem(
-                415, f"send the body as {JSON}, not {media}", reason="UNSUPPORTED_MEDIA_TYPE"
+                415,
+                f"send the body as {JSON}, not {media}",
+                reason=SharedReason.UNSUPPORTED_MEDIA_TYPE,
             )
         return body
 
@@ -181,19 +184,21 @@ class RestApi:
         if _media_type(request) != FORM:
             return parse_json(raw)
         if route.body != "*" or route.streams_in:
-            raise Problem(415, f"send the body as {JSON}", reason="UNSUPPORTED_MEDIA_TYPE")
+            raise Problem(
+                415, f"send the body as {JSON}", reason=SharedReason.UNSUPPORTED_MEDIA_TYPE
+            )
         items = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
         return set_parameters({}, route.method.input_type, items)
 
     async def _handle(self, request: Request, headers: dict[str, str]) -> Response:
         found = self._router.match(request.method, request.url.path)
         if found is None:
-            raise Problem(404, f"no route for {request.url.path}", reason="NO_ROUTE")
+            raise Problem(404, f"no route for {request.url.path}", reason=SharedReason.NO_ROUTE)
         if isinstance(found, str):
             raise Problem(
                 405,
                 f"{request.method} is not allowed here; use {found}",
-                reason="METHOD_NOT_ALLOWED",
+                reason=SharedReason.METHOD_NOT_ALLOWED,
                 headers={"Allow": found},
             )
         route, path_values = found
@@ -205,7 +210,9 @@ class RestApi:
         body = self._document(request, route, raw) if route.body else None
         if route.streams_in:
             if not isinstance(body, list):
-                raise Problem(400, "send the stream as a JSON array", reason="INVALID_REQUEST")
+                raise Problem(
+                    400, "send the stream as a JSON array", reason=SharedReason.INVALID_REQUEST
+                )
             requests = [build_request(route, path_values, (), item) for item in body]
             result = await self._dispatcher.client_stream(route.method, requests, principal)
             document: Any = (
@@ -226,7 +233,7 @@ class RestApi:
                 400,
                 f"{route.verb} {route.template} needs an Idempotency-Key header (any unique "
                 "string, such as a UUID): the request runs at most once per key",
-                reason="IDEMPOTENCY_KEY_REQUIRED",
+                reason=SharedReason.IDEMPOTENCY_KEY_REQUIRED,
             )
         if route.safe or key is None:
             return await self._unary(request, route, rpc_request, principal, headers)
@@ -247,7 +254,7 @@ class RestApi:
             raise Problem(
                 400,
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
-                reason="INVALID_IDEMPOTENCY_KEY",
+                reason=SharedReason.INVALID_IDEMPOTENCY_KEY,
             )
         scoped = f"{self._caller(request, principal)}:{key}"
         fingerprint = hashlib.sha256(
@@ -272,13 +279,13 @@ class RestApi:
             raise Problem(
                 422,
                 "this Idempotency-Key was used with a different request",
-                reason="IDEMPOTENCY_KEY_REUSED",
+                reason=SharedReason.IDEMPOTENCY_KEY_REUSED,
             )
         if begun.outcome is Outcome.IN_PROGRESS:
             raise Problem(
                 409,
                 "a request with this Idempotency-Key is still being processed",
-                reason="IDEMPOTENCY_KEY_IN_USE",
+                reason=SharedReason.IDEMPOTENCY_KEY_IN_USE,
                 headers={"Retry-After": "1"},
             )
         field = rpc_request.DESCRIPTOR.fields_by_name.get("request_id")
@@ -362,7 +369,7 @@ def _media_type(request: Request) -> str:
 
 
 def _too_large(limit: int) -> Problem:
-    return Problem(413, f"the body exceeds {limit} bytes", reason="BODY_TOO_LARGE")
+    return Problem(413, f"the body exceeds {limit} bytes", reason=SharedReason.BODY_TOO_LARGE)
 
 
 def _json(document: Any, headers: dict[str, str]) -> Response:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from google.protobuf import descriptor, message
 from google.protobuf.descriptor import FieldDescriptor
 
+from libs.runtime.reasons import SharedReason
 from services.gateway.problems import Problem
 from services.gateway.transcoding import to_json
 
@@ -66,7 +67,7 @@ class EventIds:
                 raise Problem(
                     400,
                     f"Last-Event-ID must be a {self.id_field} (a number), not {last_event_id!r}",
-                    reason="INVALID_LAST_EVENT_ID",
+                    reason=SharedReason.INVALID_LAST_EVENT_ID,
                 )
             value = int(last_event_id)
         setattr(request, self.resume_field, value)
@@ -76,7 +77,7 @@ class EventIds:
 SHUTTING_DOWN = Problem(
     503,
     "the gateway is shutting down; reconnect with Last-Event-ID to resume after the last event",
-    reason="SHUTTING_DOWN",
+    reason=SharedReason.SHUTTING_DOWN,
     code="UNAVAILABLE",
 )
 

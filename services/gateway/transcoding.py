@@ -17,6 +17,7 @@ from google.protobuf import descriptor, json_format, message, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 
 from libs.runtime.errors import FieldViolation, invalid_argument
+from libs.runtime.reasons import SharedReason
 from libs.runtime.validation import violations_of
 from services.gateway.routes import Route
 
@@ -39,9 +40,9 @@ _WKT_AS_SCALAR = JSON_STRING_TYPES | frozenset(
 
 def _bad(field: str, description: str) -> Exception:
     return invalid_argument(
-        "INVALID_REQUEST",
+        SharedReason.INVALID_REQUEST,
         f"{field}: {description}",
-        [FieldViolation(field, description, "INVALID_REQUEST")],
+        [FieldViolation(field, description, SharedReason.INVALID_REQUEST)],
     )
 
 

@@ -13,6 +13,7 @@ from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v1 import product_pb2
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
 from libs.runtime.idempotency import fingerprint
+from libs.runtime.reasons import SharedReason
 from libs.runtime.rich_status import status_of
 from libs.runtime.validation import check
 from services.catalog.api.mapping import change_message, draft_of, product_message
@@ -60,7 +61,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         self, request: pb.UpdateProductRequest, context: Context
     ) -> product_pb2.Product:
         if not request.HasField("product"):
-            raise invalid_field("product", "is required", "REQUIRED")
+            raise invalid_field("product", "is required", SharedReason.REQUIRED)
         product = await self._catalog.update(
             request.product.name,
             draft_of(request.product),
@@ -85,7 +86,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             index += 1
             try:
                 if not item.HasField("product"):
-                    raise invalid_field("product", "is required", "REQUIRED")
+                    raise invalid_field("product", "is required", SharedReason.REQUIRED)
                 check(item.product, "product")
                 product, outcome = await self._catalog.import_product(
                     draft_of(item.product), item.product.name
@@ -114,7 +115,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         except FeedClosed as closed:
             raise DomainError(
                 ErrorKind.UNAVAILABLE,
-                "SHUTTING_DOWN",
+                SharedReason.SHUTTING_DOWN,
                 f"the server is shutting down; watch again with after_revision={closed.revision}",
                 {"resume_after_revision": str(closed.revision)},
             ) from None

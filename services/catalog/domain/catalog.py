@@ -18,6 +18,7 @@ from services.catalog.domain.model import (
     ProductDraft,
 )
 from services.catalog.domain.query import parse_query
+from services.catalog.domain.reasons import Reason
 from services.catalog.domain.repository import CreateRequest, ProductRepository
 
 # Checks a draft against the contract's rules; raises INVALID_ARGUMENT naming fields under the
@@ -50,7 +51,7 @@ class Catalog:
     async def get(self, name: str) -> Product:
         product = await self._repository.get(product_id_of(name, "name"))
         if product is None:
-            raise not_found(name, "PRODUCT_NOT_FOUND")
+            raise not_found(name, Reason.PRODUCT_NOT_FOUND)
         return product
 
     async def list(
@@ -82,11 +83,11 @@ class Catalog:
                 "update_mask",
                 f"unknown or immutable field(s) {', '.join(unknown)}; "
                 f"updatable: {', '.join(MUTABLE_FIELDS)}",
-                "INVALID_FIELD_MASK",
+                Reason.INVALID_FIELD_MASK,
             )
         current = await self._repository.get(product_id)
         if current is None:
-            raise not_found(name, "PRODUCT_NOT_FOUND")
+            raise not_found(name, Reason.PRODUCT_NOT_FOUND)
         if etag and etag != current.etag:
             raise _etag_mismatch(name, etag, current.etag)
         selected = MUTABLE_FIELDS if not paths or "*" in paths else tuple(paths)
@@ -101,7 +102,7 @@ class Catalog:
         product_id = product_id_of(name, "name")
         current = await self._repository.get(product_id)
         if current is None:
-            raise not_found(name, "PRODUCT_NOT_FOUND")
+            raise not_found(name, Reason.PRODUCT_NOT_FOUND)
         if etag and etag != current.etag:
             raise _etag_mismatch(name, etag, current.etag)
         await self._repository.delete(product_id, current.revision)
@@ -128,7 +129,7 @@ class Catalog:
                 f"{prefix}price.currency_code",
                 f"the catalog is priced in {self.currency_code}, "
                 f"not {draft.price.currency_code or 'an empty currency'}",
-                "CURRENCY_NOT_SUPPORTED",
+                Reason.CURRENCY_NOT_SUPPORTED,
             )
 
 
@@ -139,7 +140,7 @@ def product_id_of(name: str, field_path: str) -> str:
 def _etag_mismatch(name: str, given: str, current: str) -> DomainError:
     return DomainError(
         ErrorKind.ABORTED,
-        "ETAG_MISMATCH",
+        Reason.ETAG_MISMATCH,
         f"{name} changed since etag {given!r} was read (current etag {current!r}); "
         "read it again and retry",
         {"resource": name, "current_etag": current},

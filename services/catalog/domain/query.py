@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from libs.money import NANOS_PER_UNIT
 from libs.runtime.errors import invalid_field
+from services.catalog.domain.reasons import Reason
 
 ORDERABLE = ("title", "sku", "price", "create_time", "update_time")
 COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
@@ -54,7 +55,7 @@ def parse_query(filter_text: str, order_by: str) -> ProductQuery:
                 "filter",
                 f'cannot parse {term!r}: use labels.<key> = "value" or price <op> <number>, '
                 "joined by AND",
-                "INVALID_FILTER",
+                Reason.INVALID_FILTER,
             )
     return ProductQuery(labels=labels, price=tuple(price), order=_parse_order(order_by))
 
@@ -72,7 +73,7 @@ def _parse_order(order_by: str) -> tuple[tuple[str, bool], ...]:
                 "order_by",
                 f"cannot order by {part!r}: use fields of {', '.join(ORDERABLE)}, "
                 "each optionally followed by desc",
-                "INVALID_ORDER_BY",
+                Reason.INVALID_ORDER_BY,
             )
         order.append((words[0], len(words) == 2 and words[1] == "desc"))
     return tuple(order)

@@ -15,8 +15,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument
+from libs.runtime.reasons import SharedReason
 from services.identity.domain.model import Client, IssuedToken, RefreshGrant, User
 from services.identity.domain.ports import ALGORITHM, AccountStore, KeyRing
+from services.identity.domain.reasons import Reason
 
 CUSTOMER = "customer"
 _hasher = PasswordHasher()
@@ -51,15 +53,18 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _invalid_grant(message: str, reason: str = "INVALID_GRANT") -> DomainError:
+def _invalid_grant(message: str, reason: str = Reason.INVALID_GRANT) -> DomainError:
     return DomainError(ErrorKind.UNAUTHENTICATED, reason, message)
 
 
 def _missing(grant: str, *fields: str) -> DomainError:
     return invalid_argument(
-        "MISSING_CREDENTIALS",
+        Reason.MISSING_CREDENTIALS,
         f"the {grant} grant needs {' and '.join(fields)}",
-        [FieldViolation(f, f"required for grant_type={grant}", "REQUIRED") for f in fields],
+        [
+            FieldViolation(f, f"required for grant_type={grant}", SharedReason.REQUIRED)
+            for f in fields
+        ],
     )
 
 
@@ -104,7 +109,7 @@ class Identity:
             client.secret_hash if client else _dummy_hash(), client_secret
         )
         if client is None or not matches:
-            raise _invalid_grant("wrong client id or secret", "INVALID_CLIENT")
+            raise _invalid_grant("wrong client id or secret", Reason.INVALID_CLIENT)
         granted = self._narrow(client.roles, scope)
         access = self._sign(f"clients/{client_id}", granted, customer="")
         return IssuedToken(access, self._access_ttl, "", " ".join(granted))
@@ -119,7 +124,7 @@ class Identity:
         if grant.used or not await self._store.use_refresh(token_hash):
             # A used token presented again means it leaked: end the whole family (BCP 4.14).
             await self._store.revoke_family(grant.family)
-            raise _invalid_grant("refresh token was already used", "REFRESH_TOKEN_REUSED")
+            raise _invalid_grant("refresh token was already used", Reason.REFRESH_TOKEN_REUSED)
         user = await self._store.user(grant.user_id)
         if user is None:
             raise _invalid_grant("the user no longer exists")
@@ -142,7 +147,7 @@ class Identity:
         if not await self._store.add_user(user):
             raise DomainError(
                 ErrorKind.ALREADY_EXISTS,
-                "USER_EXISTS",
+                Reason.USER_EXISTS,
                 f"users/{user_id} already exists",
                 {"user": f"users/{user_id}"},
             )
@@ -152,7 +157,7 @@ class Identity:
         user = await self._store.user(user_id)
         if user is None:
             raise DomainError(
-                ErrorKind.NOT_FOUND, "USER_NOT_FOUND", f"users/{user_id} does not exist"
+                ErrorKind.NOT_FOUND, Reason.USER_NOT_FOUND, f"users/{user_id} does not exist"
             )
         return user
 
@@ -163,9 +168,13 @@ class Identity:
         unknown = sorted(set(requested) - set(roles))
         if unknown:
             raise invalid_argument(
-                "INVALID_SCOPE",
+                Reason.INVALID_SCOPE,
                 f"scope asks for what the caller may not have: {' '.join(unknown)}",
-                [FieldViolation("scope", f"not granted: {' '.join(unknown)}", "INVALID_SCOPE")],
+                [
+                    FieldViolation(
+                        "scope", f"not granted: {' '.join(unknown)}", Reason.INVALID_SCOPE
+                    )
+                ],
             )
         return tuple(sorted(set(requested)))
 

@@ -13,6 +13,7 @@ from emporium.inventory.v1 import inventory_service_pb2 as pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.idempotency import fingerprint
+from libs.runtime.reasons import SharedReason
 from libs.runtime.rich_status import status_of
 from libs.runtime.validation import check
 from services.inventory.api.mapping import level_message, reservation_message
@@ -105,7 +106,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
                 if item is _SHUTDOWN:
                     raise DomainError(
                         ErrorKind.UNAVAILABLE,
-                        "SHUTTING_DOWN",
+                        SharedReason.SHUTTING_DOWN,
                         "the server is shutting down; reconnect",
                     )
                 assert isinstance(item, pb.AdjustStockResponse)

@@ -17,6 +17,7 @@ from services.inventory.domain.model import (
     Reservation,
     StockLevel,
 )
+from services.inventory.domain.reasons import Reason
 from services.inventory.domain.repository import InventoryRepository, ReserveRequest
 
 
@@ -41,7 +42,7 @@ class Inventory:
     async def level(self, name: str) -> StockLevel:
         level = await self._repository.level(id_of(name, ITEM_PREFIX, "name"))
         if level is None:
-            raise not_found(name, "ITEM_NOT_FOUND")
+            raise not_found(name, Reason.ITEM_NOT_FOUND)
         return level
 
     async def levels(self, page_size: int, page_token: str) -> tuple[list[StockLevel], str]:
@@ -65,11 +66,13 @@ class Inventory:
         repeated = sorted({item for item in items if items.count(item) > 1})
         if repeated:
             raise invalid_argument(
-                "DUPLICATE_ITEM",
+                Reason.DUPLICATE_ITEM,
                 f"each item may appear once: {', '.join(repeated)}",
                 [
                     FieldViolation(
-                        "lines", f"{ITEM_PREFIX}{item} appears more than once", "DUPLICATE_ITEM"
+                        "lines",
+                        f"{ITEM_PREFIX}{item} appears more than once",
+                        Reason.DUPLICATE_ITEM,
                     )
                     for item in repeated
                 ],

@@ -18,6 +18,7 @@ from libs.rpcclient.upstream import Upstream, upstream_errors
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation
 from services.orders.domain.model import ProductInfo
 from services.orders.domain.ports import HoldLapsed
+from services.orders.domain.reasons import Reason
 
 
 class GrpcProductCatalog:
@@ -43,7 +44,7 @@ class GrpcProductCatalog:
                     FieldViolation(
                         f"order.lines[{index}].product",
                         f"products/{pid} is not in the catalog",
-                        "PRODUCT_NOT_FOUND",
+                        Reason.PRODUCT_NOT_FOUND,
                     )
                 )
             elif isinstance(result, BaseException):
@@ -54,7 +55,7 @@ class GrpcProductCatalog:
         if missing:
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
-                "PRODUCT_NOT_FOUND",
+                Reason.PRODUCT_NOT_FOUND,
                 "some products are not in the catalog",
                 violations=missing,
             )

@@ -10,6 +10,7 @@ from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.idempotency import fingerprint
+from libs.runtime.reasons import SharedReason
 from services.orders.api.mapping import order_message
 from services.orders.domain.order_feed import FeedClosed
 from services.orders.domain.orders import Orders
@@ -56,5 +57,7 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
                 yield order_message(order)
         except FeedClosed:
             raise DomainError(
-                ErrorKind.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; watch again"
+                ErrorKind.UNAVAILABLE,
+                SharedReason.SHUTTING_DOWN,
+                "the server is shutting down; watch again",
             ) from None

@@ -45,6 +45,7 @@ from services.orders.domain.ports import (
     ProductCatalog,
     StockReservations,
 )
+from services.orders.domain.reasons import Reason
 
 log = logging.getLogger("emporium.orders")
 # Re-reservations get request ids derived from the order and the lapsed hold, so a retry
@@ -106,13 +107,13 @@ class Orders:
             order, earlier_fingerprint = earlier
             if earlier_fingerprint != fingerprint:
                 raise invalid_argument(
-                    "REQUEST_ID_REUSED",
+                    Reason.REQUEST_ID_REUSED,
                     "request_id was already used for a different order",
                     [
                         FieldViolation(
                             "request_id",
                             "was already used for a different order",
-                            "REQUEST_ID_REUSED",
+                            Reason.REQUEST_ID_REUSED,
                         )
                     ],
                 )
@@ -121,11 +122,13 @@ class Orders:
         repeated = sorted({p for p in product_ids if product_ids.count(p) > 1})
         if repeated:
             raise invalid_argument(
-                "DUPLICATE_PRODUCT",
+                Reason.DUPLICATE_PRODUCT,
                 f"each product may appear once: {', '.join(repeated)}",
                 [
                     FieldViolation(
-                        "order.lines", f"products/{p} appears more than once", "DUPLICATE_PRODUCT"
+                        "order.lines",
+                        f"products/{p} appears more than once",
+                        Reason.DUPLICATE_PRODUCT,
                     )
                     for p in repeated
                 ],
@@ -135,7 +138,7 @@ class Orders:
         if len(currencies) > 1:
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
-                "MIXED_CURRENCIES",
+                Reason.MIXED_CURRENCIES,
                 f"the products are priced in {', '.join(sorted(currencies))}",
             )
         order_lines = tuple(
@@ -177,7 +180,7 @@ class Orders:
     async def get(self, name: str) -> Order:
         order = await self._repository.get(order_id_of(name))
         if order is None:
-            raise not_found(name, "ORDER_NOT_FOUND")
+            raise not_found(name, Reason.ORDER_NOT_FOUND)
         return order
 
     async def list(self, customer: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
@@ -194,7 +197,7 @@ class Orders:
             if order.state in (OrderState.AUTHORIZED, OrderState.CONFIRMED):
                 raise DomainError(
                     ErrorKind.FAILED_PRECONDITION,
-                    "ORDER_CONFIRMED",
+                    Reason.ORDER_CONFIRMED,
                     f"{name} is paid and confirmed (or being confirmed); it can no longer be"
                     " cancelled",
                     {"order": name, "state": order.state.value},
@@ -418,5 +421,5 @@ def _messages(order: Order, *kinds: MessageKind) -> list[OrderMessage]:
 
 def _still_racing(name: str) -> DomainError:
     return DomainError(
-        ErrorKind.ABORTED, "CONCURRENT_MODIFICATION", f"{name} keeps changing; try again"
+        ErrorKind.ABORTED, Reason.CONCURRENT_MODIFICATION, f"{name} keeps changing; try again"
     )

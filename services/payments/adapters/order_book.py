@@ -13,6 +13,7 @@ from libs.money import Money
 from libs.rpcclient.upstream import Upstream, upstream_errors
 from libs.runtime.errors import DomainError, ErrorKind
 from services.payments.domain.model import PaymentRequest
+from services.payments.domain.reasons import Reason
 
 _WAITING = (orders_pb.ORDER_STATE_PENDING_PAYMENT, orders_pb.ORDER_STATE_AUTHORIZED)
 _PAID = (orders_pb.ORDER_STATE_CONFIRMED,)
@@ -40,14 +41,14 @@ class GrpcOrderBook:
             assert translated is not None
             if translated.kind is ErrorKind.INVALID_ARGUMENT:  # not an order name at all
                 raise DomainError(
-                    ErrorKind.NOT_FOUND, "ORDER_NOT_FOUND", str(translated)
+                    ErrorKind.NOT_FOUND, Reason.ORDER_NOT_FOUND, str(translated)
                 ) from error
             raise translated from error
         total = Money.from_message(order.total)
         if total != request.amount or order.customer != request.customer:
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
-                "NOT_THE_ORDERS_PAYMENT",
+                Reason.NOT_THE_ORDERS_PAYMENT,
                 f"{request.order} is {total.decimal_text()} {total.currency_code} for"
                 f" {order.customer}, not {request.amount.decimal_text()}"
                 f" {request.amount.currency_code} for {request.customer}",

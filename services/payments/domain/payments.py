@@ -23,6 +23,7 @@ from services.payments.domain.model import (
     ProviderStatus,
 )
 from services.payments.domain.ports import OrderBook, PaymentProvider, PaymentRepository
+from services.payments.domain.reasons import Reason
 
 log = logging.getLogger("emporium.payments")
 
@@ -67,7 +68,7 @@ class Payments:
         ):
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
-                "NOT_THE_ORDERS_PAYMENT",
+                Reason.NOT_THE_ORDERS_PAYMENT,
                 f"{known.name} is {known.amount.decimal_text()} {known.amount.currency_code}"
                 f" for {known.customer}; this asks for {request.amount.decimal_text()}"
                 f" {request.amount.currency_code} for {request.customer}",
@@ -126,7 +127,7 @@ class Payments:
         if payment.state is not PaymentState.AUTHORIZED:
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
-                "PAYMENT_NOT_CAPTURABLE",
+                Reason.PAYMENT_NOT_CAPTURABLE,
                 f"{payment.name} is {payment.state.value.lower()}; only an authorized payment"
                 " is captured",
                 {"payment": payment.name, "state": payment.state.value},
@@ -183,7 +184,7 @@ class Payments:
         if payment.state is not PaymentState.CAPTURED:
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
-                "PAYMENT_NOT_REFUNDABLE",
+                Reason.PAYMENT_NOT_REFUNDABLE,
                 f"{name} is {payment.state.value.lower()}; only a succeeded payment is refunded",
                 {"payment": name, "state": payment.state.value},
             )
@@ -222,13 +223,13 @@ class Payments:
     async def get(self, name: str) -> Payment:
         payment = await self._repository.get(payment_id_of(name))
         if payment is None:
-            raise not_found(name, "PAYMENT_NOT_FOUND")
+            raise not_found(name, Reason.PAYMENT_NOT_FOUND)
         return payment
 
     async def _existing(self, payment_id: str) -> Payment:
         payment = await self._repository.get(payment_id)
         if payment is None:
-            raise not_found(f"payments/{payment_id}", "PAYMENT_NOT_FOUND")
+            raise not_found(f"payments/{payment_id}", Reason.PAYMENT_NOT_FOUND)
         return payment
 
     async def list(
@@ -242,7 +243,7 @@ class Payments:
 def _check_amount(request: PaymentRequest) -> None:
     if request.amount.total_nanos <= 0:
         raise invalid_argument(
-            "INVALID_AMOUNT", f"{request.order}: the amount must be positive", []
+            Reason.INVALID_AMOUNT, f"{request.order}: the amount must be positive", []
         )
 
 
