@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from opentelemetry import metrics
 from sqlalchemy import event
@@ -28,11 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import QueuePool
 
 from libs.runtime.errors import DomainError, ErrorKind
+from libs.storage.transaction import SqliteThread, TransactionFunction, run_postgres
 
 log = logging.getLogger("emporium.storage")
 
 SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 _open: weakref.WeakSet[Database] = weakref.WeakSet()
+T = TypeVar("T")
 
 
 def _pool_usage(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
@@ -50,6 +54,15 @@ def _pool_usage(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
             observations += [
                 metrics.Observation(pool.checkedout(), {**name, "state": "used"}),
                 metrics.Observation(pool.checkedin(), {**name, "state": "idle"}),
+            ]
+        if database.asyncpg_pool is not None:  # Database.transaction's pool
+            name = {"db.client.connections.pool.name": f"{database.pool_name} (transactions)"}
+            idle = database.asyncpg_pool.get_idle_size()
+            observations += [
+                metrics.Observation(
+                    database.asyncpg_pool.get_size() - idle, {**name, "state": "used"}
+                ),
+                metrics.Observation(idle, {**name, "state": "idle"}),
             ]
     return observations
 
@@ -102,6 +115,9 @@ class Database:
         self.pool_name = parsed.render_as_string(hide_password=True)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.statements = 0
+        self.asyncpg_pool: asyncpg.Pool | None = None
+        self._pool_opening = asyncio.Lock()
+        self._threads: dict[bool, SqliteThread] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +158,29 @@ class Database:
         at the RPC edge (`database_errors`)."""
         async with self._write_engine.begin() as connection:
             yield connection
+
+    async def transaction(self, function: TransactionFunction[T], *, write: bool = True) -> T:
+        """Runs `function` as one transaction, handed to the driver whole (libs/storage/
+        transaction.py): on SQLite the database's writer (BEGIN IMMEDIATE) or reader thread,
+        on PostgreSQL an asyncpg connection. Concurrent calls run concurrently on PostgreSQL."""
+        if self.is_sqlite:
+            thread = self._threads.get(write)
+            if thread is None:
+                path = self.url.database or ":memory:"
+                name = f"sqlite-{'writer' if write else 'reader'}"
+                thread = self._threads[write] = SqliteThread(path, name)
+            result, statements = await thread.run(function, write=write)
+        else:
+            result, statements = await run_postgres(await self._pool(), function, write=write)
+        self.statements += statements
+        return result
+
+    async def _pool(self) -> asyncpg.Pool:
+        async with self._pool_opening:
+            if self.asyncpg_pool is None:
+                dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self.asyncpg_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+            return self.asyncpg_pool
 
     async def ping(self) -> None:
         """Raises while the database cannot answer a query."""
@@ -192,6 +231,12 @@ class Database:
             lock_file.close()  # closing releases the lock
 
     async def dispose(self) -> None:
+        for thread in self._threads.values():
+            await asyncio.to_thread(thread.close)
+        self._threads.clear()
+        if self.asyncpg_pool is not None:
+            await self.asyncpg_pool.close()
+            self.asyncpg_pool = None
         await self.engine.dispose()
         if self.writer is not self.engine:
             await self.writer.dispose()
@@ -204,24 +249,27 @@ def insert(connection: AsyncConnection, table: sa.Table) -> Any:
     return dialect.insert(table)
 
 
-async def ordered_section(connection: AsyncConnection, key: int) -> None:
-    """From here to commit, one transaction at a time per `key` across every process: for what
-    must commit in the order it was numbered (catalog's change log). PostgreSQL: a
-    transaction-scoped advisory lock; SQLite: nothing to do, its BEGIN IMMEDIATE already admits
-    one writer. Take it as late in the transaction as possible."""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+# A unique key taken by a concurrent write, through either path (SQLAlchemy, Database.transaction).
+UNIQUE_VIOLATIONS = (IntegrityError, sqlite3.IntegrityError, asyncpg.UniqueViolationError)
 
 
 def database_errors(error: Exception) -> DomainError | None:
     """ExceptionTranslator: a lost or refused database connection is UNAVAILABLE (retryable),
     not INTERNAL; a unique-constraint race no repository turned into its own error is
     ALREADY_EXISTS `CONFLICT`."""
-    if isinstance(error, IntegrityError):
+    if isinstance(error, UNIQUE_VIOLATIONS):
         return DomainError(
             ErrorKind.ALREADY_EXISTS, "CONFLICT", "a concurrent write took the same key"
         )
-    if isinstance(error, OSError | TimeoutError) or (
+    if isinstance(
+        error,
+        OSError
+        | TimeoutError
+        | sqlite3.OperationalError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError,
+    ) or (
         isinstance(error, DBAPIError)
         and (error.connection_invalidated or isinstance(error, OperationalError | InterfaceError))
     ):

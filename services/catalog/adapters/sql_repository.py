@@ -1,4 +1,6 @@
-"""ProductRepository on SQLAlchemy async core: the same SQL for SQLite and PostgreSQL.
+"""ProductRepository: each operation one transaction function handed to the database whole
+(`Database.transaction`), the same SQL for SQLite and PostgreSQL. The tables are declared with
+SQLAlchemy for the migration that creates them.
 
 Every write appends to `product_changes` in the same transaction, so the change log (and with it
 WatchProducts) can never miss or invent a change. Writers run concurrently (within a process and
@@ -15,12 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
-from libs.storage.database import Database, creating_tables, ordered_section
+from libs.storage.database import Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
+from libs.storage.transaction import Row, Transaction, ordered_section
 from services.catalog.domain.model import (
     ChangeType,
     ImportOutcome,
@@ -28,7 +30,7 @@ from services.catalog.domain.model import (
     ProductChange,
     ProductDraft,
 )
-from services.catalog.domain.query import PriceCondition, ProductQuery
+from services.catalog.domain.query import ProductQuery
 from services.catalog.domain.repository import CreateRequest
 
 metadata = sa.MetaData()
@@ -81,201 +83,209 @@ create_requests = sa.Table(
 MIGRATIONS = (creating_tables(1, "products, labels, change log, create request ids", metadata),)
 
 _ORDER_COLUMNS = {
-    "title": products.c.title,
-    "sku": products.c.sku,
-    "price": products.c.price_nanos,
-    "create_time": products.c.create_us,
-    "update_time": products.c.update_us,
+    "title": "title",
+    "sku": "sku",
+    "price": "price_nanos",
+    "create_time": "create_us",
+    "update_time": "update_us",
 }
+_PRICE_OPERATORS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_PRODUCT = (
+    "SELECT id, sku, title, description, price_currency, price_nanos, labels, create_us,"
+    " update_us, revision FROM products"
+)
 
 
 class SqlProductRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
-        self._engine = database.engine
 
     async def get(self, product_id: str) -> Product | None:
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(sa.select(products).where(products.c.id == product_id))
-            ).first()
-        return _product(row._mapping) if row else None
+        async def get(tx: Transaction) -> Product | None:
+            row = await tx.fetchrow(f"{_PRODUCT} WHERE id = $1", product_id)
+            return _product(row) if row else None
+
+        return await self._database.transaction(get, write=False)
 
     async def list(self, query: ProductQuery, offset: int, limit: int) -> tuple[list[Product], int]:
-        conditions: list[Any] = [_price_condition(c) for c in query.price]
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        conditions = [
+            f"price_nanos {_PRICE_OPERATORS[c.op]} {arg(c.total_nanos)}" for c in query.price
+        ]
         for key, value in query.labels.items():
             conditions.append(
-                sa.exists().where(
-                    product_labels.c.product_id == products.c.id,
-                    product_labels.c.key == key,
-                    product_labels.c.value == value,
-                )
+                "EXISTS (SELECT 1 FROM product_labels WHERE product_labels.product_id ="
+                f" products.id AND product_labels.key = {arg(key)}"
+                f" AND product_labels.value = {arg(value)})"
             )
-        ordering = [
-            _ORDER_COLUMNS[name].desc() if descending else _ORDER_COLUMNS[name].asc()
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        count_sql, count_args = f"SELECT count(*) FROM products{where}", list(args)
+        ordering = "".join(
+            f"{_ORDER_COLUMNS[name]} {'DESC' if descending else 'ASC'}, "
             for name, descending in query.order
-        ]
-        select = (
-            sa.select(products)
-            .where(*conditions)
-            .order_by(*ordering, products.c.id)
-            .offset(offset)
-            .limit(limit)
         )
-        count = sa.select(sa.func.count()).select_from(products).where(*conditions)
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(select)).all()
-            total = (await connection.execute(count)).scalar_one()
-        return [_product(row._mapping) for row in rows], int(total)
+        select = f"{_PRODUCT}{where} ORDER BY {ordering}id LIMIT {arg(limit)} OFFSET {arg(offset)}"
+
+        async def page(tx: Transaction) -> tuple[list[Product], int]:
+            rows = await tx.fetch(select, *args)
+            total = await tx.fetchrow(count_sql, *count_args)
+            assert total is not None
+            return [_product(row) for row in rows], int(total[0])
+
+        return await self._database.transaction(page, write=False)
 
     async def create(self, request: CreateRequest) -> tuple[Product, bool]:
-        async with self._database.writing() as connection:
+        async def create(tx: Transaction) -> tuple[Product, bool]:
             if request.request_id:
-                earlier = (
-                    await connection.execute(
-                        sa.select(create_requests).where(
-                            create_requests.c.request_id == request.request_id
-                        )
-                    )
-                ).first()
+                earlier = await tx.fetchrow(
+                    "SELECT fingerprint, snapshot FROM create_requests WHERE request_id = $1",
+                    request.request_id,
+                )
                 if earlier is not None:
-                    if earlier.fingerprint != request.fingerprint:
+                    if earlier["fingerprint"] != request.fingerprint:
                         raise invalid_field(
                             "request_id",
                             "was already used for a different request; use a new request_id",
                             "REQUEST_ID_REUSED",
                         )
-                    return _from_snapshot(earlier.snapshot), False
-            if await _exists(connection, products.c.id == request.product_id):
+                    return _from_snapshot(earlier["snapshot"]), False
+            if await _exists(tx, "id", request.product_id):
                 raise _already_exists(
                     "PRODUCT_EXISTS",
                     f"products/{request.product_id} exists",
                     resource=f"products/{request.product_id}",
                 )
-            await self._check_sku_free(connection, request.draft.sku)
-            product = await _insert(connection, request.product_id, request.draft)
+            await _check_sku_free(tx, request.draft.sku)
+            product = await _insert(tx, request.product_id, request.draft)
             if request.request_id:
-                await connection.execute(
-                    create_requests.insert().values(
-                        request_id=request.request_id,
-                        fingerprint=request.fingerprint,
-                        snapshot=_snapshot(product),
-                    )
+                await tx.execute(
+                    "INSERT INTO create_requests (request_id, fingerprint, snapshot)"
+                    " VALUES ($1, $2, $3)",
+                    request.request_id,
+                    request.fingerprint,
+                    _snapshot(product),
                 )
             return product, True
 
+        return await self._database.transaction(create)
+
     async def update(self, product_id: str, draft: ProductDraft, expected_revision: int) -> Product:
-        async with self._database.writing() as connection:
-            current = await _locked_current(connection, product_id, expected_revision)
+        async def update(tx: Transaction) -> Product:
+            current = await _locked_current(tx, product_id, expected_revision)
             if draft.sku != current.draft.sku:
-                await self._check_sku_free(connection, draft.sku)
-            return await _write_update(connection, current, draft)
+                await _check_sku_free(tx, draft.sku)
+            return await _write_update(tx, current, draft)
+
+        return await self._database.transaction(update)
 
     async def delete(self, product_id: str, expected_revision: int | None) -> Product:
-        async with self._database.writing() as connection:
-            current = await _locked_current(connection, product_id, expected_revision)
-            revision = await _next_revision(connection)
-            await connection.execute(products.delete().where(products.c.id == product_id))
-            await connection.execute(
-                product_labels.delete().where(product_labels.c.product_id == product_id)
-            )
-            await _record(connection, revision, ChangeType.DELETED, current, now_micros())
+        async def delete(tx: Transaction) -> Product:
+            current = await _locked_current(tx, product_id, expected_revision)
+            revision = await _next_revision(tx)
+            await tx.execute("DELETE FROM product_labels WHERE product_id = $1", product_id)
+            await tx.execute("DELETE FROM products WHERE id = $1", product_id)
+            await _record(tx, revision, ChangeType.DELETED, current, now_micros())
             return current
+
+        return await self._database.transaction(delete)
 
     async def upsert_by_sku(
         self, draft: ProductDraft, new_id: str, *, named: bool = False
     ) -> tuple[Product, ImportOutcome]:
-        async with self._database.writing() as connection:
-            row = (
-                await connection.execute(
-                    sa.select(products).where(products.c.sku == draft.sku).with_for_update()
-                )
-            ).first()
-            if named and row is not None and row.id != new_id:
+        async def upsert(tx: Transaction) -> tuple[Product, ImportOutcome]:
+            row = await tx.fetchrow(f"{_PRODUCT} WHERE sku = $1 FOR UPDATE", draft.sku)
+            if named and row is not None and row["id"] != new_id:
                 raise _already_exists(
                     "SKU_TAKEN",
-                    f"sku {draft.sku!r} belongs to products/{row.id}, not products/{new_id}",
+                    f"sku {draft.sku!r} belongs to products/{row['id']}, not products/{new_id}",
                     sku=draft.sku,
                 )
             if row is None:
-                if named and await _exists(connection, products.c.id == new_id):
+                if named and await _exists(tx, "id", new_id):
                     raise _already_exists(
                         "PRODUCT_EXISTS",
                         f"products/{new_id} exists with another sku",
                         resource=f"products/{new_id}",
                     )
-                return await _insert(connection, new_id, draft), ImportOutcome.CREATED
-            return await _write_update(
-                connection, _product(row._mapping), draft
-            ), ImportOutcome.UPDATED
+                return await _insert(tx, new_id, draft), ImportOutcome.CREATED
+            return await _write_update(tx, _product(row), draft), ImportOutcome.UPDATED
+
+        return await self._database.transaction(upsert)
 
     async def changes_after(self, revision: int, limit: int) -> Sequence[ProductChange]:
-        async with self._engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(product_changes)
-                    .where(product_changes.c.revision > revision)
-                    .order_by(product_changes.c.revision)
-                    .limit(limit)
-                )
-            ).all()
+        async def changes(tx: Transaction) -> list[Row]:
+            return await tx.fetch(
+                "SELECT revision, change_type, snapshot, change_us FROM product_changes"
+                " WHERE revision > $1 ORDER BY revision LIMIT $2",
+                revision,
+                limit,
+            )
+
         return [
             ProductChange(
-                revision=row.revision,
-                change_type=ChangeType(row.change_type),
-                product=_from_snapshot(row.snapshot),
-                change_time=from_micros(row.change_us),
+                revision=row["revision"],
+                change_type=ChangeType(row["change_type"]),
+                product=_from_snapshot(row["snapshot"]),
+                change_time=from_micros(row["change_us"]),
             )
-            for row in rows
+            for row in await self._database.transaction(changes, write=False)
         ]
 
     async def last_revision(self) -> int:
-        async with self._engine.connect() as connection:
-            return await _last_revision(connection)
-
-    async def _check_sku_free(self, connection: AsyncConnection, sku: str) -> None:
-        if await _exists(connection, products.c.sku == sku):
-            raise _already_exists("SKU_TAKEN", f"another product has sku {sku!r}", sku=sku)
+        return await self._database.transaction(_last_revision, write=False)
 
 
-async def _insert(connection: AsyncConnection, product_id: str, draft: ProductDraft) -> Product:
+async def _check_sku_free(tx: Transaction, sku: str) -> None:
+    if await _exists(tx, "sku", sku):
+        raise _already_exists("SKU_TAKEN", f"another product has sku {sku!r}", sku=sku)
+
+
+async def _insert(tx: Transaction, product_id: str, draft: ProductDraft) -> Product:
     now = now_micros()
-    revision = await _next_revision(connection)
+    revision = await _next_revision(tx)
     product = Product(product_id, draft, from_micros(now), from_micros(now), revision)
-    await connection.execute(
-        products.insert().values(
-            id=product_id, create_us=now, update_us=now, revision=revision, **_columns(draft)
-        )
+    columns = _columns(draft)
+    await tx.execute(
+        "INSERT INTO products (id, sku, title, description, price_currency, price_nanos, labels,"
+        " create_us, update_us, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        product_id,
+        *columns.values(),
+        now,
+        now,
+        revision,
     )
-    await _write_labels(connection, product_id, draft)
-    await _record(connection, revision, ChangeType.CREATED, product, now)
+    await _write_labels(tx, product_id, draft)
+    await _record(tx, revision, ChangeType.CREATED, product, now)
     return product
 
 
-async def _write_update(
-    connection: AsyncConnection, current: Product, draft: ProductDraft
-) -> Product:
+async def _write_update(tx: Transaction, current: Product, draft: ProductDraft) -> Product:
     now = now_micros()
-    revision = await _next_revision(connection)
+    revision = await _next_revision(tx)
     product = Product(current.product_id, draft, current.create_time, from_micros(now), revision)
-    await connection.execute(
-        products.update()
-        .where(products.c.id == current.product_id)
-        .values(update_us=now, revision=revision, **_columns(draft))
+    await tx.execute(
+        "UPDATE products SET sku = $1, title = $2, description = $3, price_currency = $4,"
+        " price_nanos = $5, labels = $6, update_us = $7, revision = $8 WHERE id = $9",
+        *_columns(draft).values(),
+        now,
+        revision,
+        current.product_id,
     )
-    await connection.execute(
-        product_labels.delete().where(product_labels.c.product_id == current.product_id)
-    )
-    await _write_labels(connection, current.product_id, draft)
-    await _record(connection, revision, ChangeType.UPDATED, product, now)
+    await tx.execute("DELETE FROM product_labels WHERE product_id = $1", current.product_id)
+    await _write_labels(tx, current.product_id, draft)
+    await _record(tx, revision, ChangeType.UPDATED, product, now)
     return product
 
 
 async def _locked_current(
-    connection: AsyncConnection, product_id: str, expected_revision: int | None
+    tx: Transaction, product_id: str, expected_revision: int | None
 ) -> Product:
-    locked = sa.select(products).where(products.c.id == product_id).with_for_update()
-    row = (await connection.execute(locked)).first()
+    row = await tx.fetchrow(f"{_PRODUCT} WHERE id = $1 FOR UPDATE", product_id)
     if row is None:
         raise DomainError(
             ErrorKind.NOT_FOUND,
@@ -283,7 +293,7 @@ async def _locked_current(
             f"products/{product_id} not found",
             {"resource": f"products/{product_id}"},
         )
-    current = _product(row._mapping)
+    current = _product(row)
     if expected_revision is not None and current.revision != expected_revision:
         raise DomainError(
             ErrorKind.ABORTED,
@@ -294,68 +304,50 @@ async def _locked_current(
     return current
 
 
-async def _write_labels(connection: AsyncConnection, product_id: str, draft: ProductDraft) -> None:
+async def _write_labels(tx: Transaction, product_id: str, draft: ProductDraft) -> None:
     if draft.labels:
-        await connection.execute(
-            product_labels.insert(),
-            [
-                {"product_id": product_id, "key": key, "value": value}
-                for key, value in draft.labels.items()
-            ],
+        await tx.executemany(
+            "INSERT INTO product_labels (product_id, key, value) VALUES ($1, $2, $3)",
+            [(product_id, key, value) for key, value in draft.labels.items()],
         )
 
 
 async def _record(
-    connection: AsyncConnection, revision: int, change: ChangeType, product: Product, now: int
+    tx: Transaction, revision: int, change: ChangeType, product: Product, now: int
 ) -> None:
-    await connection.execute(
-        product_changes.insert().values(
-            revision=revision,
-            product_id=product.product_id,
-            change_type=change.value,
-            snapshot=_snapshot(product),
-            change_us=now,
-        )
+    await tx.execute(
+        "INSERT INTO product_changes (revision, product_id, change_type, snapshot, change_us)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        revision,
+        product.product_id,
+        change.value,
+        _snapshot(product),
+        now,
     )
 
 
 _CHANGE_LOG = 0x43A7A106  # ordered_section's key for the change log
 
 
-async def _next_revision(connection: AsyncConnection) -> int:
+async def _next_revision(tx: Transaction) -> int:
     """Call it after the checks, before the writes that carry the revision."""
-    await ordered_section(connection, _CHANGE_LOG)
-    return await _last_revision(connection) + 1
+    await ordered_section(tx, _CHANGE_LOG)
+    return await _last_revision(tx) + 1
 
 
-async def _last_revision(connection: AsyncConnection) -> int:
-    value = (
-        await connection.execute(
-            sa.select(sa.func.coalesce(sa.func.max(product_changes.c.revision), 0))
-        )
-    ).scalar_one()
-    return int(value)
+async def _last_revision(tx: Transaction) -> int:
+    row = await tx.fetchrow("SELECT coalesce(max(revision), 0) FROM product_changes")
+    assert row is not None
+    return int(row[0])
 
 
-async def _exists(connection: AsyncConnection, condition: Any) -> bool:
-    return (await connection.execute(sa.select(products.c.id).where(condition))).first() is not None
+async def _exists(tx: Transaction, column: str, value: str) -> bool:
+    # `column` is one of this module's names, never input.
+    return await tx.fetchrow(f"SELECT 1 FROM products WHERE {column} = $1", value) is not None
 
 
 def _already_exists(reason: str, message: str, **metadata: str) -> DomainError:
     return DomainError(ErrorKind.ALREADY_EXISTS, reason, message, metadata)
-
-
-def _price_condition(condition: PriceCondition) -> Any:
-    column = products.c.price_nanos
-    value = condition.total_nanos
-    return {
-        "=": column == value,
-        "!=": column != value,
-        "<": column < value,
-        "<=": column <= value,
-        ">": column > value,
-        ">=": column >= value,
-    }[condition.op]
 
 
 def _columns(draft: ProductDraft) -> dict[str, Any]:
@@ -369,7 +361,7 @@ def _columns(draft: ProductDraft) -> dict[str, Any]:
     }
 
 
-def _product(row: Any) -> Product:
+def _product(row: Row | dict[str, Any]) -> Product:
     draft = ProductDraft(
         sku=row["sku"],
         title=row["title"],

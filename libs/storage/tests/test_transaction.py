@@ -1,0 +1,121 @@
+"""Database.transaction on SQLite and PostgreSQL: one spelling of the SQL, commit and rollback,
+concurrent read-modify-write without lost updates, unique keys, statements counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from libs.runtime.errors import ErrorKind
+from libs.storage.database import UNIQUE_VIOLATIONS, Database, database_errors
+from libs.storage.transaction import Transaction
+
+
+async def create_table(tx: Transaction) -> None:
+    await tx.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)")
+    await tx.execute("INSERT INTO counters (name, value) VALUES ($1, $2)", "orders", 0)
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.transaction(create_table)
+    yield database
+    await database.dispose()
+
+
+async def value(database: Database) -> int:
+    async def read(tx: Transaction) -> int:
+        row = await tx.fetchrow("SELECT value FROM counters WHERE name = $1", "orders")
+        assert row is not None
+        return int(row["value"])
+
+    return await database.transaction(read, write=False)
+
+
+async def test_a_transaction_commits_what_it_wrote_and_returns_its_result(
+    database: Database,
+) -> None:
+    async def add(tx: Transaction) -> int:
+        changed = await tx.execute(
+            "UPDATE counters SET value = value + $1 WHERE name = $2", 5, "orders"
+        )
+        inserted = await tx.fetchrow(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) RETURNING value", "payments", 7
+        )
+        assert inserted is not None and inserted[0] == 7
+        return changed
+
+    assert await database.transaction(add) == 1
+    assert await value(database) == 5
+
+
+async def test_an_error_rolls_the_whole_transaction_back(database: Database) -> None:
+    async def fail(tx: Transaction) -> None:
+        await tx.execute("UPDATE counters SET value = 99 WHERE name = $1", "orders")
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await database.transaction(fail)
+    assert await value(database) == 0
+
+
+async def test_concurrent_read_modify_writes_lose_no_update(database: Database) -> None:
+    # Read, then write what was read plus one: the row lock (PostgreSQL) or BEGIN IMMEDIATE
+    # (SQLite) makes each see the previous one's result.
+    async def increment(tx: Transaction) -> None:
+        row = await tx.fetchrow("SELECT value FROM counters WHERE name = $1 FOR UPDATE", "orders")
+        assert row is not None
+        await tx.execute("UPDATE counters SET value = $1 WHERE name = $2", row[0] + 1, "orders")
+
+    await asyncio.gather(*(database.transaction(increment) for _ in range(20)))
+    assert await value(database) == 20
+
+
+async def test_a_taken_key_is_a_unique_violation_or_nothing_with_on_conflict(
+    database: Database,
+) -> None:
+    async def insert_again(tx: Transaction) -> None:
+        await tx.execute("INSERT INTO counters (name, value) VALUES ($1, $2)", "orders", 1)
+
+    with pytest.raises(UNIQUE_VIOLATIONS) as raised:
+        await database.transaction(insert_again)
+    translated = database_errors(raised.value)
+    assert translated is not None and translated.kind is ErrorKind.ALREADY_EXISTS
+
+    async def insert_or_nothing(tx: Transaction) -> int:
+        return await tx.execute(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            "orders",
+            1,
+        )
+
+    assert await database.transaction(insert_or_nothing) == 0
+
+
+async def test_statements_are_counted(database: Database) -> None:
+    before = database.statements
+    await value(database)
+    await value(database)
+    assert database.statements == before + 2
+
+
+async def test_on_sqlite_a_transaction_function_may_await_only_its_transaction(
+    tmp_path: Path,
+) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/t.sqlite3")
+    try:
+        await database.transaction(create_table)
+
+        async def waits(tx: Transaction) -> None:
+            await tx.execute("UPDATE counters SET value = 1 WHERE name = $1", "orders")
+            await asyncio.sleep(0)
+
+        with pytest.raises(RuntimeError, match="may await only"):
+            await database.transaction(waits)
+        assert await value(database) == 0
+    finally:
+        await database.dispose()
