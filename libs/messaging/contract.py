@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import cast
 
-from google.protobuf import message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import Message
 
@@ -151,6 +151,52 @@ class MessagingContract:
         events exchange under `<producer>.<MessageName>`."""
         route = self.route(type(body))
         return Outgoing(route.exchange, route.routing_key, body, correlation_id=correlation_id)
+
+
+def contract_of_image(image: Path) -> MessagingContract:
+    """The messaging contract of a buf image (a FileDescriptorSet), in a pool of its own."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(image.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)  # type: ignore[no-untyped-call]
+    return MessagingContract.from_files(
+        pool.FindFileByName(f.name)  # type: ignore[no-untyped-call]
+        for f in files.file
+        if f.name.startswith(f"{CONTRACTS_PACKAGE}/")
+    )
+
+
+def breaking_changes(old: MessagingContract, new: MessagingContract) -> list[str]:
+    """What `new` breaks of `old` (buf breaking does not read option values): a work queue or
+    stream removed, a message that stops being routed, or one routed elsewhere. Messages in
+    flight, stored offsets and deployed producers would be stranded."""
+    problems = [
+        f"work queue {name!r} removed"
+        for name in old.queue_consumers
+        if name not in new.queue_consumers
+    ]
+    problems += [
+        f"stream {name!r} removed"
+        for name in old.stream_producers
+        if name not in new.stream_producers
+    ]
+    routes = {route.full_name: route for route in new.routes}
+    for before in old.routes:
+        after = routes.get(before.full_name)
+        if after is None:
+            problems.append(f"{before.full_name} is no longer a command or event")
+        elif (after.kind, after.exchange, after.routing_key, after.destination) != (
+            before.kind,
+            before.exchange,
+            before.routing_key,
+            before.destination,
+        ):
+            problems.append(
+                f"{before.full_name} moved: {before.kind} to {before.destination!r}"
+                f" ({before.routing_key}) is now {after.kind} to {after.destination!r}"
+                f" ({after.routing_key})"
+            )
+    return problems
 
 
 def _declare_once(

@@ -11,7 +11,12 @@ from google.protobuf.message import Message
 from emporium.messaging.v1 import messaging_pb2 as contract_pb
 from emporium.orders.v1 import order_events_pb2 as order_events
 from emporium.payments.v1 import payment_messages_pb2 as payments
-from libs.messaging.contract import ContractError, MessagingContract, fleet_contract
+from libs.messaging.contract import (
+    ContractError,
+    MessagingContract,
+    breaking_changes,
+    fleet_contract,
+)
 from libs.messaging.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 
 COMMANDS: set[type[Message]] = {
@@ -94,3 +99,14 @@ def test_a_command_for_a_queue_nobody_declares_is_an_error() -> None:
         ContractError, match=r"command for 'scratch\.typo', which no contract declares"
     ):
         MessagingContract.from_files([scratch_file("scratch.typo", "scratch.work")])
+
+
+def test_moving_a_command_to_another_queue_breaks_the_contract() -> None:
+    before = MessagingContract.from_files([scratch_file("scratch.work", "scratch.work")])
+    after = MessagingContract.from_files([scratch_file("scratch.other", "scratch.other")])
+    assert breaking_changes(before, before) == []
+    assert breaking_changes(before, after) == [
+        "work queue 'scratch.work' removed",
+        "scratch.v1.DoIt moved: command to 'scratch.work' (scratch.work)"
+        " is now command to 'scratch.other' (scratch.other)",
+    ]

@@ -1,4 +1,5 @@
-"""buf lint and buf breaking for the contracts, offline.
+"""buf lint and buf breaking for the contracts, offline (and the messaging routes against the
+same baseline).
 
 Both run on images that tools/codegen/protogen.py builds (third-party imports come from installed
 packages, never from the BSR). `breaking` compares the working tree with a git revision: by
@@ -101,7 +102,21 @@ def main() -> int:
                 f"buf breaking against {revision}: {'ok' if result.returncode == 0 else 'FAILED'}"
             )
             failed |= result.returncode != 0
+            failed |= not messaging_unbroken(image, baseline, scratch, revision)
     return 1 if failed else 0
+
+
+def messaging_unbroken(image: Path, baseline: Path, scratch: Path, revision: str) -> bool:
+    """The messaging options' values (queues, streams, routes) against `baseline`: buf
+    breaking guards the options' definitions, not what the contracts set them to."""
+    sys.path.insert(0, str(scratch / "current" / "gen"))  # this tree's generated contracts
+    from libs.messaging.contract import breaking_changes, contract_of_image
+
+    problems = breaking_changes(contract_of_image(baseline), contract_of_image(image))
+    for problem in problems:
+        print(f"messaging: {problem}")
+    print(f"messaging contract against {revision}: {'FAILED' if problems else 'ok'}")
+    return not problems
 
 
 if __name__ == "__main__":
