@@ -1,4 +1,5 @@
-"""The orders event stream, as notifications reads it."""
+"""The handler of the order events notifications reads (from the stream the contract says it
+reads: `proto/emporium/orders/v1/order_events.proto`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from emporium.orders.v1 import order_events_pb2 as events
 from libs.messaging.consumer import Delivery, PermanentFailure
 from libs.messaging.inbox import first_time
-from libs.messaging.topology import EventStream
 from services.notifications.adapters.order_events_mapping import OrderEventMessage, order_event
 from services.notifications.domain.ports import Channel
 from services.notifications.domain.rendering import render
 
-# Declared by orders, its owner; notifications only reads it.
-ORDERS_STREAM = EventStream("orders.events", routing_keys=("orders.#",))
 CONSUMER = "notifications"
 log = logging.getLogger("emporium.notifications")
 EVENT_TYPES: dict[str, type[OrderEventMessage]] = {
