@@ -1,7 +1,8 @@
 """Overload protection: shed what cannot be served in time instead of queueing it.
 
 `AdaptiveLimit` is Kratos' BBR limiter: the concurrency a server can carry is what Little's law
-gives at its best measured rate, max completions/s x min latency (both over a rolling window).
+gives at its best measured rate, max completions/s x min latency (both over a rolling window),
+with room for as much again (and for at least 50 ms of queueing).
 While the process is busy (CPU at or above a threshold, or within a second of the last shed),
 a call beyond that many in flight is refused; a fixed `max_in_flight` caps in-flight calls
 whatever the load. `OverloadProtection` is the server middleware: a refused call gets
@@ -35,6 +36,12 @@ class AdaptiveLimit:
 
     BUCKETS = 50
     COOL_DOWN_SECONDS = 1.0
+    # Admitted calls may queue for about as long again as they take (in flight up to twice the
+    # bandwidth-delay product), and for at least QUEUE_SECONDS: at exactly 1x, or with calls of a
+    # millisecond, a server merely at capacity would shed on every jitter, long before anyone's
+    # deadline is in danger.
+    TOLERANCE = 2.0
+    QUEUE_SECONDS = 0.05
 
     def __init__(
         self,
@@ -63,12 +70,13 @@ class AdaptiveLimit:
         self._last_shed = -math.inf
 
     def bbr_limit(self) -> float:
-        """max completions per second x min mean latency, over the window (inf until measured)."""
+        """max completions per second x max(TOLERANCE x min mean latency, QUEUE_SECONDS), over
+        the window (inf until measured)."""
         if not self._history:
             return math.inf
         max_rate = max(rate for rate, _ in self._history)
         min_latency = min(latency for rate, latency in self._history if rate)
-        return max(1.0, max_rate * min_latency)
+        return max(1.0, max_rate * max(self.TOLERANCE * min_latency, self.QUEUE_SECONDS))
 
     def admit(self) -> bool:
         """Takes a slot (give it back with `release`) or says the call must be shed."""

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -25,6 +26,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -79,6 +81,21 @@ def spans_recorded(traceparent: str | None) -> bool:
     would be recorded here. Hot paths skip span work when it would not, and pass the caller's
     trace context on unchanged instead."""
     return _record_own_traces or (traceparent is not None and traceparent.endswith("-01"))
+
+
+_ids = RandomIdGenerator()
+
+
+def unsampled_child(parent: otel_context.Context | None) -> trace.SpanContext:
+    """The span context a span nobody records would get under `parent` (the caller's trace id,
+    or a new one), made without the SDK: logs and outbound calls still carry the trace."""
+    caller = trace.get_current_span(parent).get_span_context()
+    trace_id = caller.trace_id if caller.is_valid else _ids.generate_trace_id()
+    return trace.SpanContext(trace_id, _ids.generate_span_id(), is_remote=False)
+
+
+# The metadata keys that carry a caller's trace (W3C trace context and baggage).
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 def add_span_processor(processor: SpanProcessor) -> None:
@@ -148,16 +165,26 @@ class ServerTelemetry:
         duration = DurationByCode(SERVER_DURATION, rpc_attributes(method.service, method.name))
 
         def start(context: Context) -> tuple[trace.Span, object]:
-            metadata = {key: value for key, value in context.invocation_metadata() or ()}
-            request_id.set(str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4()))
+            # One pass over the metadata for the two things read from it; most calls carry no
+            # trace and are not recorded, and then the SDK is skipped (bench/get_product.py).
+            rid: str | bytes | None = None
+            carrier: dict[str, str] | None = None
+            for key, value in context.invocation_metadata() or ():
+                if key == REQUEST_ID_KEY:
+                    rid = value
+                elif key in _TRACE_KEYS:
+                    carrier = carrier or {}
+                    carrier[key] = str(value)
+            request_id.set(str(rid) if rid else str(uuid.uuid4()))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("rpc started", extra={"rpc": method.full_name})
-            span = self._tracer.start_span(
-                span_name,
-                context=propagate.extract(metadata),
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-            )
+            parent = propagate.extract(carrier) if carrier else None
+            if spans_recorded(carrier.get("traceparent") if carrier else None):
+                span = self._tracer.start_span(
+                    span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+                )
+            else:
+                span = trace.NonRecordingSpan(unsampled_child(parent))
             return span, trace.use_span(span, end_on_exit=False)
 
         async def around_unary(
@@ -197,6 +224,8 @@ def _end(span: trace.Span, context: Context) -> grpc.StatusCode:
     code = context.code() or grpc.StatusCode.OK
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
+    if not span.is_recording():
+        return code
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code is not grpc.StatusCode.OK:
         span.set_status(Status(StatusCode.ERROR, code.name))

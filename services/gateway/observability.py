@@ -11,24 +11,16 @@ import uuid
 from typing import Any
 
 from opentelemetry import context, metrics, propagate, trace
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.telemetry.logging import request_id
-from libs.telemetry.tracing import spans_recorded
+from libs.telemetry.tracing import spans_recorded, unsampled_child
 
 access_log = logging.getLogger("emporium.gateway.access")
-_ids = RandomIdGenerator()
 REQUEST_DURATION = metrics.get_meter("emporium.gateway").create_histogram(
     "http.server.request.duration", unit="s", description="HTTP requests by route and status"
 )
-
-
-def _unsampled_child(parent: context.Context) -> trace.SpanContext:
-    caller = trace.get_current_span(parent).get_span_context()
-    trace_id = caller.trace_id if caller.is_valid else _ids.generate_trace_id()
-    return trace.SpanContext(trace_id, _ids.generate_span_id(), is_remote=False)
 
 
 _MAX_REQUEST_ID = 200
@@ -61,7 +53,7 @@ class RequestTelemetry:
         else:
             # Nobody will read this span: skip the SDK and carry the trace on (the caller's
             # trace id, or a new one) for logs and upstream calls, as the SDK would.
-            span = trace.NonRecordingSpan(_unsampled_child(parent))
+            span = trace.NonRecordingSpan(unsampled_child(parent))
         attached = context.attach(trace.set_span_in_context(span, parent))
 
         async def send_with_id(message: Message) -> None:
