@@ -157,6 +157,9 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
             "ORDERS_STALLED_AFTER_SECONDS": "5",
             "ORDERS_SWEEP_EVERY_SECONDS": "1",
             "ORDERS_WATCH_POLL_SECONDS": "1",
+            # Few messages at once per replica: four processes (each a PostgreSQL pool of up
+            # to 20) share the server with whatever else the machine is testing.
+            "ORDERS_PREFETCH": "8",
         }
         payments_env = {
             "PAYMENTS_DATABASE_URL": payments_db,
@@ -172,6 +175,8 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
             "PAYMENTS_OUTBOX_POLL_SECONDS": "0.5",
             "PAYMENTS_RECONCILE_AFTER_SECONDS": "20",
             "PAYMENTS_RECONCILE_EVERY_SECONDS": "2",
+            "PAYMENTS_PREFETCH": "8",
+            "PAYMENTS_CONCURRENCY": "4",
         }
         # Each orders replica keeps its port across restarts: payments' channel to orders
         # (the registry's addresses, resolved once) reaches the restarted process.
