@@ -102,6 +102,39 @@ async def test_an_order_watch_resumes_after_the_version_it_saw(fleet: Fleet) -> 
     assert json.loads(after[0][1])["state"] == cancelled.json()["state"]
 
 
+async def test_an_order_watch_replays_every_version_missed_while_away(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    """With payments, the order moves PENDING_PAYMENT -> AUTHORIZED -> CONFIRMED while the
+    client is away: the reconnect gets each missed version once, in order."""
+    async with running_fleet(tmp_path, amqp_url) as paying:
+        await paying.stock()
+        token = await paying.customer("ann")
+        async with paying.client(headers={"Authorization": f"Bearer {token}"}) as http:
+            created = await http.post(
+                "/v1/orders",
+                json={
+                    "customer": "customers/ann",
+                    "lines": [{"product": PRODUCTS[0], "quantity": 1}],
+                },
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+            )
+            assert created.status_code == 200, created.text
+            watch = f"/v1/{created.json()['name']}:watch"
+            before = await read(http, watch, 1)  # then away
+            whole = await read(http, watch + "?after_etag=0", None)  # to its terminal state
+            after = await read(http, watch, None, **{"Last-Event-ID": before[0][0]})
+    states = [json.loads(data)["state"] for _, data in whole]
+    assert states[:3] == [
+        "ORDER_STATE_PENDING_PAYMENT",
+        "ORDER_STATE_AUTHORIZED",
+        "ORDER_STATE_CONFIRMED",
+    ]
+    ids = [int(event_id) for event_id, _ in before + after]
+    assert ids == list(range(1, len(ids) + 1))  # nothing lost, nothing repeated
+    assert len(ids) >= 3 and json.loads(after[-1][1])["state"] == "ORDER_STATE_CONFIRMED"
+
+
 async def test_a_bad_last_event_id_is_a_problem(fleet: Fleet) -> None:
     async with fleet.client() as http:
         refused = await http.get("/v1/products:watch", headers={"Last-Event-ID": "yesterday"})

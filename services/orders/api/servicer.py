@@ -53,7 +53,8 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
         self, request: pb.WatchOrderRequest, context: Context
     ) -> AsyncIterator[pb.Order]:
         try:
-            async for order in self._orders.watch(request.name):
+            after = int(request.after_etag) if request.after_etag else None
+            async for order in self._orders.watch(request.name, after):
                 yield order_message(order)
         except FeedClosed:
             raise DomainError(

@@ -380,15 +380,21 @@ class Orders:
         except Exception:
             log.warning("could not release the stock yet", extra={"order": order.name})
 
-    async def watch(self, name: str) -> AsyncIterator[Order]:
-        """The order now, then every version after it, in order (each state it passed through,
-        even when another replica made the changes between two looks), until a terminal
-        state (FeedClosed at shutdown)."""
+    async def watch(self, name: str, after: int | None = None) -> AsyncIterator[Order]:
+        """The order now (or, `after` a version the caller saw, every version since), then
+        every version after it, in order (each state it passed through, even when another
+        replica made the changes between two looks), until a terminal state (FeedClosed at
+        shutdown)."""
         order_id = order_id_of(name)
         wake = self._feed.listen(order_id)
         try:
             order = await self.get(name)
-            yield order
+            if after is None or after > order.version:
+                yield order
+            else:
+                for later in await self._repository.versions(order_id, after):
+                    order = later
+                    yield order
             while not order.state.terminal:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._poll_interval)

@@ -33,6 +33,7 @@ class Clock:
 class FakeRepository:
     def __init__(self) -> None:
         self.orders: dict[str, Order] = {}
+        self.history: dict[str, list[Order]] = {}  # every version each order had
         self.requests: dict[str, tuple[str, str]] = {}
         self.sent: list[OrderMessage] = []
         self.handled: set[str] = set()
@@ -50,6 +51,7 @@ class FakeRepository:
         self, order: Order, request_id: str, fingerprint: str, messages: Sequence[OrderMessage]
     ) -> Order:
         self.orders[order.order_id] = order
+        self.history[order.order_id] = [order]
         self.requests[request_id] = (order.order_id, fingerprint)
         self.sent += messages
         return order
@@ -67,12 +69,12 @@ class FakeRepository:
         if handled:
             self.handled.add(handled)
         self.orders[read.order_id] = changed
+        self.history[read.order_id].append(changed)
         self.sent += messages
         return True
 
     async def versions(self, order_id: str, after: int) -> list[Order]:
-        current = self.orders[order_id]
-        return [current] if current.version > after else []
+        return [order for order in self.history[order_id] if order.version > after]
 
     async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
         return [

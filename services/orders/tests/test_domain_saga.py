@@ -227,3 +227,20 @@ async def test_the_sweeper_asks_again_for_a_capture_not_heard_of(saga: Saga) -> 
 def test_the_payment_deadline_must_end_before_the_hold() -> None:
     with pytest.raises(ValueError, match="shorter than the reservation ttl"):
         SagaTimes(reservation_ttl=timedelta(minutes=5), payment_deadline=timedelta(minutes=5))
+
+
+async def test_a_watch_resumed_after_a_version_replays_every_later_one_once(saga: Saga) -> None:
+    order = await saga.create()
+    await saga.orders.payment_authorized(order.name, "m1")  # AUTHORIZED, then CONFIRMED
+    await saga.orders.payment_captured(order.name, "m2")
+    everything = [o async for o in saga.orders.watch(order.name, after=0)]
+    assert [o.version for o in everything] == [1, 2, 3, 4]
+    assert [o.state for o in everything][:3] == [
+        OrderState.PENDING_PAYMENT,
+        OrderState.AUTHORIZED,
+        OrderState.CONFIRMED,
+    ]
+    resumed = [o async for o in saga.orders.watch(order.name, after=2)]
+    assert [o.version for o in resumed] == [3, 4]
+    # A watch without a version starts from the order as it is now (terminal: just that).
+    assert [o.version for o in [o async for o in saga.orders.watch(order.name)]] == [4]
