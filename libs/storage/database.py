@@ -138,7 +138,10 @@ class Database:
             self.engine = create_async_engine(
                 parsed,
                 pool_pre_ping=True,
+                # Writers run concurrently now: a bounded pool (no overflow) keeps a fleet of
+                # processes within the server's max_connections; the rest wait for a connection.
                 pool_size=10,
+                max_overflow=0,
                 connect_args={"timeout": connect_timeout},
             )
             event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
@@ -179,7 +182,8 @@ class Database:
         async with self._pool_opening:
             if self.asyncpg_pool is None:
                 dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                self.asyncpg_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+                # min_size 0: a service whose repositories are not ported opens none.
+                self.asyncpg_pool = await asyncpg.create_pool(dsn, min_size=0, max_size=10)
             return self.asyncpg_pool
 
     async def ping(self) -> None:
@@ -257,6 +261,13 @@ def database_errors(error: Exception) -> DomainError | None:
     """ExceptionTranslator: a lost or refused database connection is UNAVAILABLE (retryable),
     not INTERNAL; a unique-constraint race no repository turned into its own error is
     ALREADY_EXISTS `CONFLICT`."""
+    driver_error = error.orig if isinstance(error, DBAPIError) else error
+    if str(getattr(driver_error, "sqlstate", "") or "")[:2] in (
+        "08",  # connection exception
+        "53",  # insufficient resources: too many connections, out of memory or disk
+        "57",  # operator intervention: the server is shutting down
+    ):
+        return _unavailable()
     if isinstance(error, UNIQUE_VIOLATIONS):
         return DomainError(
             ErrorKind.ALREADY_EXISTS, "CONFLICT", "a concurrent write took the same key"
@@ -268,17 +279,20 @@ def database_errors(error: Exception) -> DomainError | None:
         | sqlite3.OperationalError
         | asyncpg.PostgresConnectionError
         | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError,
+        | asyncpg.CannotConnectNowError
+        | asyncpg.TooManyConnectionsError,
     ) or (
         isinstance(error, DBAPIError)
         and (error.connection_invalidated or isinstance(error, OperationalError | InterfaceError))
     ):
-        return DomainError(
-            ErrorKind.UNAVAILABLE,
-            "DATABASE_UNAVAILABLE",
-            "the database is unavailable; retry later",
-        )
+        return _unavailable()
     return None
+
+
+def _unavailable() -> DomainError:
+    return DomainError(
+        ErrorKind.UNAVAILABLE, "DATABASE_UNAVAILABLE", "the database is unavailable; retry later"
+    )
 
 
 _WRITE = "emporium_write"

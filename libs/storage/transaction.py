@@ -15,6 +15,7 @@ import asyncio
 import functools
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -108,8 +109,9 @@ class SqliteTransaction:
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         self.statements += 1
-        row: Row | None = self._connection.execute(sqlite_spelling(sql), args).fetchone()
-        return row
+        # fetchall: the statement runs to its end (an UPDATE … RETURNING is then complete).
+        rows = self._connection.execute(sqlite_spelling(sql), args).fetchall()
+        return rows[0] if rows else None
 
 
 async def ordered_section(tx: Transaction, key: int) -> None:
@@ -141,6 +143,10 @@ def _complete(coroutine: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a SQLite transaction function may await only its Transaction's methods")
 
 
+class _Cancelled(Exception):
+    pass
+
+
 class SqliteThread:
     """One thread owning one connection; each transaction is one hop to it."""
 
@@ -149,14 +155,18 @@ class SqliteThread:
         self._executor = ThreadPoolExecutor(1, name)
         self._connection: sqlite3.Connection | None = None
 
-    def _run(self, function: TransactionFunction[T], begin: str) -> tuple[T, int]:
+    def _run(
+        self, function: TransactionFunction[T], begin: str, cancelled: threading.Event
+    ) -> tuple[T, int]:
         if self._connection is None:
             self._connection = sqlite_connect(self._path)
         connection = self._connection
         transaction = SqliteTransaction(connection)
-        connection.execute(begin)
+        connection.execute(begin)  # may wait for another process's writer (busy_timeout)
         try:
             result = _complete(function(transaction))
+            if cancelled.is_set():  # its caller gave up (a deadline) while this waited
+                raise _Cancelled
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
@@ -166,8 +176,14 @@ class SqliteThread:
 
     async def run(self, function: TransactionFunction[T], *, write: bool) -> tuple[T, int]:
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+        cancelled = threading.Event()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, function, begin)
+        try:
+            return await loop.run_in_executor(self._executor, self._run, function, begin, cancelled)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped mid-statement, but what it does then is rolled back.
+            cancelled.set()
+            raise
 
     def close(self) -> None:
         def close() -> None:

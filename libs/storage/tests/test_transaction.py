@@ -4,6 +4,7 @@ concurrent read-modify-write without lost updates, unique keys, statements count
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -117,5 +118,28 @@ async def test_on_sqlite_a_transaction_function_may_await_only_its_transaction(
         with pytest.raises(RuntimeError, match="may await only"):
             await database.transaction(waits)
         assert await value(database) == 0
+    finally:
+        await database.dispose()
+
+
+async def test_on_sqlite_a_transaction_whose_caller_gave_up_is_rolled_back(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await database.transaction(create_table)
+
+        async def add_one(tx: Transaction) -> None:
+            await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "orders")
+
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process's writer holds the database
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(database.transaction(add_one), 0.2)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await database.transaction(add_one)  # queued behind the abandoned one on the thread
+        assert await value(database) == 1
     finally:
         await database.dispose()

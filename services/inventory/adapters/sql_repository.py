@@ -1,4 +1,7 @@
-"""InventoryRepository on SQLAlchemy async core, the same SQL for SQLite and PostgreSQL.
+"""InventoryRepository: each operation one transaction function handed to the database whole
+(`Database.transaction`), the same SQL for SQLite and PostgreSQL; the tables are declared with
+SQLAlchemy for the migration that creates them. Stock changes return the levels they leave
+(`RETURNING`), so nothing is read twice.
 
 No oversell: a line is reserved by one conditional UPDATE (`... WHERE on_hand - reserved >= q`),
 so concurrent reservations cannot both take the last units, and a reservation that cannot take
@@ -9,14 +12,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
-from libs.storage.database import Database, creating_tables
+from libs.storage.database import UNIQUE_VIOLATIONS, Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
+from libs.storage.transaction import Row, Transaction
 from services.inventory.domain.model import Line, Reservation, ReservationState, StockLevel
 from services.inventory.domain.repository import ReserveRequest
 
@@ -53,118 +55,124 @@ reservation_lines = sa.Table(
 MIGRATIONS = (creating_tables(1, "stock, reservations, reservation lines", metadata),)
 
 
+_LEVEL = "item_id, on_hand, reserved, update_us"
+
+
 class SqlInventoryRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
-        self._engine = database.engine
 
     async def level(self, item_id: str) -> StockLevel | None:
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(sa.select(stock).where(stock.c.item_id == item_id))
-            ).first()
-        return _level(row._mapping) if row else None
+        async def level(tx: Transaction) -> StockLevel | None:
+            row = await tx.fetchrow(f"SELECT {_LEVEL} FROM stock WHERE item_id = $1", item_id)
+            return _level(row) if row else None
+
+        return await self._database.transaction(level, write=False)
 
     async def levels(self, offset: int, limit: int) -> tuple[list[StockLevel], int]:
-        async with self._engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(stock).order_by(stock.c.item_id).offset(offset).limit(limit)
-                )
-            ).all()
-            total = (
-                await connection.execute(sa.select(sa.func.count()).select_from(stock))
-            ).scalar_one()
-        return [_level(row._mapping) for row in rows], int(total)
+        async def levels(tx: Transaction) -> tuple[list[StockLevel], int]:
+            rows = await tx.fetch(
+                f"SELECT {_LEVEL} FROM stock ORDER BY item_id LIMIT $1 OFFSET $2", limit, offset
+            )
+            total = await tx.fetchrow("SELECT count(*) FROM stock")
+            assert total is not None
+            return [_level(row) for row in rows], int(total[0])
+
+        return await self._database.transaction(levels, write=False)
 
     async def reservations(self, offset: int, limit: int) -> tuple[list[Reservation], int]:
-        async with self._engine.connect() as connection:
-            ids = (
-                (
-                    await connection.execute(
-                        sa.select(reservations.c.id)
-                        .order_by(reservations.c.create_us, reservations.c.id)
-                        .offset(offset)
-                        .limit(limit)
-                    )
-                )
-                .scalars()
-                .all()
+        async def page(tx: Transaction) -> tuple[list[Reservation], int]:
+            rows = await tx.fetch(
+                "SELECT id FROM reservations ORDER BY create_us, id LIMIT $1 OFFSET $2",
+                limit,
+                offset,
             )
-            total = (
-                await connection.execute(sa.select(sa.func.count()).select_from(reservations))
-            ).scalar_one()
-            return [await _reservation(connection, rid) for rid in ids], int(total)
+            total = await tx.fetchrow("SELECT count(*) FROM reservations")
+            assert total is not None
+            return [await _reservation(tx, row[0]) for row in rows], int(total[0])
+
+        return await self._database.transaction(page, write=False)
 
     async def reserve(self, request: ReserveRequest) -> tuple[Reservation, list[StockLevel]]:
         now = now_micros()
-        async with self._database.writing() as connection:
-            earlier = (
-                await connection.execute(
-                    sa.select(reservations).where(reservations.c.request_id == request.request_id)
+
+        async def earlier(tx: Transaction) -> tuple[Reservation, list[StockLevel]] | None:
+            row = await tx.fetchrow(
+                "SELECT id, fingerprint FROM reservations WHERE request_id = $1",
+                request.request_id,
+            )
+            if row is None:
+                return None
+            if row["fingerprint"] != request.fingerprint:
+                raise invalid_field(
+                    "request_id", "was already used for a different request", "REQUEST_ID_REUSED"
                 )
-            ).first()
-            if earlier is not None:
-                if earlier.fingerprint != request.fingerprint:
-                    raise invalid_field(
-                        "request_id",
-                        "was already used for a different request",
-                        "REQUEST_ID_REUSED",
-                    )
-                return await _reservation(connection, earlier.id), []
+            return await _reservation(tx, row["id"]), []
+
+        async def reserve(tx: Transaction) -> tuple[Reservation, list[StockLevel]]:
+            found = await earlier(tx)
+            if found is not None:
+                return found
+            levels = []
             for line in request.lines:
-                taken = await connection.execute(
-                    stock.update()
-                    .where(
-                        stock.c.item_id == line.item_id,
-                        stock.c.on_hand - stock.c.reserved >= line.quantity,
-                    )
-                    .values(reserved=stock.c.reserved + line.quantity, update_us=now)
+                taken = await tx.fetchrow(
+                    "UPDATE stock SET reserved = reserved + $1, update_us = $2"
+                    f" WHERE item_id = $3 AND on_hand - reserved >= $1 RETURNING {_LEVEL}",
+                    line.quantity,
+                    now,
+                    line.item_id,
                 )
-                if taken.rowcount != 1:
-                    available = (
-                        await connection.execute(
-                            sa.select(stock.c.on_hand - stock.c.reserved).where(
-                                stock.c.item_id == line.item_id
-                            )
-                        )
-                    ).scalar()
+                if taken is None:
+                    available_row = await tx.fetchrow(
+                        "SELECT on_hand - reserved FROM stock WHERE item_id = $1", line.item_id
+                    )
+                    available = available_row[0] if available_row else 0
                     raise DomainError(
                         ErrorKind.FAILED_PRECONDITION,
                         "INSUFFICIENT_STOCK",
                         f"inventory/items/{line.item_id}: {line.quantity} requested, "
-                        f"{available or 0} available",
+                        f"{available} available",
                         {
                             "item": f"inventory/items/{line.item_id}",
                             "requested": str(line.quantity),
-                            "available": str(available or 0),
+                            "available": str(available),
                         },
                     )
-            await connection.execute(
-                reservations.insert().values(
-                    id=request.reservation_id,
-                    request_id=request.request_id,
-                    fingerprint=request.fingerprint,
-                    state=ReservationState.PENDING.value,
-                    expire_us=to_micros(request.expire_time),
-                    create_us=now,
-                )
+                levels.append(_level(taken))
+            expire_us = to_micros(request.expire_time)
+            await tx.execute(
+                "INSERT INTO reservations (id, request_id, fingerprint, state, expire_us,"
+                " create_us) VALUES ($1, $2, $3, $4, $5, $6)",
+                request.reservation_id,
+                request.request_id,
+                request.fingerprint,
+                ReservationState.PENDING.value,
+                expire_us,
+                now,
             )
-            await connection.execute(
-                reservation_lines.insert(),
-                [
-                    {
-                        "reservation_id": request.reservation_id,
-                        "item_id": line.item_id,
-                        "quantity": line.quantity,
-                    }
-                    for line in request.lines
-                ],
+            await tx.executemany(
+                "INSERT INTO reservation_lines (reservation_id, item_id, quantity)"
+                " VALUES ($1, $2, $3)",
+                [(request.reservation_id, line.item_id, line.quantity) for line in request.lines],
             )
-            return (
-                await _reservation(connection, request.reservation_id),
-                await _levels_of(connection, [line.item_id for line in request.lines]),
+            reservation = Reservation(
+                reservation_id=request.reservation_id,
+                lines=tuple(sorted(request.lines, key=lambda line: line.item_id)),
+                state=ReservationState.PENDING,
+                expire_time=from_micros(expire_us),
+                create_time=from_micros(now),
             )
+            return reservation, sorted(levels, key=lambda level: level.item_id)
+
+        try:
+            return await self._database.transaction(reserve)
+        except UNIQUE_VIOLATIONS:
+            # A concurrent reserve with this request id committed first (the unique request_id
+            # settles the race; this one's stock changes rolled back): answer with it.
+            found = await self._database.transaction(earlier, write=False)
+            if found is None:
+                raise
+            return found
 
     async def commit(self, reservation_id: str) -> tuple[Reservation, list[StockLevel]]:
         return await self._settle(reservation_id, ReservationState.COMMITTED)
@@ -173,37 +181,30 @@ class SqlInventoryRepository:
         return await self._settle(reservation_id, ReservationState.RELEASED)
 
     async def expire_due(self, now: datetime) -> list[StockLevel]:
-        async with self._database.writing() as connection:
-            due = (
-                (
-                    await connection.execute(
-                        sa.select(reservations.c.id)
-                        .where(
-                            reservations.c.state == ReservationState.PENDING.value,
-                            reservations.c.expire_us <= to_micros(now),
-                        )
-                        # Replicas share the sweep: each takes the rows no other holds.
-                        .with_for_update(skip_locked=True)
-                    )
-                )
-                .scalars()
-                .all()
+        async def expire(tx: Transaction) -> list[StockLevel]:
+            # Replicas share the sweep: each takes the rows no other holds.
+            due = await tx.fetch(
+                "SELECT id FROM reservations WHERE state = $1 AND expire_us <= $2"
+                " FOR UPDATE SKIP LOCKED",
+                ReservationState.PENDING.value,
+                to_micros(now),
             )
-            items: list[str] = []
-            for reservation_id in due:
-                reservation = await _reservation(connection, reservation_id)
-                await _return_stock(connection, reservation, ReservationState.EXPIRED)
-                items += [line.item_id for line in reservation.lines]
-            return await _levels_of(connection, items)
+            levels: dict[str, StockLevel] = {}
+            for row in due:
+                reservation = await _reservation(tx, row[0])
+                for level in await _return_stock(tx, reservation, ReservationState.EXPIRED):
+                    levels[level.item_id] = level
+            return [levels[item] for item in sorted(levels)]
+
+        return await self._database.transaction(expire)
 
     async def adjust(self, item_id: str, delta: int) -> StockLevel:
         now = now_micros()
-        async with self._database.writing() as connection:
-            current = (
-                await connection.execute(
-                    sa.select(stock).where(stock.c.item_id == item_id).with_for_update()
-                )
-            ).first()
+
+        async def adjust(tx: Transaction) -> StockLevel:
+            current = await tx.fetchrow(
+                "SELECT on_hand, reserved FROM stock WHERE item_id = $1 FOR UPDATE", item_id
+            )
             if current is None:
                 if delta < 0:
                     raise DomainError(
@@ -211,50 +212,59 @@ class SqlInventoryRepository:
                         "ITEM_NOT_STOCKED",
                         f"inventory/items/{item_id} has no stock to remove",
                     )
-                await connection.execute(
-                    stock.insert().values(item_id=item_id, on_hand=delta, reserved=0, update_us=now)
+                row = await tx.fetchrow(
+                    "INSERT INTO stock (item_id, on_hand, reserved, update_us)"
+                    f" VALUES ($1, $2, 0, $3) RETURNING {_LEVEL}",
+                    item_id,
+                    delta,
+                    now,
                 )
             else:
-                if current.on_hand + delta < current.reserved:
+                if current["on_hand"] + delta < current["reserved"]:
                     raise DomainError(
                         ErrorKind.FAILED_PRECONDITION,
                         "STOCK_BELOW_RESERVED",
                         f"inventory/items/{item_id}: on hand would drop to "
-                        f"{current.on_hand + delta}, below the {current.reserved} reserved",
+                        f"{current['on_hand'] + delta}, below the {current['reserved']} reserved",
                         {"item": f"inventory/items/{item_id}"},
                     )
-                await connection.execute(
-                    stock.update()
-                    .where(stock.c.item_id == item_id)
-                    .values(on_hand=stock.c.on_hand + delta, update_us=now)
+                row = await tx.fetchrow(
+                    "UPDATE stock SET on_hand = on_hand + $1, update_us = $2"
+                    f" WHERE item_id = $3 RETURNING {_LEVEL}",
+                    delta,
+                    now,
+                    item_id,
                 )
-            return (await _levels_of(connection, [item_id]))[0]
+            assert row is not None
+            return _level(row)
+
+        return await self._database.transaction(adjust)
 
     async def _settle(
         self, reservation_id: str, target: ReservationState
     ) -> tuple[Reservation, list[StockLevel]]:
         # A reservation found past its time is expired here and now; that change is kept even
-        # when the settle it came with is refused.
-        # The reservation's row lock (PostgreSQL) makes concurrent settles take turns; each
-        # change below is known, so nothing is read twice.
-        async with self._database.writing() as connection:
-            reservation = await _reservation(connection, reservation_id, for_update=True)
-            expired_now = (
+        # when the settle it came with is refused. The reservation's row lock (PostgreSQL) makes
+        # concurrent settles take turns; each change is known, so nothing is read twice.
+        async def settle(tx: Transaction) -> tuple[Reservation, list[StockLevel], bool]:
+            reservation = await _reservation(tx, reservation_id, for_update=True)
+            changed: list[StockLevel] = []
+            if (
                 reservation.state is ReservationState.PENDING
                 and reservation.expire_time <= datetime.now(UTC)
-            )
-            if expired_now:
-                await _return_stock(connection, reservation, ReservationState.EXPIRED)
+            ):
+                changed = await _return_stock(tx, reservation, ReservationState.EXPIRED)
                 reservation = replace(reservation, state=ReservationState.EXPIRED)
-            items = [line.item_id for line in reservation.lines]
             done = reservation.state is target or (
                 target is ReservationState.RELEASED
                 and reservation.state is ReservationState.EXPIRED
             )
             if not done and reservation.state is ReservationState.PENDING:
-                await _return_stock(connection, reservation, target)
-                return replace(reservation, state=target), await _levels_of(connection, items)
-            changed = await _levels_of(connection, items) if done and expired_now else []
+                changed = await _return_stock(tx, reservation, target)
+                return replace(reservation, state=target), changed, True
+            return reservation, changed, done
+
+        reservation, changed, done = await self._database.transaction(settle)
         if done:
             return reservation, changed
         raise DomainError(
@@ -266,29 +276,39 @@ class SqlInventoryRepository:
 
 
 async def _return_stock(
-    connection: AsyncConnection, reservation: Reservation, state: ReservationState
-) -> None:
-    """Ends a pending reservation: commit deducts the held units, the others give them back."""
+    tx: Transaction, reservation: Reservation, state: ReservationState
+) -> list[StockLevel]:
+    """Ends a pending reservation: commit deducts the held units, the others give them back.
+    Returns the levels it leaves."""
     now = now_micros()
+    deduct = "on_hand = on_hand - $1, " if state is ReservationState.COMMITTED else ""
+    levels = []
     for line in reservation.lines:
-        values: dict[str, Any] = {"reserved": stock.c.reserved - line.quantity, "update_us": now}
-        if state is ReservationState.COMMITTED:
-            values["on_hand"] = stock.c.on_hand - line.quantity
-        await connection.execute(
-            stock.update().where(stock.c.item_id == line.item_id).values(**values)
+        row = await tx.fetchrow(
+            f"UPDATE stock SET {deduct}reserved = reserved - $1, update_us = $2"
+            f" WHERE item_id = $3 RETURNING {_LEVEL}",
+            line.quantity,
+            now,
+            line.item_id,
         )
-    await connection.execute(
-        reservations.update()
-        .where(reservations.c.id == reservation.reservation_id)
-        .values(state=state.value)
+        if row is not None:
+            levels.append(_level(row))
+    await tx.execute(
+        "UPDATE reservations SET state = $1 WHERE id = $2",
+        state.value,
+        reservation.reservation_id,
     )
+    return sorted(levels, key=lambda level: level.item_id)
 
 
 async def _reservation(
-    connection: AsyncConnection, reservation_id: str, *, for_update: bool = False
+    tx: Transaction, reservation_id: str, *, for_update: bool = False
 ) -> Reservation:
-    query = sa.select(reservations).where(reservations.c.id == reservation_id)
-    row = (await connection.execute(query.with_for_update() if for_update else query)).first()
+    lock = " FOR UPDATE" if for_update else ""
+    row = await tx.fetchrow(
+        f"SELECT id, state, expire_us, create_us FROM reservations WHERE id = $1{lock}",
+        reservation_id,
+    )
     if row is None:
         raise DomainError(
             ErrorKind.NOT_FOUND,
@@ -296,32 +316,21 @@ async def _reservation(
             f"inventory/reservations/{reservation_id} not found",
             {"resource": f"inventory/reservations/{reservation_id}"},
         )
-    lines = (
-        await connection.execute(
-            sa.select(reservation_lines)
-            .where(reservation_lines.c.reservation_id == reservation_id)
-            .order_by(reservation_lines.c.item_id)
-        )
-    ).all()
+    lines = await tx.fetch(
+        "SELECT item_id, quantity FROM reservation_lines WHERE reservation_id = $1"
+        " ORDER BY item_id",
+        reservation_id,
+    )
     return Reservation(
-        reservation_id=row.id,
-        lines=tuple(Line(line.item_id, line.quantity) for line in lines),
-        state=ReservationState(row.state),
-        expire_time=from_micros(row.expire_us),
-        create_time=from_micros(row.create_us),
+        reservation_id=row["id"],
+        lines=tuple(Line(line["item_id"], line["quantity"]) for line in lines),
+        state=ReservationState(row["state"]),
+        expire_time=from_micros(row["expire_us"]),
+        create_time=from_micros(row["create_us"]),
     )
 
 
-async def _levels_of(connection: AsyncConnection, item_ids: list[str]) -> list[StockLevel]:
-    if not item_ids:
-        return []
-    rows = (
-        await connection.execute(sa.select(stock).where(stock.c.item_id.in_(sorted(set(item_ids)))))
-    ).all()
-    return [_level(row._mapping) for row in rows]
-
-
-def _level(row: Any) -> StockLevel:
+def _level(row: Row) -> StockLevel:
     return StockLevel(
         row["item_id"], row["on_hand"], row["reserved"], from_micros(row["update_us"])
     )

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.inbox import first_time
@@ -161,26 +162,23 @@ class SqlOrderRepository:
     async def create(
         self, order: Order, request_id: str, fingerprint: str, messages: Sequence[OrderMessage]
     ) -> Order:
-        async with self._database.writing() as connection:
-            raced = (
+        try:
+            async with self._database.writing() as connection:
+                await connection.execute(orders.insert().values(**_columns(order)))
+                await connection.execute(order_versions.insert().values(**_version(order)))
                 await connection.execute(
-                    sa.select(order_requests.c.order_id).where(
-                        order_requests.c.request_id == request_id
+                    order_requests.insert().values(
+                        request_id=request_id, fingerprint=fingerprint, order_id=order.order_id
                     )
                 )
-            ).scalar()
-            if raced is not None:
-                earlier = await self._get(connection, raced)
-                assert earlier is not None
-                return earlier
-            await connection.execute(orders.insert().values(**_columns(order)))
-            await connection.execute(order_versions.insert().values(**_version(order)))
-            await connection.execute(
-                order_requests.insert().values(
-                    request_id=request_id, fingerprint=fingerprint, order_id=order.order_id
-                )
-            )
-            await enqueue(connection, [self._messages.outgoing(m) for m in messages])
+                await enqueue(connection, [self._messages.outgoing(m) for m in messages])
+        except IntegrityError:
+            # A concurrent create with this request id committed first (its key settles the
+            # race; the caller read the request id before): that order is the answer.
+            raced = await self.by_request_id(request_id)
+            if raced is None:
+                raise
+            return raced[0]
         self._on_commit()
         return order
 
