@@ -16,6 +16,7 @@ from services.catalog.config import CatalogSettings
 
 async def main() -> None:
     parts = await build_catalog(CatalogSettings())
+    await parts.feed.start()  # as the app's on_start does
     server = grpc.aio.server()
     pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(parts.catalog), server)
     port = server.add_insecure_port("127.0.0.1:0")

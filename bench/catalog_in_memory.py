@@ -47,6 +47,7 @@ class MemorizedReads:
 
 async def in_memory_catalog(settings: CatalogSettings) -> Catalog:
     parts = await build_catalog(settings)
+    await parts.feed.start()  # as the app's on_start does
     return Catalog(
         MemorizedReads(SqlProductRepository(parts.database)),
         parts.feed,
