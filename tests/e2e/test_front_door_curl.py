@@ -6,23 +6,14 @@ watch it over Server-Sent Events until CONFIRMED, and read it with `?view=FULL`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
-from libs.rpcclient.discovery import LocalRegistry
-from tools.commands.certs.authority import ensure
-from tools.commands.run.fleet import start_fleet
+from tools.commands.run.fleet import running_processes
 from tools.commands.run.walkthrough import curl_walkthrough
 
 
 async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:
-    certs = tmp_path / "certs"
-    ensure(certs)
-    registry = LocalRegistry(tmp_path / "registry.json")
-    running = await start_fleet(
-        tmp_path, amqp_url, registry, certs=certs, free_ports=True, echo_log=False
-    )
-    try:
+    async with running_processes(tmp_path, amqp_url) as running:
         secrets = tmp_path / "identity" / "secrets"
         script = "\n".join(
             ["set -euo pipefail", *curl_walkthrough(running["gateway"].address, secrets)]
@@ -35,10 +26,6 @@ async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:
             stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(shell.communicate(), 60)
-    finally:
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                await process.terminate()
     output = stdout.decode()
     assert shell.returncode == 0, stderr.decode() + output
     assert '"name": "users/ann"' in output  # signed up

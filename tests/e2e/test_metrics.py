@@ -7,7 +7,6 @@ was placed, and every metric the dashboard and the alert rules name is really ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import urllib.request
@@ -21,10 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.messaging.contract import fleet_contract
-from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.authority import ensure
-from tools.commands.run.fleet import metrics_address, start_fleet
+from tools.commands.run.fleet import metrics_address, running_processes
 from tools.monitoring.definition import exported_names_used
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
@@ -73,22 +70,8 @@ async def scrape_until(
 
 @pytest.fixture
 async def fleet(tmp_path: Path, amqp_url: str) -> AsyncIterator[dict[str, ServiceProcess]]:
-    certs = tmp_path / "certs"
-    ensure(certs)
-    running = await start_fleet(
-        tmp_path,
-        amqp_url,
-        LocalRegistry(tmp_path / "registry.json"),
-        certs=certs,
-        free_ports=True,
-        echo_log=False,
-    )
-    try:
+    async with running_processes(tmp_path, amqp_url) as running:
         yield running
-    finally:
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                await process.terminate()
 
 
 async def token(client: httpx.AsyncClient, username: str, password: str) -> str:

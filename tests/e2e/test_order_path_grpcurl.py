@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.authority import ensure
-from tools.commands.run.fleet import start_fleet, stop_fleet
+from tools.commands.run.fleet import running_processes
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
@@ -32,21 +30,14 @@ async def order_path(
     tmp_path: Path, amqp_url: str
 ) -> AsyncIterator[tuple[Path, dict[str, ServiceProcess]]]:
     """The launcher's fleet (without identity and the gateway) on free ports under tmp_path."""
-    certs = tmp_path / "certs"
-    ensure(certs)
-    running = await start_fleet(
+    async with running_processes(
         tmp_path,
         amqp_url,
-        LocalRegistry(tmp_path / "registry.json"),
-        certs=certs,
-        free_ports=True,
         only=ORDER_PATH,
         env_overrides={name: {f"{name.upper()}_OUTBOX_POLL_SECONDS": "0.2"} for name in ORDER_PATH},
-    )
-    try:
+        echo_log=True,
+    ) as running:
         yield tmp_path, running
-    finally:
-        await stop_fleet(running, frozenset())
 
 
 def grpcurl_command(

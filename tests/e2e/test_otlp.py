@@ -7,7 +7,6 @@ result back to orders) and the services' metrics."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,10 +21,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
 
 from libs.messaging.contract import fleet_contract
-from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
-from tools.commands.certs.authority import ensure
-from tools.commands.run.fleet import start_fleet
+from tools.commands.run.fleet import running_processes
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
 CHARGE_QUEUE = fleet_contract().topology("payments").work_queues[0].name
@@ -96,22 +93,8 @@ async def fleet(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
-    certs = tmp_path / "certs"
-    ensure(certs)
-    running = await start_fleet(
-        tmp_path,
-        amqp_url,
-        LocalRegistry(tmp_path / "registry.json"),
-        certs=certs,
-        free_ports=True,
-        echo_log=False,
-    )
-    try:
+    async with running_processes(tmp_path, amqp_url) as running:
         yield running
-    finally:
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                await process.terminate()
 
 
 async def test_one_orders_whole_trace_and_the_metrics_reach_the_collector(

@@ -25,6 +25,7 @@ from libs.runtime.config import ServiceSettings
 from libs.runtime.processes import ServiceProcess, start_service
 from libs.runtime.server import GrpcApp
 from libs.testing.rpc import serving
+from tools.commands.certs.authority import ensure
 from tools.identity.accounts import init as init_identity
 
 REPO = Path(__file__).resolve().parents[3]
@@ -265,6 +266,35 @@ async def stop_fleet(running: Mapping[str, Stoppable], edge: frozenset[str]) -> 
         if tier:
             print(f"stopping {', '.join(tier)} ...", flush=True)
             await asyncio.gather(*(stop(name, process) for name, process in tier.items()))
+
+
+@contextlib.asynccontextmanager
+async def running_processes(
+    var: Path,
+    amqp_url: str,
+    *,
+    only: Collection[str] | None = None,
+    env_overrides: Mapping[str, Mapping[str, str]] | None = None,
+    echo_log: bool = False,
+) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """The fleet as processes for a test: development certificates in var/certs, the registry in
+    var/registry.json, free ports; stopped (`stop_fleet`) on leaving, however the test ends."""
+    certs = var / "certs"
+    ensure(certs)
+    running = await start_fleet(
+        var,
+        amqp_url,
+        LocalRegistry(var / "registry.json"),
+        certs=certs,
+        free_ports=True,
+        env_overrides=env_overrides,
+        echo_log=echo_log,
+        only=only,
+    )
+    try:
+        yield running
+    finally:
+        await stop_fleet(running, edge_of(services(var)))
 
 
 @dataclass

@@ -5,7 +5,6 @@ CSV, and no failed request; and a clear refusal when nothing answers at --host."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import os
 import sys
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess
 from libs.runtime.server import free_port
-from tools.commands.certs.authority import ensure
-from tools.commands.run.fleet import start_fleet
+from tools.commands.run.fleet import running_processes
 
 
 async def load(*args: str) -> tuple[int, str]:
@@ -37,21 +34,8 @@ async def load(*args: str) -> tuple[int, str]:
 
 @pytest.fixture
 async def fleet(tmp_path: Path, amqp_url: str) -> AsyncIterator[dict[str, ServiceProcess]]:
-    ensure(tmp_path / "certs")
-    running = await start_fleet(
-        tmp_path,
-        amqp_url,
-        LocalRegistry(tmp_path / "registry.json"),
-        certs=tmp_path / "certs",
-        free_ports=True,
-        echo_log=False,
-    )
-    try:
+    async with running_processes(tmp_path, amqp_url) as running:
         yield running
-    finally:
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                await process.terminate()
 
 
 async def test_a_short_headless_run_has_no_failures(
