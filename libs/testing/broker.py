@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
@@ -18,6 +19,7 @@ from yarl import URL
 
 from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, connect_next
 from libs.messaging.envelope import decode
+from libs.messaging.local_broker import LocalCluster
 from libs.messaging.topology import EVENTS_EXCHANGE, Topology, declare
 
 M = TypeVar("M", bound=Message)
@@ -52,6 +54,20 @@ async def fresh_vhost() -> AsyncIterator[str]:
         yield str(base.with_path("/" + name, encoded=False))
     finally:
         await rabbitmqctl("delete_vhost", name)
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, size: int = 3) -> Iterator[LocalCluster]:
+    """A private cluster of `size` nodes for a module of tests (starting nodes takes seconds),
+    stopped and removed afterwards. Synchronous, each step on its own event loop, because a
+    module fixture outlives every test's loop."""
+    nodes = LocalCluster(directory, size=size)
+    try:
+        asyncio.run(nodes.start())
+        yield nodes
+    finally:
+        asyncio.run(nodes.stop())
+        nodes.remove()
 
 
 class EventTap:

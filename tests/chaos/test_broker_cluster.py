@@ -19,6 +19,7 @@ from emporium.orders.v1 import orders_service_pb2 as pb
 from libs.messaging.broker import BrokerOptions, connect
 from libs.messaging.contract import fleet_contract
 from libs.messaging.local_broker import LocalCluster
+from libs.testing.broker import running_cluster
 from tests.saga.shop import running_shop
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
@@ -31,13 +32,8 @@ REPLICATED = {"amqp_replicas": 3}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), size=3)
-    try:
-        asyncio.run(nodes.start())
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
         yield nodes
-    finally:
-        asyncio.run(nodes.stop())
-        nodes.remove()
 
 
 async def depth(url: str, queue: str) -> int:

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import sqlalchemy as sa
 from buf.validate import validate_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import StringValue
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.envelope import Outgoing
 from libs.messaging.publisher import Publisher
+from libs.messaging.schema import outbox
 from libs.messaging.topology import COMMANDS_EXCHANGE, Topology
+from libs.storage.database import Database
 
 
 def command(queue: str, text: str, message_id: str | None = None) -> Outgoing:
@@ -30,6 +34,28 @@ async def publisher(options: BrokerOptions, topology: Topology) -> AsyncIterator
         yield started
     finally:
         await started.close()
+
+
+# What a consuming handler applies, one row per message it applied: the delivery tests count
+# them to prove nothing was lost or applied twice.
+effects = sa.table("effects", sa.column("message_id", sa.String))
+
+
+async def effects_table(connection: AsyncConnection) -> None:
+    # No unique key on purpose: only the inbox stands between a duplicate and a second row.
+    await connection.execute(sa.text("CREATE TABLE effects (message_id TEXT NOT NULL)"))
+
+
+async def effect_ids(database: Database) -> list[str]:
+    async with database.engine.connect() as connection:
+        return [r[0] for r in await connection.execute(sa.select(effects.c.message_id))]
+
+
+async def unsent_count(database: Database) -> int:
+    """Outbox rows the broker has not confirmed yet."""
+    query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_us.is_(None))
+    async with database.engine.connect() as connection:
+        return int((await connection.execute(query)).scalar_one())
 
 
 def _parcel_type() -> type[Message]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from google.protobuf.wrappers_pb2 import StringValue
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.consumer import Delivery, WorkConsumer
@@ -20,7 +19,7 @@ from libs.messaging.local_broker import LocalBroker
 from libs.messaging.outbox import OutboxRelay, enqueue
 from libs.messaging.publisher import Publisher
 from libs.messaging.schema import messaging_migration, outbox
-from libs.messaging.tests.kit import command
+from libs.messaging.tests.kit import command, effect_ids, effects, effects_table, unsent_count
 from libs.messaging.topology import Topology, WorkQueue
 from libs.storage.database import Database, Migration
 from libs.testing.databases import sqlite_url
@@ -28,7 +27,6 @@ from libs.testing.databases import sqlite_url
 MESSAGES = 20_000
 WORK = WorkQueue("kit.durable", retry_delays=(0.1,))
 TOPOLOGY = Topology(work_queues=(WORK,))
-effects = sa.table("effects", sa.column("message_id", sa.String))
 
 
 @pytest.fixture
@@ -40,11 +38,6 @@ async def broker(tmp_path: Path) -> AsyncIterator[LocalBroker]:
     finally:
         await node.stop()
         node.remove()
-
-
-async def effects_table(connection: AsyncConnection) -> None:
-    # No unique key on purpose: only the inbox stands between a duplicate and a second row.
-    await connection.execute(sa.text("CREATE TABLE effects (message_id TEXT NOT NULL)"))
 
 
 async def test_broker_restart_loses_nothing_and_doubles_nothing(
@@ -91,15 +84,10 @@ async def test_broker_restart_loses_nothing_and_doubles_nothing(
     await consumer.stop()
     await publisher.close()
 
+    unsent = await unsent_count(producer_db)
     async with producer_db.engine.connect() as connection:
-        unsent = (
-            await connection.execute(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_us.is_(None))
-            )
-        ).scalar()
         ids = {r[0] for r in await connection.execute(sa.select(outbox.c.message_id))}
-    async with consumer_db.engine.connect() as connection:
-        rows = [r[0] for r in await connection.execute(sa.select(effects.c.message_id))]
+    rows = await effect_ids(consumer_db)
     assert unsent == 0
     assert set(rows) == ids  # lost = 0
     assert len(rows) == len(ids) == MESSAGES  # no doubled effect

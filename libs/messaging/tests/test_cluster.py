@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.broker import BrokerOptions
@@ -20,8 +19,16 @@ from libs.messaging.inbox import first_time
 from libs.messaging.local_broker import LocalCluster
 from libs.messaging.outbox import OutboxRelay, enqueue
 from libs.messaging.publisher import Publisher
-from libs.messaging.schema import messaging_migration, outbox
-from libs.messaging.tests.kit import Parcel, parcel, parcel_name
+from libs.messaging.schema import messaging_migration
+from libs.messaging.tests.kit import (
+    Parcel,
+    effect_ids,
+    effects,
+    effects_table,
+    parcel,
+    parcel_name,
+    unsent_count,
+)
 from libs.messaging.topology import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
@@ -30,6 +37,7 @@ from libs.messaging.topology import (
     WorkQueue,
 )
 from libs.storage.database import Database, Migration
+from libs.testing.broker import running_cluster
 from libs.testing.databases import sqlite_url
 
 MESSAGES = 2_000
@@ -37,23 +45,12 @@ EVENTS = 100
 WORK = WorkQueue("kit.replicated", accepts=(Parcel,), retry_delays=(0.1,))
 STREAM = EventStream("kit.replicated-events", routing_keys=("kit.#",), accepts=(Parcel,))
 TOPOLOGY = Topology(work_queues=(WORK,), streams=(STREAM,))
-effects = sa.table("effects", sa.column("message_id", sa.String))
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), size=3)
-    try:
-        asyncio.run(nodes.start())
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
         yield nodes
-    finally:
-        asyncio.run(nodes.stop())
-        nodes.remove()
-
-
-async def effects_table(connection: AsyncConnection) -> None:
-    # No unique key on purpose: only the inbox stands between a duplicate and a second row.
-    await connection.execute(sa.text("CREATE TABLE effects (message_id TEXT NOT NULL)"))
 
 
 def commands(start: int, stop: int) -> list[Outgoing]:
@@ -132,14 +129,8 @@ async def test_killing_the_queue_leader_loses_nothing_and_doubles_nothing(
     await consumer.stop()
     await publisher.close()
 
-    async with producer_db.engine.connect() as connection:
-        unsent = (
-            await connection.execute(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_us.is_(None))
-            )
-        ).scalar()
-    async with consumer_db.engine.connect() as connection:
-        rows = [r[0] for r in await connection.execute(sa.select(effects.c.message_id))]
+    unsent = await unsent_count(producer_db)
+    rows = await effect_ids(consumer_db)
     assert unsent == 0
     assert sorted(rows) == sorted(f"m{i}" for i in range(MESSAGES))  # each exactly once
     assert consumer.sessions >= 2  # it lost its node and resumed on another
