@@ -35,10 +35,10 @@ from libs.messaging.envelope import (
     ATTEMPT_HEADER,
     DEAD_LETTER_REASON_HEADER,
     BadMessage,
+    copy_of,
     decode,
     decode_valid,
     text_headers,
-    to_amqp,
 )
 from libs.messaging.metrics import (
     Handling,
@@ -360,14 +360,7 @@ class WorkConsumer(_Session):
         )
         headers = {k: v for k, v in message.headers.items() if not k.startswith("x-")}
         headers[ATTEMPT_HEADER] = delivery.attempt + 1
-        retry = to_amqp(
-            body=message.body,
-            message_type=message.type or "",
-            message_id=message.message_id or "",
-            correlation_id=message.correlation_id or "",
-            headers=headers,
-            timestamp=message.timestamp,
-        )
+        retry = copy_of(message, headers)
         try:
             async with asyncio.timeout(self._options.publish_timeout):
                 await channel.default_exchange.publish(
@@ -398,14 +391,7 @@ class WorkConsumer(_Session):
         )
         headers = {k: v for k, v in message.headers.items() if k != "x-delivery-count"}
         headers[DEAD_LETTER_REASON_HEADER] = reason[:2000]
-        copy = to_amqp(
-            body=message.body,
-            message_type=message.type or "",
-            message_id=message.message_id or "",
-            correlation_id=message.correlation_id or "",
-            headers=headers,
-            timestamp=message.timestamp,
-        )
+        copy = copy_of(message, headers)
         copy.content_type = message.content_type  # as it came, even when that was the fault
         try:
             async with asyncio.timeout(self._options.publish_timeout):

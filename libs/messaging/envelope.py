@@ -71,6 +71,19 @@ def to_amqp(
     )
 
 
+def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
+    """`message` to publish again (a retry, a dead letter, one moved back from the DLQ): its
+    body, type, ids and time, with `headers` in place of its own."""
+    return to_amqp(
+        body=message.body,
+        message_type=message.type or "",
+        message_id=message.message_id or "",
+        correlation_id=message.correlation_id or "",
+        headers=headers,
+        timestamp=message.timestamp,
+    )
+
+
 def encode(outgoing: Outgoing) -> aio_pika.Message:
     return to_amqp(
         body=outgoing.body.SerializeToString(),

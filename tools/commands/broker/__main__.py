@@ -34,7 +34,7 @@ from yarl import URL
 
 from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreachable, connect
 from libs.messaging.consumer import StartAt
-from libs.messaging.envelope import ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, to_amqp
+from libs.messaging.envelope import ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, copy_of
 from libs.messaging.offsets import reset_offset
 from libs.storage.database import Database
 from tools.commands.broker.fleet import FLEET
@@ -190,14 +190,7 @@ async def requeue(arguments: argparse.Namespace) -> int:
                 for k, v in message.headers.items()
                 if not k.startswith("x-") and k != ATTEMPT_HEADER
             }
-            again = to_amqp(
-                body=message.body,
-                message_type=message.type or "",
-                message_id=message.message_id or "",
-                correlation_id=message.correlation_id or "",
-                headers=headers,
-                timestamp=message.timestamp,
-            )
+            again = copy_of(message, headers)
             # The default exchange routes straight to the queue, however it is bound.
             await channel.default_exchange.publish(again, arguments.queue, mandatory=True)
             await message.ack()  # only once the broker confirmed the copy

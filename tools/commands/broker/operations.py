@@ -6,7 +6,7 @@ from __future__ import annotations
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from libs.messaging.envelope import to_amqp
+from libs.messaging.envelope import copy_of
 from libs.messaging.topology import Topology, WorkQueue, declare
 
 
@@ -58,13 +58,8 @@ async def move_messages(channel: AbstractChannel, source_name: str, target: str)
     source = await channel.get_queue(source_name, ensure=False)
     moved = 0
     while (message := await source.get(no_ack=False, fail=False)) is not None:
-        copy = to_amqp(
-            body=message.body,
-            message_type=message.type or "",
-            message_id=message.message_id or "",
-            correlation_id=message.correlation_id or "",
-            headers={k: v for k, v in message.headers.items() if k != "x-delivery-count"},
-            timestamp=message.timestamp,
+        copy = copy_of(
+            message, {k: v for k, v in message.headers.items() if k != "x-delivery-count"}
         )
         copy.content_type = message.content_type
         await channel.default_exchange.publish(copy, target, mandatory=True)
