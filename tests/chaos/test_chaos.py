@@ -1,8 +1,8 @@
 """Acceptance 3 of the order saga: a chaos run on PostgreSQL with two replicas each of orders
 and payments as processes. A few hundred orders, random cancels, declines, a provider that
-fails transiently, and kill -9 of a random orders or payments process several times (each
-restarted at once). Every order ends terminal within the bound, the audit balances, and the
-dead-letter queues are empty.
+fails transiently, and kill -9 of a random orders, payments or inventory process several times
+(each restarted at once, on its port). Every order ends terminal within the bound, the audit
+balances, and the dead-letter queues are empty.
 
 Seeded: the seed is printed (and taken from EMPORIUM_CHAOS_SEED when set), so a failing run's
 orders, cancels and kills can be replayed (the interleaving of processes is the machine's).
@@ -28,12 +28,11 @@ from libs.runtime.processes import ServiceProcess, start_service
 from libs.runtime.server import free_port
 from libs.testing.broker import EventTap
 from libs.testing.databases import fresh_postgres_database
-from services.inventory.config import InventorySettings
 from services.payments.adapters.simulator import SimulatedProvider
 from tests.saga.shop import PRODUCT, Shop, stocked_shelves
 
 ORDERS = 200
-KILLS = 4
+KILLS = 6  # the first five kill each process once, in a seeded order; then any
 BOUND_SECONDS = 120  # every order terminal within this, from the last order placed
 # A replica down (or killed mid-call), shedding load, or a step that lost a race and asks to
 # be tried again.
@@ -70,21 +69,25 @@ class Replica:
 class Fleet:
     orders: list[Replica]
     payments: list[Replica]
+    inventory: Replica
     rng: random.Random
+
+    @property
+    def processes(self) -> list[Replica]:
+        return [*self.orders, *self.payments, self.inventory]
 
     def any_orders(self) -> pb_grpc.OrdersServiceAsyncStub:
         replica = self.rng.choice(self.orders)
         return replica.stub
 
-    async def kill_and_restart(self) -> str:
-        replica = self.rng.choice(self.orders + self.payments)
+    async def kill_and_restart(self, replica: Replica) -> str:
         assert replica.process is not None
         await replica.process.kill()  # SIGKILL: no shutdown, no acks, no commits
         await replica.start()
         return replica.module
 
     async def stop(self) -> None:
-        for replica in self.orders + self.payments:
+        for replica in self.processes:
             for channel in [*replica.old_channels, replica.channel]:
                 if channel is not None:
                     await channel.close(None)
@@ -139,13 +142,6 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
         catalog_db, inventory_db, orders_db, payments_db = [
             await stack.enter_async_context(fresh_postgres_database()) for _ in range(4)
         ]
-        stock = await stocked_shelves(
-            stack,
-            catalog_db,
-            InventorySettings(database_url=inventory_db, grace_seconds=1),
-            registry,
-            units=ORDERS * 3,
-        )
         payment_events = await stack.enter_async_context(EventTap(amqp_url, "payments.#"))
         orders_env = {
             "ORDERS_DATABASE_URL": orders_db,
@@ -178,17 +174,28 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
             "PAYMENTS_PREFETCH": "8",
             "PAYMENTS_CONCURRENCY": "4",
         }
-        # Each orders replica keeps its port across restarts: payments' channel to orders
-        # (the registry's addresses, resolved once) reaches the restarted process.
+        # Orders replicas and inventory keep their ports across restarts: the channels to them
+        # (the registry's addresses, resolved once) reach the restarted process.
+        inventory_env = {
+            "INVENTORY_DATABASE_URL": inventory_db,
+            "INVENTORY_PORT": str(free_port()),
+            "INVENTORY_GRACE_SECONDS": "1",
+        }
         fleet = Fleet(
             [
                 Replica("services.orders", {**orders_env, "ORDERS_PORT": str(free_port())})
                 for _ in range(2)
             ],
             [Replica("services.payments", payments_env) for _ in range(2)],
+            Replica("services.inventory", inventory_env),
             rng,
         )
         stack.push_async_callback(fleet.stop)
+        await fleet.inventory.start()
+        assert fleet.inventory.process is not None
+        stock = await stocked_shelves(
+            stack, catalog_db, fleet.inventory.process.address, registry, units=ORDERS * 3
+        )
         for replica in fleet.orders:
             await replica.start()
             assert replica.process is not None
@@ -222,9 +229,11 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
 
         async def chaos_monkey() -> list[str]:
             killed = []
-            for _ in range(KILLS):
-                await asyncio.sleep(1 + rng.random() * 2.5)
-                killed.append(await fleet.kill_and_restart())
+            victims = rng.sample(fleet.processes, len(fleet.processes))
+            victims += [rng.choice(fleet.processes) for _ in range(KILLS - len(victims))]
+            for victim in victims:
+                await asyncio.sleep(1 + rng.random() * 2)
+                killed.append(await fleet.kill_and_restart(victim))
             return killed
 
         # A task group: if a customer fails, the monkey stops too (no restart after the end).

@@ -189,17 +189,24 @@ async def running_shop(
 async def stocked_shelves(
     stack: AsyncExitStack,
     catalog_db: str,
-    inventory: InventorySettings,
+    inventory: InventorySettings | str,
     registry: LocalRegistry,
     units: int,
 ) -> inventory_grpc.InventoryServiceAsyncStub:
-    """Catalog and inventory serving in this process (registered), with `units` of PRODUCT."""
+    """Catalog serving in this process and inventory too (or, given an address, running
+    elsewhere), registered, with `units` of PRODUCT."""
     catalog_app = await build_catalog(CatalogSettings(database_url=catalog_db))
     catalog_channel = await stack.enter_async_context(serving(catalog_app))
     registry.register("catalog", catalog_app.address)
-    inventory_app = await build_inventory(inventory)
-    inventory_channel = await stack.enter_async_context(serving(inventory_app))
-    registry.register("inventory", inventory_app.address)
+    if isinstance(inventory, str):
+        inventory_address = inventory
+        inventory_channel = grpc.aio.insecure_channel(inventory_address)
+        stack.push_async_callback(inventory_channel.close, None)
+    else:
+        inventory_app = await build_inventory(inventory)
+        inventory_channel = await stack.enter_async_context(serving(inventory_app))
+        inventory_address = inventory_app.address
+    registry.register("inventory", inventory_address)
     await catalog_grpc.CatalogServiceStub(catalog_channel).CreateProduct(
         catalog_pb.CreateProductRequest(
             product_id=PRODUCT,
