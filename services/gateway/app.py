@@ -37,13 +37,11 @@ from emporium.payments.v1 import payments_service_pb2_grpc as payments_grpc
 from libs.messaging.contract import fleet_contract
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import BreakerPolicy
-from libs.rpcclient.channels import ChannelFactory
-from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.deadline import budget
 from libs.runtime.reasons import SharedReason
 from libs.security.authentication import identity_jwks
-from libs.security.credentials import CertificateFiles
+from libs.security.service_channels import service_channels
 from libs.security.tokens import JwksCache, TokenVerifier
 from services.gateway.asyncapi import build_asyncapi
 from services.gateway.caching import ResponseCache
@@ -110,20 +108,8 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _resolver(settings: GatewaySettings) -> Resolver:
-    if settings.discovery == "local":
-        return LocalRegistry(settings.registry_file)
-    return KubernetesDns(settings.kubernetes_namespace)
-
-
 def _upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
-    credentials = None
-    if settings.security == "mtls":
-        credentials = CertificateFiles.for_service(settings.certs_dir, "gateway")
-    channels = ChannelFactory(
-        _resolver(settings),
-        credentials=credentials.channel_credentials() if credentials else None,
-    )
+    channels = service_channels(settings, "gateway")
     policy = UpstreamPolicy(
         default_timeout=settings.request_timeout_seconds,
         breaker=BreakerPolicy(cooldown=settings.upstream_breaker_cooldown_seconds),

@@ -9,13 +9,11 @@ from libs.messaging.consumer import WorkConsumer
 from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
 from libs.resilience.breaker import BreakerPolicy
-from libs.rpcclient.channels import ChannelFactory
-from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
-from libs.security.credentials import CertificateFiles
 from libs.security.identity_tokens import identity_tokens
+from libs.security.service_channels import service_channels
 from libs.storage.database import Database, database_errors
 from services.orders.adapters.order_messages import OrderMessages
 from services.orders.adapters.payment_results import PaymentResults
@@ -32,17 +30,7 @@ from services.orders.domain.orders import Orders, SagaTimes
 async def build(settings: OrdersSettings) -> GrpcApp:
     database = Database(settings.database_url)
     await database.migrate(MIGRATIONS)
-    resolver: Resolver = (
-        LocalRegistry(settings.registry_file)
-        if settings.discovery == "local"
-        else KubernetesDns(settings.kubernetes_namespace)
-    )
-    credentials = None
-    if settings.security == "mtls":
-        credentials = CertificateFiles.for_service(settings.certs_dir, "orders")
-    channels = ChannelFactory(
-        resolver, credentials=credentials.channel_credentials() if credentials else None
-    )
+    channels = service_channels(settings, "orders")
     policy = UpstreamPolicy(
         default_timeout=settings.upstream_timeout_seconds,
         breaker=BreakerPolicy(cooldown=settings.upstream_breaker_cooldown_seconds),

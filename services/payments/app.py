@@ -8,13 +8,11 @@ from emporium.payments.v1 import payments_service_pb2_grpc as pb_grpc
 from libs.messaging.consumer import WorkConsumer
 from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
-from libs.rpcclient.channels import ChannelFactory
-from libs.rpcclient.discovery import KubernetesDns, LocalRegistry, Resolver
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.periodic import Periodic
 from libs.runtime.server import GrpcApp
-from libs.security.credentials import CertificateFiles
 from libs.security.identity_tokens import identity_tokens
+from libs.security.service_channels import service_channels
 from libs.storage.database import Database, database_errors
 from services.payments.adapters.charge_queue import ChargeHandler
 from services.payments.adapters.order_book import GrpcOrderBook, TrustingOrderBook
@@ -48,17 +46,7 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
     orders: OrderBook = TrustingOrderBook()
     order_book: GrpcOrderBook | None = None
     if settings.check_orders:
-        resolver: Resolver = (
-            LocalRegistry(settings.registry_file)
-            if settings.discovery == "local"
-            else KubernetesDns(settings.kubernetes_namespace)
-        )
-        credentials = None
-        if settings.security == "mtls":
-            credentials = CertificateFiles.for_service(settings.certs_dir, "payments")
-        channels = ChannelFactory(
-            resolver, credentials=credentials.channel_credentials() if credentials else None
-        )
+        channels = service_channels(settings, "payments")
         policy = UpstreamPolicy(default_timeout=settings.upstream_timeout_seconds)
         orders = order_book = GrpcOrderBook(
             lambda: Upstream("orders", channels.channel("orders"), policy)
