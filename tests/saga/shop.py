@@ -46,6 +46,7 @@ _RETRYABLE = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
+_ATTEMPTS = 30  # about 25 s of backoff at most
 PRICE = money_pb2.Money(currency_code="USD", units=9, nanos=500_000_000)
 
 
@@ -74,14 +75,15 @@ class Shop:
 
     @staticmethod
     async def call(method: Callable[[Request], Awaitable[pb.Order]], request: Request) -> pb.Order:
-        """One call, again (the same request) while the server is down, slow or shedding."""
-        for attempt in range(1, 6):
+        """One call, again (the same request) while the server is down, slow or shedding:
+        fifty customers arriving at once on a busy machine are shed for a few seconds."""
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return await method(request)
             except grpc.aio.AioRpcError as error:
-                if attempt == 5 or error.code() not in _RETRYABLE:
+                if attempt == _ATTEMPTS or error.code() not in _RETRYABLE:
                     raise
-            await asyncio.sleep(0.2 * attempt)  # a client's backoff
+            await asyncio.sleep(min(0.2 * attempt, 1.0))  # a client's backoff
         raise AssertionError("unreachable")
 
     async def final_state(self, name: str) -> pb.Order:
