@@ -230,8 +230,9 @@ async def test_under_load_orders_fails_fast_and_recovers_when_inventory_returns(
     shop: Shop,
 ) -> None:
     """8 callers place orders non-stop while inventory is stopped and later restarted on the same
-    port. Every failure is UNAVAILABLE (plain, or the open breaker's CIRCUIT_OPEN), no call
-    outlives its 1 s deadline, and orders recovers by itself."""
+    port. Every failure is fast: UNAVAILABLE (plain, or the open breaker's CIRCUIT_OPEN), or
+    RESOURCE_EXHAUSTED `OVERLOADED` when orders sheds the callers' retries on a busy machine; no
+    call outlives its 1 s deadline, and orders recovers by itself."""
     restock = shop.inventory.AdjustStock(None)
     await restock.write(inventory_pb.AdjustStockRequest(item="inventory/items/jar", delta=10000))
     await restock.read()
@@ -284,7 +285,8 @@ async def test_under_load_orders_fails_fast_and_recovers_when_inventory_returns(
         await asyncio.gather(*callers)
     await revived.stop()
     failures = {code for code, _ in outcomes if code is not grpc.StatusCode.OK}
-    assert failures == {grpc.StatusCode.UNAVAILABLE}
+    assert grpc.StatusCode.UNAVAILABLE in failures
+    assert failures <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert max(elapsed for _, elapsed in outcomes) < timeout + 0.1
 
 
