@@ -31,7 +31,7 @@ from services.catalog.domain.model import (
     ProductDraft,
 )
 from services.catalog.domain.query import ProductQuery
-from services.catalog.domain.repository import CreateRequest
+from services.catalog.domain.ports import CreateRequest
 
 metadata = sa.MetaData()
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from services.catalog.domain.model import ProductChange
-from services.catalog.domain.repository import ProductRepository
+from services.catalog.domain.ports import ProductRepository
 
 log = logging.getLogger("emporium.catalog.feed")
 

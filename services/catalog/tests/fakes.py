@@ -17,7 +17,7 @@ from services.catalog.domain.model import (
     ProductDraft,
 )
 from services.catalog.domain.query import ProductQuery
-from services.catalog.domain.repository import CreateRequest
+from services.catalog.domain.ports import CreateRequest
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 _COMPARE: dict[str, Callable[[int, int], bool]] = {

@@ -11,7 +11,7 @@ from libs.money import Money
 from libs.storage.database import Database
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.domain.model import ProductDraft
-from services.catalog.domain.repository import CreateRequest
+from services.catalog.domain.ports import CreateRequest
 
 WRITERS = 4
 ROUNDS = 6  # per writer: create, update, upsert of the shared sku

@@ -20,7 +20,7 @@ from libs.storage.database import UNIQUE_VIOLATIONS, Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
 from libs.storage.transaction import Row, Transaction
 from services.inventory.domain.model import Line, Reservation, ReservationState, StockLevel
-from services.inventory.domain.repository import ReserveRequest
+from services.inventory.domain.ports import ReserveRequest
 
 metadata = sa.MetaData()
 stock = sa.Table(

@@ -18,7 +18,7 @@ from services.inventory.domain.model import (
     StockLevel,
 )
 from services.inventory.domain.reasons import Reason
-from services.inventory.domain.repository import InventoryRepository, ReserveRequest
+from services.inventory.domain.ports import InventoryRepository, ReserveRequest
 
 
 def _now() -> datetime:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from libs.runtime.errors import DomainError, ErrorKind
 from services.inventory.domain.model import Line, Reservation, ReservationState, StockLevel
-from services.inventory.domain.repository import ReserveRequest
+from services.inventory.domain.ports import ReserveRequest
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
