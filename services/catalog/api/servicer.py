@@ -11,14 +11,13 @@ from google.protobuf import empty_pb2
 from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v1 import product_pb2
-from libs.runtime.errors import DomainError, ErrorKind, invalid_field
+from libs.runtime.errors import DomainError, invalid_field
 from libs.runtime.idempotency import fingerprint
 from libs.runtime.reasons import SharedReason
 from libs.runtime.rich_status import status_of
 from libs.runtime.validation import check
 from services.catalog.api.mapping import change_message, draft_of, product_message
 from services.catalog.domain.catalog import Catalog
-from services.catalog.domain.change_feed import FeedClosed
 from services.catalog.domain.model import ImportOutcome
 
 DOMAIN = "catalog.emporium.dev"
@@ -105,17 +104,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     async def WatchProducts(
         self, request: pb.WatchProductsRequest, context: Context
     ) -> AsyncIterator[pb.WatchProductsResponse]:
-        try:
-            after = request.after_revision if request.HasField("after_revision") else None
-            changes = await self._catalog.watch(after)
-            # Headers go out once subscribed: a client that has them cannot miss a change.
-            await context.send_initial_metadata(())
-            async for change in changes:
-                yield change_message(change)
-        except FeedClosed as closed:
-            raise DomainError(
-                ErrorKind.UNAVAILABLE,
-                SharedReason.SHUTTING_DOWN,
-                f"the server is shutting down; watch again with after_revision={closed.revision}",
-                {"resume_after_revision": str(closed.revision)},
-            ) from None
+        after = request.after_revision if request.HasField("after_revision") else None
+        changes = await self._catalog.watch(after)
+        # Headers go out once subscribed: a client that has them cannot miss a change.
+        await context.send_initial_metadata(())
+        async for change in changes:
+            yield change_message(change)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from libs.runtime.shutdown import StreamsClosed
 from services.catalog.domain.model import ProductChange
 from services.catalog.domain.ports import ProductRepository
 
@@ -22,12 +23,11 @@ log = logging.getLogger("emporium.catalog.feed")
 _CLOSED = object()
 
 
-class FeedClosed(Exception):
+def closed_at(revision: int) -> StreamsClosed:
     """The feed shut down; `revision` is where the watcher got to (resume after it)."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"change feed closed at revision {revision}")
-        self.revision = revision
+    return StreamsClosed(
+        f"watch again with after_revision={revision}", resume_after_revision=str(revision)
+    )
 
 
 class _Watcher:
@@ -80,7 +80,7 @@ class ChangeFeed:
         self._wake.set()
 
     async def close(self) -> None:
-        """Ends every watch with FeedClosed."""
+        """Ends every watch with StreamsClosed."""
         self._closed = True
         if self._poller is not None:
             self._poller.cancel()
@@ -92,9 +92,9 @@ class ChangeFeed:
 
     async def subscribe(self, after_revision: int | None) -> AsyncIterator[ProductChange]:
         """Registers a watcher now and returns its changes: those with revision > after_revision
-        (None: after the last committed one), in order, until the feed closes (FeedClosed)."""
+        (None: after the last committed one), in order, until the feed closes (StreamsClosed)."""
         if self._closed:
-            raise FeedClosed(self.last_revision if after_revision is None else after_revision)
+            raise closed_at(self.last_revision if after_revision is None else after_revision)
         watcher = _Watcher(self._queue_size)
         self._watchers.add(watcher)
         try:
@@ -121,13 +121,13 @@ class ChangeFeed:
                 while not watcher.lagging:
                     item = await watcher.queue.get()
                     if item is _CLOSED:
-                        raise FeedClosed(cursor)
+                        raise closed_at(cursor)
                     assert isinstance(item, ProductChange)
                     if item.revision > cursor:
                         cursor = item.revision
                         yield item
                 if self._closed:
-                    raise FeedClosed(cursor)
+                    raise closed_at(cursor)
         finally:
             self._watchers.discard(watcher)
 

@@ -11,10 +11,10 @@ import grpc
 
 from emporium.inventory.v1 import inventory_service_pb2 as pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
-from libs.runtime.errors import DomainError, ErrorKind
+from libs.runtime.errors import DomainError
 from libs.runtime.idempotency import fingerprint
-from libs.runtime.reasons import SharedReason
 from libs.runtime.rich_status import status_of
+from libs.runtime.shutdown import StreamsClosed
 from libs.runtime.validation import check
 from services.inventory.api.mapping import level_message, reservation_message
 from services.inventory.domain.inventory import Inventory
@@ -22,7 +22,6 @@ from services.inventory.domain.inventory import Inventory
 DOMAIN = "inventory.emporium.dev"
 Context = grpc.aio.ServicerContext[object, object]
 _CLIENT_DONE = object()
-_SHUTDOWN = object()
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):
@@ -95,7 +94,7 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
                 source, level = change
                 if source is not session:
                     await outbox.put(pb.AdjustStockResponse(changed=level_message(level)))
-            await outbox.put(_SHUTDOWN)
+            await outbox.put(StreamsClosed("reconnect"))  # the feed closed: shutdown
 
         tasks = [asyncio.create_task(adjust_each()), asyncio.create_task(forward_changes())]
         try:
@@ -103,12 +102,8 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
                 item = await outbox.get()
                 if item is _CLIENT_DONE:
                     return
-                if item is _SHUTDOWN:
-                    raise DomainError(
-                        ErrorKind.UNAVAILABLE,
-                        SharedReason.SHUTTING_DOWN,
-                        "the server is shutting down; reconnect",
-                    )
+                if isinstance(item, StreamsClosed):
+                    raise item
                 assert isinstance(item, pb.AdjustStockResponse)
                 yield item
         finally:

@@ -8,11 +8,8 @@ import grpc
 
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
-from libs.runtime.errors import DomainError, ErrorKind
 from libs.runtime.idempotency import fingerprint
-from libs.runtime.reasons import SharedReason
 from services.orders.api.mapping import order_message
-from services.orders.domain.order_feed import FeedClosed
 from services.orders.domain.orders import Orders
 
 DOMAIN = "orders.emporium.dev"
@@ -52,13 +49,6 @@ class OrdersServicer(pb_grpc.OrdersServiceServicer):
     async def WatchOrder(
         self, request: pb.WatchOrderRequest, context: Context
     ) -> AsyncIterator[pb.Order]:
-        try:
-            after = int(request.after_etag) if request.after_etag else None
-            async for order in self._orders.watch(request.name, after):
-                yield order_message(order)
-        except FeedClosed:
-            raise DomainError(
-                ErrorKind.UNAVAILABLE,
-                SharedReason.SHUTTING_DOWN,
-                "the server is shutting down; watch again",
-            ) from None
+        after = int(request.after_etag) if request.after_etag else None
+        async for order in self._orders.watch(request.name, after):
+            yield order_message(order)

@@ -7,10 +7,6 @@ import asyncio
 from collections import defaultdict
 
 
-class FeedClosed(Exception):
-    pass
-
-
 class OrderFeed:
     def __init__(self) -> None:
         self._listeners: defaultdict[str, set[asyncio.Event]] = defaultdict(set)

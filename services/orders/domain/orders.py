@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation, invalid_argument, not_found
 from libs.runtime.pagination import page_request
 from libs.runtime.resource_names import resource_id
+from libs.runtime.shutdown import StreamsClosed
 from services.orders.domain.model import (
     MessageKind,
     Order,
@@ -38,7 +39,7 @@ from services.orders.domain.model import (
     OrderState,
     PaymentState,
 )
-from services.orders.domain.order_feed import FeedClosed, OrderFeed
+from services.orders.domain.order_feed import OrderFeed
 from services.orders.domain.ports import (
     HoldLapsed,
     OrderRepository,
@@ -383,7 +384,7 @@ class Orders:
     async def watch(self, name: str, after: int | None = None) -> AsyncIterator[Order]:
         """The order now (or, `after` a version the caller saw, every version since), then
         every version after it, in order (each state it passed through, even when another
-        replica made the changes between two looks), until a terminal state (FeedClosed at
+        replica made the changes between two looks), until a terminal state (StreamsClosed at
         shutdown)."""
         order_id = order_id_of(name)
         wake = self._feed.listen(order_id)
@@ -400,7 +401,7 @@ class Orders:
                     await asyncio.wait_for(wake.wait(), self._poll_interval)
                 wake.clear()
                 if self._feed.closed:
-                    raise FeedClosed
+                    raise StreamsClosed("watch again")
                 for later in await self._repository.versions(order_id, order.version):
                     order = later
                     yield order
