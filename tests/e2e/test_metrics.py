@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.messaging.contract import fleet_contract
 from libs.runtime.processes import ServiceProcess
+from libs.testing.front_door import password_token
 from tools.commands.run.fleet import metrics_address, running_processes
 from tools.monitoring.definition import exported_names_used
 
@@ -74,14 +75,6 @@ async def fleet(tmp_path: Path, amqp_url: str) -> AsyncIterator[dict[str, Servic
         yield running
 
 
-async def token(client: httpx.AsyncClient, username: str, password: str) -> str:
-    response = await client.post(
-        "/v1/token", json={"grant_type": "password", "username": username, "password": password}
-    )
-    response.raise_for_status()
-    return str(response.json()["access_token"])
-
-
 async def place_and_watch(client: httpx.AsyncClient, bearer: str, payment_method: str) -> str:
     """Places an order and follows it over SSE to its end; returns its last state."""
     order = {"customer": "customers/ann", "lines": [{"product": "products/mug-01", "quantity": 1}]}
@@ -111,7 +104,7 @@ async def test_the_fleet_exports_red_messaging_outbox_and_order_metrics(
         base_url=f"http://{fleet['gateway'].address}", timeout=30
     ) as client:
         staff_password = (tmp_path / "identity" / "secrets" / "staff").read_text().strip()
-        staff = await token(client, "staff", staff_password)
+        staff = await password_token(client, "staff", staff_password)
         stocked = await client.post(
             "/v1/inventory/items:adjust",
             json=[{"item": "inventory/items/mug-01", "delta": 10}],
@@ -120,7 +113,7 @@ async def test_the_fleet_exports_red_messaging_outbox_and_order_metrics(
         assert stocked.status_code == 200, stocked.text
         signed_up = await client.post("/v1/users?user_id=ann", json={"password": PASSWORD})
         assert signed_up.status_code == 200, signed_up.text
-        ann = await token(client, "ann", PASSWORD)
+        ann = await password_token(client, "ann", PASSWORD)
         before = await asyncio.to_thread(scrape, metrics["orders"])
         states = [await place_and_watch(client, ann, "") for _ in range(CONFIRMED_ORDERS)]
         states.append(await place_and_watch(client, ann, "cards/declined"))

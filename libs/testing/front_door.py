@@ -1,0 +1,14 @@
+"""The gateway's REST front door as a test client meets it."""
+
+from __future__ import annotations
+
+import httpx
+
+
+async def password_token(client: httpx.AsyncClient, username: str, password: str) -> str:
+    """An access token for `username` (OAuth2 password grant at /v1/token)."""
+    response = await client.post(
+        "/v1/token", json={"grant_type": "password", "username": username, "password": password}
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
