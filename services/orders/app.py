@@ -38,12 +38,18 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     catalog = Upstream("catalog", channels.channel("catalog"), policy)
     inventory = Upstream("inventory", channels.channel("inventory"), policy)
     topology = fleet_contract().topology("orders")
+    (results_queue,) = topology.work_queues
     messaging = ServiceMessaging(
         settings.broker(), topology, database, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     feed = OrderFeed()
     orders = Orders(
-        SqlOrderRepository(database, OrderMessages(order_message), messaging.outbox_written),
+        SqlOrderRepository(
+            database,
+            OrderMessages(order_message),
+            inbox=results_queue.name,
+            on_commit=messaging.outbox_written,
+        ),
         GrpcProductCatalog(catalog),
         GrpcStockReservations(inventory),
         feed,
@@ -68,7 +74,6 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         tokens=identity_tokens(settings, "orders", DOMAIN),
     )
     app.add_servicer(pb_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(orders))
-    (results_queue,) = topology.work_queues
     messaging.add(
         WorkConsumer(
             settings.broker(),

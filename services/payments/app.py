@@ -51,14 +51,17 @@ async def build(settings: PaymentsSettings) -> GrpcApp:
         orders = order_book = GrpcOrderBook(
             lambda: Upstream("orders", channels.channel("orders"), policy)
         )
-    payments = Payments(SqlPaymentRepository(database, messaging.outbox_written), provider, orders)
+    (charge_queue,) = shape.work_queues
+    repository = SqlPaymentRepository(
+        database, inbox=charge_queue.name, on_commit=messaging.outbox_written
+    )
+    payments = Payments(repository, provider, orders)
     reconcile_after = timedelta(seconds=settings.reconcile_after_seconds)
 
     async def reconcile() -> None:
         await payments.reconcile(reconcile_after)
 
     reconciler = Periodic("payment-reconciler", settings.reconcile_every_seconds, reconcile)
-    (charge_queue,) = shape.work_queues
     messaging.add(
         WorkConsumer(
             settings.broker(),

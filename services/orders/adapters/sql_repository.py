@@ -125,7 +125,6 @@ MIGRATIONS = (
     Migration(5, "orders: every version of an order", _add_versions),
     Migration(6, "orders: a payment deadline for orders taken before deadlines", _old_deadlines),
 )
-INBOX = "orders.payment-results"
 
 
 class _Lost(Exception):
@@ -137,9 +136,12 @@ class SqlOrderRepository:
         self,
         database: Database,
         messages: OrderMessages,
+        *,
+        inbox: str,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._database = database
+        self._inbox = inbox  # the queue whose messages it records as handled (its consumer)
         self._engine = database.engine
         self._messages = messages
         self._on_commit = on_commit  # wakes the outbox relay
@@ -189,7 +191,7 @@ class SqlOrderRepository:
         del values["id"], values["create_us"]
         try:
             async with self._database.writing() as connection:
-                if handled and not await first_time(connection, INBOX, handled):
+                if handled and not await first_time(connection, self._inbox, handled):
                     return True
                 updated = await connection.execute(
                     orders.update()

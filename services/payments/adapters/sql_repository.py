@@ -18,8 +18,6 @@ from libs.storage.timestamps import from_micros, now_micros, to_micros
 from services.payments.adapters.payment_events import state_event
 from services.payments.domain.model import Payment, PaymentRequest, PaymentState
 
-INBOX = "payments.charge"
-
 metadata = sa.MetaData()
 payments = sa.Table(
     "payments",
@@ -69,8 +67,11 @@ class _Lost(Exception):
 
 
 class SqlPaymentRepository:
-    def __init__(self, database: Database, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, database: Database, *, inbox: str, on_commit: Callable[[], None] = lambda: None
+    ) -> None:
         self._database = database
+        self._inbox = inbox  # the queue whose messages it records as handled (its consumer)
         self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, payment_id: str) -> Payment | None:
@@ -150,7 +151,7 @@ class SqlPaymentRepository:
             values["void_reason"] = reason
         try:
             async with self._database.writing() as connection:
-                if message_id and not await first_time(connection, INBOX, message_id):
+                if message_id and not await first_time(connection, self._inbox, message_id):
                     return await _get(connection, payment.payment_id)
                 updated = await connection.execute(
                     payments.update()
@@ -177,7 +178,7 @@ class SqlPaymentRepository:
         if announced is None:
             return
         async with self._database.writing() as connection:
-            if message_id and not await first_time(connection, INBOX, message_id):
+            if message_id and not await first_time(connection, self._inbox, message_id):
                 return
             await enqueue(connection, [announced])
         self._on_commit()
