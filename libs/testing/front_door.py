@@ -12,3 +12,8 @@ async def password_token(client: httpx.AsyncClient, username: str, password: str
     )
     response.raise_for_status()
     return str(response.json()["access_token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The header that presents `token`."""
+    return {"Authorization": f"Bearer {token}"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.testing.front_door import bearer
 from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet
 
 
@@ -17,10 +18,6 @@ from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet
 async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
     async with running_fleet(tmp_path, amqp_url, payments=False) as started:
         yield started
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_a_price_given_as_a_word_names_the_price(fleet: Fleet) -> None:

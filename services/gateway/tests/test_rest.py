@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from libs.telemetry.logging import JsonFormatter
+from libs.testing.front_door import bearer
 from services.gateway.tests.fleet import PRODUCTS, Fleet, running_fleet, sse_messages
 
 
@@ -22,10 +23,6 @@ async def fleet(amqp_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
     async with running_fleet(tmp_path, amqp_url) as started:
         await started.stock()
         yield started
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_a_new_customer_orders_and_watches_it_confirm(fleet: Fleet) -> None:
