@@ -228,7 +228,14 @@ def istio_resilience() -> list[dict[str, Any]]:
 # --- Linkerd -------------------------------------------------------------------------------------
 
 
-def _network_authorization(name: str, target: dict[str, str]) -> dict[str, Any]:
+def _authorization(
+    name: str,
+    target: dict[str, str],
+    kind: str = "NetworkAuthentication",
+    authentication: str = "kubelet-and-prometheus",
+) -> dict[str, Any]:
+    """Admits to `target` who passes the `kind` authentication named `authentication` (by
+    default the network one: the kubelet's probes and Prometheus' scrapes)."""
     return {
         "apiVersion": "policy.linkerd.io/v1alpha1",
         "kind": "AuthorizationPolicy",
@@ -236,11 +243,7 @@ def _network_authorization(name: str, target: dict[str, str]) -> dict[str, Any]:
         "spec": {
             "targetRef": target,
             "requiredAuthenticationRefs": [
-                {
-                    "group": "policy.linkerd.io",
-                    "kind": "NetworkAuthentication",
-                    "name": "kubelet-and-prometheus",
-                }
+                {"group": "policy.linkerd.io", "kind": kind, "name": authentication}
             ],
         },
     }
@@ -266,7 +269,7 @@ def linkerd_authorization() -> list[dict[str, Any]]:
                 "proxyProtocol": "HTTP/1",
             },
         },
-        _network_authorization(
+        _authorization(
             "metrics", {"group": "policy.linkerd.io", "kind": "Server", "name": "metrics"}
         ),
     ]
@@ -314,7 +317,7 @@ def linkerd_authorization() -> list[dict[str, Any]]:
             )
             target = {"group": "policy.linkerd.io", "kind": "HTTPRoute", "name": name}
             if callers is None:
-                documents.append(_network_authorization(name, target))
+                documents.append(_authorization(name, target))
                 continue
             if ANY_SERVICE in callers:
                 identity: dict[str, Any] = {"identities": ["*"]}
@@ -332,23 +335,7 @@ def linkerd_authorization() -> list[dict[str, Any]]:
                     "spec": identity,
                 }
             )
-            documents.append(
-                {
-                    "apiVersion": "policy.linkerd.io/v1alpha1",
-                    "kind": "AuthorizationPolicy",
-                    "metadata": {"name": name},
-                    "spec": {
-                        "targetRef": target,
-                        "requiredAuthenticationRefs": [
-                            {
-                                "group": "policy.linkerd.io",
-                                "kind": "MeshTLSAuthentication",
-                                "name": name,
-                            }
-                        ],
-                    },
-                }
-            )
+            documents.append(_authorization(name, target, "MeshTLSAuthentication", name))
     return documents
 
 
