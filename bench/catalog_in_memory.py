@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
-from libs.runtime.server import GrpcApp, run_service
+from libs.server.grpc_app import GrpcApp, run_service
 from libs.storage.database import database_errors
 from services.catalog.adapters.sql_repository import SqlProductRepository
 from services.catalog.api.mapping import validate_draft

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from libs.runtime.server import free_port
+from libs.server.grpc_app import free_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")

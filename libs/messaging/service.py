@@ -9,7 +9,7 @@ from libs.messaging.metrics import QueueDepths
 from libs.messaging.outbox import OutboxRelay
 from libs.messaging.publisher import Publisher
 from libs.messaging.topology import Topology
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database
 
 

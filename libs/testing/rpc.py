@@ -10,7 +10,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from libs.runtime.rich_status import details_of, status_from_trailers
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 
 
 @asynccontextmanager

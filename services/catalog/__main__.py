@@ -1,6 +1,6 @@
 """`python -m services.catalog`: run the catalog service."""
 
-from libs.runtime.server import run_service
+from libs.server.grpc_app import run_service
 from services.catalog.app import build
 from services.catalog.config import CatalogSettings
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from emporium.catalog.v1 import catalog_service_pb2_grpc as pb_grpc
 from emporium.catalog.v2 import catalog_service_pb2_grpc as pb_v2_grpc
-from libs.runtime.server import GrpcApp
 from libs.security.identity_tokens import identity_tokens
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.catalog.adapters.sql_repository import MIGRATIONS, SqlProductRepository
 from services.catalog.api.mapping import validate_draft

@@ -1,6 +1,6 @@
 """`python -m services.identity`: run the identity service."""
 
-from libs.runtime.server import run_service
+from libs.server.grpc_app import run_service
 from services.identity.app import build
 from services.identity.config import IdentitySettings
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from emporium.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from libs.runtime.server import GrpcApp
 from libs.security.identity_tokens import identity_tokens
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.identity.adapters.key_files import SigningKeys
 from services.identity.adapters.secret_files import load_clients, load_users

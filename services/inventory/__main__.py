@@ -1,6 +1,6 @@
 """`python -m services.inventory`: run the inventory service."""
 
-from libs.runtime.server import run_service
+from libs.server.grpc_app import run_service
 from services.inventory.app import build
 from services.inventory.config import InventorySettings
 

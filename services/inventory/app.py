@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.periodic import Periodic
-from libs.runtime.server import GrpcApp
 from libs.security.identity_tokens import identity_tokens
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.inventory.adapters.sql_repository import MIGRATIONS, SqlInventoryRepository
 from services.inventory.api.policy import POLICY

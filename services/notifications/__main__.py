@@ -1,6 +1,6 @@
 """`python -m services.notifications`: run the notifications stream consumer."""
 
-from libs.runtime.server import run_service
+from libs.server.grpc_app import run_service
 from services.notifications.app import build
 from services.notifications.config import NotificationsSettings
 

@@ -9,8 +9,8 @@ from libs.messaging.contract import fleet_contract
 from libs.messaging.schema import messaging_migration
 from libs.messaging.service import ServiceMessaging
 from libs.messaging.topology import Topology
-from libs.runtime.server import GrpcApp
 from libs.security.identity_tokens import identity_tokens
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database
 from services.notifications.adapters.maildir import MaildirChannel
 from services.notifications.adapters.order_events import CONSUMER, OrderEventNotifier

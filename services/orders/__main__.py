@@ -1,6 +1,6 @@
 """`python -m services.orders`: run the orders service."""
 
-from libs.runtime.server import run_service
+from libs.server.grpc_app import run_service
 from services.orders.app import build
 from services.orders.config import OrdersSettings
 

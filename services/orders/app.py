@@ -11,9 +11,9 @@ from libs.messaging.service import ServiceMessaging
 from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.periodic import Periodic
-from libs.runtime.server import GrpcApp
 from libs.security.identity_tokens import identity_tokens
 from libs.security.service_channels import service_channels
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.orders.adapters.order_messages import OrderMessages
 from services.orders.adapters.payment_results import PaymentResults

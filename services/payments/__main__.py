@@ -1,6 +1,6 @@
 """`python -m services.payments`: run the payments service and charge worker."""
 
-from libs.runtime.server import run_service
+from libs.server.grpc_app import run_service
 from services.payments.app import build
 from services.payments.config import PaymentsSettings
 

@@ -10,9 +10,9 @@ from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.periodic import Periodic
-from libs.runtime.server import GrpcApp
 from libs.security.identity_tokens import identity_tokens
 from libs.security.service_channels import service_channels
+from libs.server.grpc_app import GrpcApp
 from libs.storage.database import Database, database_errors
 from services.payments.adapters.charge_queue import ChargeHandler
 from services.payments.adapters.order_book import GrpcOrderBook, TrustingOrderBook

@@ -25,7 +25,7 @@ from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
-from libs.runtime.server import free_port
+from libs.server.grpc_app import free_port
 from libs.testing.broker import EventTap
 from libs.testing.databases import fresh_postgres_database
 from services.payments.adapters.simulator import SimulatedProvider

@@ -22,8 +22,8 @@ from google.protobuf import empty_pb2, message
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.orders.v1 import orders_service_pb2 as orders_pb
 from libs.rpcclient.discovery import LocalRegistry
-from libs.runtime.server import GrpcApp
 from libs.security.certificates import CertificateAuthority
+from libs.server.grpc_app import GrpcApp
 from libs.testing.databases import sqlite_url
 from libs.testing.rpc import rich_error
 from services.inventory.api.policy import POLICY as INVENTORY_POLICY

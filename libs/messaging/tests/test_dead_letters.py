@@ -23,7 +23,7 @@ from libs.messaging.envelope import (
 )
 from libs.messaging.tests.kit import Parcel, parcel, parcel_name, publisher
 from libs.messaging.topology import COMMANDS_EXCHANGE, POISON_DELIVERY_LIMIT, Topology, WorkQueue
-from libs.runtime.server import free_port
+from libs.server.grpc_app import free_port
 from libs.testing.tcp_proxy import TcpProxy
 
 WORK = WorkQueue("kit.parcels", accepts=(Parcel,), max_deliveries=2, retry_delays=(0.05,))

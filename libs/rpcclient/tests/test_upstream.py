@@ -24,7 +24,7 @@ from libs.resilience.breaker import BreakerPolicy, BreakerState
 from libs.resilience.budget import BudgetPolicy
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
 from libs.runtime.config import ServiceSettings
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import rich_error, serving
 
 SERVING = Response(status=Response.SERVING)

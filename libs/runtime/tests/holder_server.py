@@ -9,8 +9,8 @@ import os
 import socket
 
 from libs.runtime.config import ServiceSettings
-from libs.runtime.server import GrpcApp, run_service
 from libs.runtime.tests.test_overload import Holder, add_holder
+from libs.server.grpc_app import GrpcApp, run_service
 
 log = logging.getLogger("emporium.test")
 

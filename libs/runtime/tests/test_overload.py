@@ -16,7 +16,7 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse as Response
 from libs.runtime.config import ServiceSettings
 from libs.runtime.overload import PUSHBACK_KEY, AdaptiveLimit
 from libs.runtime.processes import start_service
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import rich_error, serving
 
 CODEC: dict[str, Any] = {

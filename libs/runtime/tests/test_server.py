@@ -17,7 +17,7 @@ from pydantic_settings import SettingsConfigDict
 
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import rich_error, serving
 
 

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from libs.runtime.config import ServiceSettings
 from libs.runtime.errors import DomainError, ErrorKind
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.telemetry.logging import JsonFormatter
 from libs.telemetry.tracing import add_span_processor, configure_tracing
 from libs.testing.rpc import serving

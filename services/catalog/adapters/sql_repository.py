@@ -30,8 +30,8 @@ from services.catalog.domain.model import (
     ProductChange,
     ProductDraft,
 )
-from services.catalog.domain.query import ProductQuery
 from services.catalog.domain.ports import CreateRequest
+from services.catalog.domain.query import ProductQuery
 
 metadata = sa.MetaData()
 

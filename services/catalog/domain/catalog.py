@@ -17,9 +17,9 @@ from services.catalog.domain.model import (
     ProductChange,
     ProductDraft,
 )
+from services.catalog.domain.ports import CreateRequest, ProductRepository
 from services.catalog.domain.query import parse_query
 from services.catalog.domain.reasons import Reason
-from services.catalog.domain.ports import CreateRequest, ProductRepository
 
 # Checks a draft against the contract's rules; raises INVALID_ARGUMENT naming fields under the
 # given prefix (`product.`). The API layer provides it: the rules live in the contract.

@@ -16,8 +16,8 @@ from services.catalog.domain.model import (
     ProductChange,
     ProductDraft,
 )
-from services.catalog.domain.query import ProductQuery
 from services.catalog.domain.ports import CreateRequest
+from services.catalog.domain.query import ProductQuery
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 _COMPARE: dict[str, Callable[[int, int], bool]] = {

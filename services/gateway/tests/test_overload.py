@@ -17,7 +17,7 @@ from emporium.catalog.v1 import catalog_service_pb2 as pb
 from emporium.catalog.v1 import product_pb2
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.config import ServiceSettings
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from services.gateway.config import GatewaySettings
 from services.gateway.tests.fleet import serve_gateway
 

@@ -17,8 +17,8 @@ from services.inventory.domain.model import (
     Reservation,
     StockLevel,
 )
-from services.inventory.domain.reasons import Reason
 from services.inventory.domain.ports import InventoryRepository, ReserveRequest
+from services.inventory.domain.reasons import Reason
 
 
 def _now() -> datetime:

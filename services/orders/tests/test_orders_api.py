@@ -24,7 +24,7 @@ from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import rich_error
 from services.inventory.app import build as build_inventory
 from services.inventory.config import InventorySettings

@@ -23,7 +23,7 @@ from libs.messaging.local_broker import LocalBroker, LocalBrokerError
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.config import ServiceSettings
 from libs.runtime.processes import ServiceProcess, start_service
-from libs.runtime.server import GrpcApp
+from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import serving
 from tools.commands.certs.authority import ensure
 from tools.identity.accounts import init as init_identity

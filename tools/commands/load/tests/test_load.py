@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from libs.runtime.processes import ServiceProcess
-from libs.runtime.server import free_port
+from libs.server.grpc_app import free_port
 from tools.commands.run.fleet import running_processes
 
 
