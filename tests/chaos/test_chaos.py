@@ -29,7 +29,8 @@ from libs.server.grpc_app import free_port
 from libs.testing.broker import EventTap
 from libs.testing.databases import fresh_postgres_database
 from services.payments.adapters.simulator import SimulatedProvider
-from tests.saga.shop import PRODUCT, Shop, stocked_shelves
+from tests.saga.shop import PRODUCT, Shop, stock_shelves
+from tools.commands.run.fleet import in_process_fleet
 
 ORDERS = 200
 KILLS = 6  # the first five kill each process once, in a seeded order; then any
@@ -191,10 +192,19 @@ async def test_chaos_run_ends_every_order_and_balances(amqp_url: str, tmp_path: 
             rng,
         )
         stack.push_async_callback(fleet.stop)
+        catalog = await stack.enter_async_context(
+            in_process_fleet(
+                tmp_path,
+                amqp_url,
+                only=("catalog",),
+                settings={"catalog": {"database_url": catalog_db, "seed_sample_products": False}},
+            )
+        )
         await fleet.inventory.start()
-        assert fleet.inventory.process is not None
-        stock = await stocked_shelves(
-            stack, catalog_db, fleet.inventory.process.address, registry, units=ORDERS * 3
+        assert fleet.inventory.process is not None and fleet.inventory.channel is not None
+        registry.register("inventory", fleet.inventory.process.address)
+        stock = await stock_shelves(
+            catalog.channels["catalog"], fleet.inventory.channel, units=ORDERS * 3
         )
         for replica in fleet.orders:
             await replica.start()

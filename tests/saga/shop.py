@@ -1,6 +1,7 @@
 """A whole shop in this process for the saga's acceptance tests: catalog, inventory, orders and
-payments on port 0 (found through a local registry), each with its own database of the kind
-the test runs on, a real broker vhost, and the balance audit over their public APIs."""
+payments from the fleet builder (port 0, found through the fleet's local registry), each with its
+own database of the kind the test runs on, a real broker vhost, and the balance audit over their
+public APIs."""
 
 from __future__ import annotations
 
@@ -22,21 +23,12 @@ from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from emporium.orders.v1 import orders_service_pb2 as pb
 from emporium.orders.v1 import orders_service_pb2_grpc as pb_grpc
-from libs.rpcclient.discovery import LocalRegistry
 from libs.testing.broker import EventTap
 from libs.testing.databases import fresh_postgres_database, sqlite_url
-from libs.testing.rpc import serving
-from services.catalog.app import build as build_catalog
-from services.catalog.config import CatalogSettings
-from services.inventory.app import build as build_inventory
-from services.inventory.config import InventorySettings
-from services.orders.app import build as build_orders
-from services.orders.config import OrdersSettings
 from services.payments.adapters.simulator import SimulatedProvider
-from services.payments.app import build as build_payments
-from services.payments.config import PaymentsSettings
 from tools.commands.audit.reading import Sources, audit
 from tools.commands.audit.rules import Report
+from tools.commands.run.fleet import in_process_fleet
 
 PRODUCT = "mug"
 Request = TypeVar("Request", pb.CreateOrderRequest, pb.CancelOrderRequest)
@@ -141,81 +133,64 @@ async def running_shop(
     payments: dict[str, Any] | None = None,
     inventory: dict[str, Any] | None = None,
 ) -> AsyncIterator[Shop]:
-    registry = LocalRegistry(directory / "registry.json")
+    """The fleet builder's in-process catalog, inventory, orders and payments, each on its own
+    database of `database_url`'s kind, with `units` of PRODUCT in stock."""
     ledger = directory / "ledger.sqlite3"
     async with AsyncExitStack() as stack:
         catalog_db, inventory_db, orders_db, payments_db = await stack.enter_async_context(
             databases(database_url, directory, 4)
         )
-        stock = await stocked_shelves(
-            stack,
-            catalog_db,
-            InventorySettings(database_url=inventory_db, grace_seconds=1, **(inventory or {})),
-            registry,
-            units,
-        )
         payment_events = await stack.enter_async_context(EventTap(amqp_url, "payments.#"))
-        payments_app = await build_payments(
-            PaymentsSettings(
-                database_url=payments_db,
-                amqp_url=amqp_url,
-                provider_ledger=ledger,
-                registry_file=registry.path,
-                outbox_poll_seconds=0.2,
-                retry_delays_seconds=(0.1, 0.5),
-                grace_seconds=2,
-                **(payments or {}),
+        fleet = await stack.enter_async_context(
+            in_process_fleet(
+                directory,
+                amqp_url,
+                only=("catalog", "inventory", "orders", "payments"),
+                settings={
+                    "catalog": {"database_url": catalog_db, "seed_sample_products": False},
+                    "inventory": {
+                        "database_url": inventory_db,
+                        "grace_seconds": 1,
+                        **(inventory or {}),
+                    },
+                    "orders": {
+                        "database_url": orders_db,
+                        "outbox_poll_seconds": 0.2,
+                        "watch_poll_seconds": 1,
+                        "upstream_timeout_seconds": 5,  # inventory on a busy 2-core machine
+                        "grace_seconds": 2,
+                        **(orders or {}),
+                    },
+                    "payments": {
+                        "database_url": payments_db,
+                        "provider_ledger": ledger,
+                        "outbox_poll_seconds": 0.2,
+                        "retry_delays_seconds": (0.1, 0.5),
+                        "grace_seconds": 2,
+                        **(payments or {}),
+                    },
+                },
             )
         )
-        await stack.enter_async_context(serving(payments_app))
-        orders_app = await build_orders(
-            OrdersSettings(
-                database_url=orders_db,
-                amqp_url=amqp_url,
-                registry_file=registry.path,
-                outbox_poll_seconds=0.2,
-                watch_poll_seconds=1,
-                upstream_timeout_seconds=5,  # inventory on a busy 2-core machine
-                grace_seconds=2,
-                **(orders or {}),
-            )
-        )
-        orders_channel = await stack.enter_async_context(serving(orders_app))
-        registry.register("orders", orders_app.address)
-
+        stock = await stock_shelves(fleet.channels["catalog"], fleet.channels["inventory"], units)
         provider = SimulatedProvider(ledger)
         stack.callback(provider.close)
-        yield Shop(pb_grpc.OrdersServiceStub(orders_channel), stock, provider, payment_events)
+        yield Shop(
+            pb_grpc.OrdersServiceStub(fleet.channels["orders"]), stock, provider, payment_events
+        )
 
 
-async def stocked_shelves(
-    stack: AsyncExitStack,
-    catalog_db: str,
-    inventory: InventorySettings | str,
-    registry: LocalRegistry,
-    units: int,
+async def stock_shelves(
+    catalog: grpc.aio.Channel, inventory: grpc.aio.Channel, units: int
 ) -> inventory_grpc.InventoryServiceAsyncStub:
-    """Catalog serving in this process and inventory too (or, given an address, running
-    elsewhere), registered, with `units` of PRODUCT."""
-    catalog_app = await build_catalog(CatalogSettings(database_url=catalog_db))
-    catalog_channel = await stack.enter_async_context(serving(catalog_app))
-    registry.register("catalog", catalog_app.address)
-    if isinstance(inventory, str):
-        inventory_address = inventory
-        inventory_channel = grpc.aio.insecure_channel(inventory_address)
-        stack.push_async_callback(inventory_channel.close, None)
-    else:
-        inventory_app = await build_inventory(inventory)
-        inventory_channel = await stack.enter_async_context(serving(inventory_app))
-        inventory_address = inventory_app.address
-    registry.register("inventory", inventory_address)
-    await catalog_grpc.CatalogServiceStub(catalog_channel).CreateProduct(
+    """PRODUCT in the catalog, with `units` of it in stock; returns inventory's stub."""
+    await catalog_grpc.CatalogServiceStub(catalog).CreateProduct(
         catalog_pb.CreateProductRequest(
             product_id=PRODUCT,
             product=product_pb2.Product(sku="MUG", title="Mug", price=PRICE),
         )
     )
-    stock = inventory_grpc.InventoryServiceStub(inventory_channel)
+    stock = inventory_grpc.InventoryServiceStub(inventory)
     adjust = stock.AdjustStock(None)
     await adjust.write(
         inventory_pb.AdjustStockRequest(item=f"inventory/items/{PRODUCT}", delta=units)
