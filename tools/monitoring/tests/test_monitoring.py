@@ -23,7 +23,14 @@ from tools.monitoring.definition import (
     exported_names_used,
     metric_names,
 )
-from tools.monitoring.manifests import COMPONENT, DASHBOARD_FILE, REPO, RULES_FILE, rendered
+from tools.monitoring.manifests import (
+    COMPONENT,
+    DASHBOARD_FILE,
+    HELM_VALUES_FILE,
+    REPO,
+    RULES_FILE,
+    rendered,
+)
 
 
 def promtool() -> str:
@@ -49,6 +56,20 @@ def test_rules_pass_promtool() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 22 rules found" in result.stdout
+
+
+def test_the_operator_gets_the_rules_promtool_checked(tmp_path: Path) -> None:
+    """kube-prometheus-stack's values carry the rule groups (it makes a PrometheusRule of
+    them): written out as a rule file, they pass promtool, and they are the rule file's."""
+    values = yaml.safe_load((COMPONENT / HELM_VALUES_FILE).read_text())
+    groups = values["additionalPrometheusRulesMap"]["emporium"]["groups"]
+    assert groups == yaml.safe_load((COMPONENT / RULES_FILE).read_text())["groups"]
+    rule_file = tmp_path / "from-values.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": groups}))
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(rule_file)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
