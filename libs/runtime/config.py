@@ -89,6 +89,12 @@ class ServiceSettings(BaseSettings):
     max_in_flight: int = Field(
         default=512, ge=1, description="unary calls in flight beyond which every call is shed"
     )
+    min_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="unary calls in flight the adaptive limit always admits (a burst on a cold "
+        "or noisy window is not shed)",
+    )
     overload_cpu_threshold: float = Field(
         default=0.8,
         gt=0,

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from libs.runtime.config import ServiceSettings
 from libs.runtime.middleware import Behavior, Context, MethodInfo, before_each_call
 from libs.runtime.rich_status import STATUS_DETAILS_KEY, build_status
 
@@ -49,12 +50,18 @@ class AdaptiveLimit:
         max_in_flight: int,
         cpu_threshold: float,
         window_seconds: float,
+        min_in_flight: int = 1,
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
-        if max_in_flight < 1 or window_seconds <= 0 or cpu_threshold <= 0:
-            raise ValueError("max_in_flight >= 1, window_seconds > 0 and cpu_threshold > 0")
+        if max_in_flight < 1 or window_seconds <= 0 or cpu_threshold <= 0 or min_in_flight < 1:
+            raise ValueError(
+                "max_in_flight >= 1, min_in_flight >= 1, window_seconds > 0 and cpu_threshold > 0"
+            )
         self.max_in_flight = max_in_flight
+        # The adaptive limit never goes below this (Netflix concurrency-limits' minLimit): a
+        # cold or noisy window must not shed a burst the server serves in milliseconds.
+        self.min_in_flight = min_in_flight
         self.cpu_threshold = cpu_threshold
         self.in_flight = 0
         self._bucket_seconds = window_seconds / self.BUCKETS
@@ -84,12 +91,22 @@ class AdaptiveLimit:
         self._roll(now)
         if self.in_flight >= self.max_in_flight or (
             (self.cpu >= self.cpu_threshold or now - self._last_shed < self.COOL_DOWN_SECONDS)
-            and self.in_flight >= self.bbr_limit()
+            and self.in_flight >= max(self.bbr_limit(), self.min_in_flight)
         ):
             self._last_shed = now
             return False
         self.in_flight += 1
         return True
+
+    @classmethod
+    def of(cls, settings: ServiceSettings) -> AdaptiveLimit:
+        """The limit a server's settings describe (`<SERVICE>_MAX_IN_FLIGHT`, …)."""
+        return cls(
+            max_in_flight=settings.max_in_flight,
+            min_in_flight=settings.min_in_flight,
+            cpu_threshold=settings.overload_cpu_threshold,
+            window_seconds=settings.overload_window_seconds,
+        )
 
     def release(self, started: float) -> None:
         """Gives back a slot taken by a call that started at `started` (this clock)."""

@@ -152,13 +152,7 @@ class GrpcApp:
         self.overload: OverloadProtection | None = None
         if settings.overload_protection:
             self.overload = OverloadProtection(
-                AdaptiveLimit(
-                    max_in_flight=settings.max_in_flight,
-                    cpu_threshold=settings.overload_cpu_threshold,
-                    window_seconds=settings.overload_window_seconds,
-                ),
-                domain,
-                settings.retry_pushback_ms,
+                AdaptiveLimit.of(settings), domain, settings.retry_pushback_ms
             )
         self._chain: list[Middleware] = [
             self._gate,

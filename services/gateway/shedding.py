@@ -21,11 +21,7 @@ class Shedding:
         self._retry_after_ms = settings.retry_pushback_ms
         self.limit: AdaptiveLimit | None = None
         if settings.overload_protection:
-            self.limit = AdaptiveLimit(
-                max_in_flight=settings.max_in_flight,
-                cpu_threshold=settings.overload_cpu_threshold,
-                window_seconds=settings.overload_window_seconds,
-            )
+            self.limit = AdaptiveLimit.of(settings)
 
     async def serve(self, request: Request, endpoint: Endpoint) -> Response:
         limit = self.limit

@@ -157,10 +157,11 @@ def clocks() -> Clocks:
     return Clocks()
 
 
-def limit_on(clocks: Clocks, max_in_flight: int = 1000) -> AdaptiveLimit:
+def limit_on(clocks: Clocks, max_in_flight: int = 1000, min_in_flight: int = 1) -> AdaptiveLimit:
     # a 50 s window: buckets of 1 s (round numbers, exact in floating point)
     return AdaptiveLimit(
         max_in_flight=max_in_flight,
+        min_in_flight=min_in_flight,
         cpu_threshold=0.8,
         window_seconds=50.0,
         clock=lambda: clocks.wall,
@@ -191,6 +192,15 @@ def test_a_busy_server_sheds_beyond_max_rate_times_min_latency(clocks: Clocks) -
     clocks.advance(4.0, 0.95)  # then the process gets busy
     assert limit.bbr_limit() == pytest.approx(20.0)
     assert fill(limit, 22) == [True] * 20 + [False] * 2
+
+
+def test_a_busy_server_still_admits_up_to_min_in_flight(clocks: Clocks) -> None:
+    limit = limit_on(clocks, min_in_flight=30)
+    for _ in range(5):  # the adaptive limit is 20, as above
+        serve_bucket(limit, clocks, calls=20, latency=0.5, cpu=0.5)
+    clocks.advance(4.0, 0.95)
+    assert limit.bbr_limit() == pytest.approx(20.0)
+    assert fill(limit, 32) == [True] * 30 + [False] * 2
 
 
 def test_an_idle_server_admits_a_burst_beyond_the_adaptive_limit(clocks: Clocks) -> None:
