@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.messaging.contract import fleet_contract
 from libs.runtime.processes import ServiceProcess
-from libs.testing.front_door import password_token
+from libs.testing.front_door import password_token, staff_stocks
 from tools.commands.run.fleet import metrics_address, running_processes
 from tools.monitoring.definition import exported_names_used
 
@@ -103,14 +103,7 @@ async def test_the_fleet_exports_red_messaging_outbox_and_order_metrics(
     async with httpx.AsyncClient(
         base_url=f"http://{fleet['gateway'].address}", timeout=30
     ) as client:
-        staff_password = (tmp_path / "identity" / "secrets" / "staff").read_text().strip()
-        staff = await password_token(client, "staff", staff_password)
-        stocked = await client.post(
-            "/v1/inventory/items:adjust",
-            json=[{"item": "inventory/items/mug-01", "delta": 10}],
-            headers={"Authorization": f"Bearer {staff}"},
-        )
-        assert stocked.status_code == 200, stocked.text
+        await staff_stocks(client, tmp_path, "inventory/items/mug-01", 10)
         signed_up = await client.post("/v1/users?user_id=ann", json={"password": PASSWORD})
         assert signed_up.status_code == 200, signed_up.text
         ann = await password_token(client, "ann", PASSWORD)

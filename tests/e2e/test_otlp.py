@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tra
 
 from libs.messaging.contract import fleet_contract
 from libs.runtime.processes import ServiceProcess
-from libs.testing.front_door import password_token
+from libs.testing.front_door import password_token, staff_stocks
 from tools.commands.run.fleet import running_processes
 
 RESULTS_QUEUE = fleet_contract().topology("orders").work_queues[0]
@@ -105,14 +105,7 @@ async def test_one_orders_whole_trace_and_the_metrics_reach_the_collector(
     async with httpx.AsyncClient(
         base_url=f"http://{fleet['gateway'].address}", timeout=30
     ) as client:
-        staff_secret = (tmp_path / "identity" / "secrets" / "staff").read_text().strip()
-        staff = await password_token(client, "staff", staff_secret)
-        stocked = await client.post(
-            "/v1/inventory/items:adjust",
-            json=[{"item": "inventory/items/mug-01", "delta": 5}],
-            headers={"Authorization": f"Bearer {staff}"},
-        )
-        assert stocked.status_code == 200, stocked.text
+        await staff_stocks(client, tmp_path, "inventory/items/mug-01", 5)
         await client.post("/v1/users?user_id=ann", json={"password": PASSWORD})
         ann = await password_token(client, "ann", PASSWORD)
         created = await client.post(
