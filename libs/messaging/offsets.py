@@ -2,48 +2,37 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from libs.messaging.schema import stream_offsets
+from libs.storage.transaction import Transaction
 
 
-async def load_offset(engine: AsyncEngine, consumer: str, stream: str) -> int | None:
-    async with engine.connect() as connection:
-        row = await connection.execute(
-            sa.select(stream_offsets.c.offset).where(
-                stream_offsets.c.consumer == consumer, stream_offsets.c.stream == stream
-            )
-        )
-        value = row.scalar()
-    return None if value is None else int(value)
-
-
-async def store_offset(
-    connection: AsyncConnection, consumer: str, stream: str, offset: int
-) -> None:
-    insert = (
-        sqlite.insert(stream_offsets)
-        if connection.dialect.name == "sqlite"
-        else postgresql.insert(stream_offsets)
+async def load_offset(tx: Transaction, consumer: str, stream: str) -> int | None:
+    row = await tx.fetchrow(
+        'SELECT "offset" FROM messaging_stream_offsets WHERE consumer = $1 AND stream = $2',
+        consumer,
+        stream,
     )
-    await connection.execute(
-        insert.values(consumer=consumer, stream=stream, offset=offset).on_conflict_do_update(
-            index_elements=["consumer", "stream"], set_={"offset": offset}
-        )
+    return None if row is None else int(row[0])
+
+
+async def store_offset(tx: Transaction, consumer: str, stream: str, offset: int) -> None:
+    await tx.execute(
+        'INSERT INTO messaging_stream_offsets (consumer, stream, "offset") VALUES ($1, $2, $3)'
+        ' ON CONFLICT (consumer, stream) DO UPDATE SET "offset" = excluded."offset"',
+        consumer,
+        stream,
+        offset,
     )
 
 
 async def reset_offset(
-    connection: AsyncConnection, consumer: str, stream: str, offset: int | None = None
+    tx: Transaction, consumer: str, stream: str, offset: int | None = None
 ) -> None:
     """Forgets the stored offset (the consumer starts from its configured start), or sets it
     so that the consumer resumes after `offset`."""
-    await connection.execute(
-        stream_offsets.delete().where(
-            stream_offsets.c.consumer == consumer, stream_offsets.c.stream == stream
-        )
+    await tx.execute(
+        "DELETE FROM messaging_stream_offsets WHERE consumer = $1 AND stream = $2",
+        consumer,
+        stream,
     )
     if offset is not None:
-        await store_offset(connection, consumer, stream, offset)
+        await store_offset(tx, consumer, stream, offset)

@@ -32,34 +32,42 @@ from libs.messaging.publisher import Publisher, PublishFailed
 from libs.messaging.schema import outbox
 from libs.storage.database import Database
 from libs.storage.timestamps import now_micros
+from libs.storage.transaction import Transaction
 from libs.telemetry.business import count_published
 
 log = logging.getLogger("emporium.messaging.outbox")
 
 
-async def enqueue(connection: AsyncConnection, messages: Sequence[Outgoing]) -> None:
-    """Adds `messages` to the outbox inside the caller's transaction."""
+_ENQUEUE = (
+    "INSERT INTO messaging_outbox (exchange, routing_key, message_id, message_type,"
+    " correlation_id, headers, body, create_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+
+
+async def enqueue(tx: Transaction, messages: Sequence[Outgoing]) -> None:
+    """Adds `messages` to the outbox inside the caller's transaction (`Database.transaction`).
+    Serialize what you can before the transaction: this runs on the database's thread."""
     if not messages:
         return
     headers = json.dumps(trace_headers())
     created = now_micros()
-    await connection.execute(
-        outbox.insert(),
-        [
-            {
-                "exchange": m.exchange,
-                "routing_key": m.routing_key,
-                "message_id": m.message_id,
-                "message_type": m.body.DESCRIPTOR.full_name,
-                "correlation_id": m.correlation_id,
-                "headers": headers,
-                "body": m.body.SerializeToString(),
-                "create_us": created,
-                "sent_us": None,
-            }
-            for m in messages
-        ],
-    )
+    rows = [
+        (
+            m.exchange,
+            m.routing_key,
+            m.message_id,
+            m.body.DESCRIPTOR.full_name,
+            m.correlation_id,
+            headers,
+            m.body.SerializeToString(),
+            created,
+        )
+        for m in messages
+    ]
+    if len(rows) == 1:
+        await tx.execute(_ENQUEUE, *rows[0])
+    else:
+        await tx.executemany(_ENQUEUE, rows)
 
 
 class OutboxRelay:
