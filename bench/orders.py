@@ -1,14 +1,19 @@
 """What a confirmed order costs the fleet: CreateOrder through the gateway at a fixed
-concurrency, then wait until every order is CONFIRMED, and report per process the CPU spent per
-confirmed order (/proc/<pid>/stat utime + stime deltas), the SQL statements per order (each
-service's `db.client.statements`, scraped from its metrics endpoint), orders/s and the
-CreateOrder p50/p99; plus a bare grpc.aio echo's CPU per call, measured in the same run, as the
-yardstick. The fleet is the one `tools/run` starts (plaintext, free ports, payments' provider
-latency 0, the gateway's limits and cache off), on SQLite (the default) or PostgreSQL.
+concurrency, then wait until every order is CONFIRMED with its payment CAPTURED and every
+notification delivered, and report per process the CPU spent per confirmed order
+(/proc/<pid>/stat utime + stime deltas; RabbitMQ's too, from a private node), the SQL
+statements per order (each service's `db.client.statements`, scraped from its metrics
+endpoint), orders/s and the CreateOrder p50/p99; plus a bare grpc.aio echo's CPU per call,
+measured in the same run, as the yardstick. The fleet is the one `tools/run` starts
+(plaintext, free ports, payments' provider latency 0, the gateway's limits and cache off), on
+SQLite (the default) or PostgreSQL.
 
     tools/bench orders [--orders 300] [--concurrency 16] [--database sqlite|postgres]
+                       [--broker private|shared]
 
-RabbitMQ's CPU is not included (the broker is shared with other work on the machine).
+The broker is a private RabbitMQ node started for the run (its CPU is counted, all of its
+processes); `--broker shared` uses a fresh vhost on the machine's broker instead, whose CPU
+other work shares, so it is not counted.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench.load import Result, closed_loop
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
+from libs.messaging.local_broker import LocalBroker
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.processes import ServiceProcess, start_service
 from libs.testing.broker import fresh_vhost
 from libs.testing.databases import fresh_postgres_database
 from services.catalog.seed import SAMPLES
-from services.orders.domain.model import OrderState
+from services.orders.domain.model import OrderState, PaymentState
 from tools.commands.run import fleet
 
 PRODUCT = f"products/{SAMPLES[0][0].lower()}"
@@ -50,13 +56,48 @@ UNLIMITED = {
     "GATEWAY_RATE_WRITE_BURST": "1000000",
     "GATEWAY_CACHE_TTL_SECONDS": "0",
 }
+MAILS = 2  # per confirmed order: "we received your order", "your order is confirmed"
 STATEMENTS = re.compile(r"^db_client_statements_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 
 
 def cpu_seconds(process: ServiceProcess) -> float:
     """User + system CPU the process has used (Linux /proc)."""
-    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return _stat_cpu(process.process.pid)
+
+
+def _stat_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(group: int) -> float:
+    """CPU of every live process in process group `group` (a broker node: beam.smp, epmd,
+    erl_child_setup, ...), with what their exited children used."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == group:
+            total += sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@asynccontextmanager
+async def broker(kind: str, scratch: Path) -> AsyncIterator[tuple[str, int | None]]:
+    """An AMQP URL, and the process group whose CPU to count (None: shared, not counted)."""
+    if kind == "shared":
+        async with fresh_vhost() as url:
+            yield url, None
+        return
+    node = LocalBroker(scratch / "rabbitmq")
+    print("starting a private RabbitMQ node ...", flush=True)
+    await node.start()
+    try:
+        yield node.url, node.process_group
+    finally:
+        await node.stop()
 
 
 async def statements(http: httpx.AsyncClient, running: dict[str, ServiceProcess]) -> dict[str, int]:
@@ -86,23 +127,40 @@ async def database_urls(kind: str, var: Path) -> AsyncIterator[dict[str, str]]:
         }
 
 
-async def confirmed(orders_url: str) -> int:
+async def settled(orders_url: str) -> int:
+    """Orders at the end of their path: CONFIRMED and the payment CAPTURED."""
     engine = create_async_engine(orders_url)
     try:
         async with engine.connect() as connection:
-            query = sa.text("SELECT count(*) FROM orders WHERE state = :state")
-            value = await connection.scalar(query, {"state": OrderState.CONFIRMED.value})
+            query = sa.text(
+                "SELECT count(*) FROM orders WHERE state = :state AND payment_state = :payment"
+            )
+            value = await connection.scalar(
+                query,
+                {"state": OrderState.CONFIRMED.value, "payment": PaymentState.CAPTURED.value},
+            )
             return int(value or 0)
     finally:
         await engine.dispose()
 
 
-async def wait_confirmed(orders_url: str, count: int, within: float) -> None:
+def delivered(mail: Path) -> int:
+    return sum(1 for _ in (mail / "new").iterdir()) if (mail / "new").exists() else 0
+
+
+async def wait_settled(
+    orders_url: str, count: int, mail: Path, notifications: int, within: float
+) -> None:
+    """Until `count` orders are settled and `notifications` mails delivered (polling the
+    orders database and the maildir: the bench observes, it does not ask the services)."""
     deadline = time.monotonic() + within
-    while (done := await confirmed(orders_url)) < count:
+    while (done := await settled(orders_url)) < count or delivered(mail) < notifications:
         if time.monotonic() > deadline:
-            raise SystemExit(f"only {done} of {count} orders CONFIRMED after {within:.0f} s")
-        await asyncio.sleep(0.2)  # polls the orders database, not a service
+            raise SystemExit(
+                f"after {within:.0f} s: {done} of {count} orders CONFIRMED and CAPTURED, "
+                f"{delivered(mail)} of {notifications} notifications delivered"
+            )
+        await asyncio.sleep(0.2)
 
 
 async def echo_cpu_per_call(args: argparse.Namespace) -> float:
@@ -168,8 +226,8 @@ async def stock_up(inventory: str) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
-        amqp_url = await stack.enter_async_context(fresh_vhost())
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        amqp_url, broker_group = await stack.enter_async_context(broker(args.broker, scratch))
         urls = await stack.enter_async_context(database_urls(args.database, scratch))
         overrides: dict[str, dict[str, str]] = {
             name: {f"{name.upper()}_DATABASE_URL": url} for name, url in urls.items()
@@ -192,19 +250,23 @@ async def run(args: argparse.Namespace) -> None:
         await stock_up(running["inventory"].address)
         gateway = running["gateway"].address
         print(f"warm-up: {args.warmup} orders ...", flush=True)
+        mail = scratch / "mail"
         await place_orders(gateway, args.warmup, args.concurrency, http)
-        await wait_confirmed(urls["orders"], args.warmup, args.within)
+        await wait_settled(urls["orders"], args.warmup, mail, MAILS * args.warmup, args.within)
         cpu_before = {name: cpu_seconds(process) for name, process in running.items()}
+        if broker_group is not None:
+            cpu_before["rabbitmq"] = group_cpu_seconds(broker_group)
         statements_before = await statements(http, running)
         print(f"measuring: {args.orders} orders at {args.concurrency} concurrent ...", flush=True)
         started = time.perf_counter()
         created = await place_orders(gateway, args.orders, args.concurrency, http)
-        await wait_confirmed(urls["orders"], args.warmup + args.orders, args.within)
+        total_orders = args.warmup + args.orders
+        await wait_settled(urls["orders"], total_orders, mail, MAILS * total_orders, args.within)
         elapsed = time.perf_counter() - started
-        cpu_ms = {
-            name: (cpu_seconds(process) - cpu_before[name]) * 1000 / args.orders
-            for name, process in running.items()
-        }
+        cpu_now = {name: cpu_seconds(process) for name, process in running.items()}
+        if broker_group is not None:
+            cpu_now["rabbitmq"] = group_cpu_seconds(broker_group)
+        cpu_ms = {name: (cpu_now[name] - cpu_before[name]) * 1000 / args.orders for name in cpu_now}
         statements_after = await statements(http, running)
         echo_ms = await echo_cpu_per_call(args)
     per_order = {
@@ -240,6 +302,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--broker", choices=("private", "shared"), default="private")
     parser.add_argument("--within", type=float, default=300.0, help="s to wait for CONFIRMED")
     args = parser.parse_args()
     if args.orders < 1 or args.concurrency < 1 or args.warmup < 0:

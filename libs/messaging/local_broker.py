@@ -108,6 +108,14 @@ class LocalBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def process_group(self) -> int:
+        """The node's process group (its own session): beam.smp and its helpers, whose CPU a
+        benchmark counts."""
+        if self._process is None:
+            raise LocalBrokerError(f"RabbitMQ node {self.node} is not started")
+        return self._process.pid
+
     async def kill(self) -> None:
         """Ends the node at once (SIGKILL), as a crash or a pulled plug would."""
         process = self._process
