@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from email.message import EmailMessage
-from email.utils import formatdate
 from pathlib import Path
 
+from services.notifications.adapters.email_message import email_message
 from services.notifications.domain.model import Notification
 
 
@@ -28,15 +27,8 @@ class MaildirChannel:
             (self._directory / "cur").glob(f"{name}:*")
         ):
             return  # delivered before (a redelivery or a replay)
-        message = EmailMessage()
-        message["From"] = self._sender
-        message["To"] = notification.recipient
-        message["Subject"] = notification.subject
-        message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = f"<{notification.key}@emporium.local>"
-        message.set_content(notification.body)
         staged = self._directory / "tmp" / name
-        staged.write_bytes(bytes(message))
+        staged.write_bytes(email_message(notification, self._sender).as_bytes())
         os.replace(staged, self._directory / "new" / name)  # Maildir: visible all at once
 
     def delivered(self) -> list[Path]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from email.message import EmailMessage
 
+from services.notifications.adapters.email_message import email_message
 from services.notifications.domain.model import Notification
 
 
@@ -20,12 +20,6 @@ class SmtpChannel:
         await asyncio.to_thread(self._send, notification)
 
     def _send(self, notification: Notification) -> None:
-        message = EmailMessage()
-        message["From"] = self._sender
-        message["To"] = notification.recipient
-        message["Subject"] = notification.subject
-        # Lets a mail server or reader drop a duplicate after a crash-and-redeliver.
-        message["Message-ID"] = f"<{notification.key}@emporium.local>"
-        message.set_content(notification.body)
+        message = email_message(notification, self._sender)
         with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as client:
             client.send_message(message)
