@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from libs.runtime import event_loop
 from libs.runtime.config import ConfigError, ServiceSettings, load_settings
 from libs.runtime.deadline import DeadlineScope
 from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
@@ -324,7 +325,7 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
         await app.run_until_signal()
 
     try:
-        asyncio.run(main())
+        event_loop.run(main())
     except ConfigError as error:
         print(f"{settings_cls.__name__}: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
 
 import uvicorn
 
+from libs.runtime import event_loop
 from libs.runtime.config import ConfigError, load_settings
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.metrics import configure_metrics
@@ -56,7 +56,10 @@ def main() -> None:
         await GatewayServer(config, gateway).serve(sockets=[listener])
 
     try:
-        asyncio.run(serve())
+        event_loop.run(serve())
+    except ConfigError as error:
+        print(f"GatewaySettings: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         metrics.shutdown()
 
