@@ -3,8 +3,9 @@
 The session connects, declares the topology, consumes, and when the connection drops (broker
 restart, network cut, missed heartbeats) connects again after `reconnect_interval` (to the
 next node of a cluster first) and resumes. Messages are acknowledged only after their handler
-returned, that is after the handler's transaction committed; a message whose ack is lost with
-the connection is redelivered and the inbox absorbs it.
+returned, that is after the handler's transaction committed (a stream consumer's, after its
+batch's offset did); a message whose ack is lost with the connection is redelivered and the
+inbox absorbs it.
 
 Every body is decoded by its declared type and validated against the type's buf.validate rules
 before the handler runs, as RPC requests are; a message that is unreadable, of a type the queue
@@ -15,9 +16,10 @@ the reason, a stream consumer skips it. Both log it once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +30,6 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.broker import BrokerOptions, BrokerUnreachable, connect_next
 from libs.messaging.envelope import (
@@ -40,6 +41,7 @@ from libs.messaging.envelope import (
     decode_valid,
     text_headers,
 )
+from libs.messaging.inbox import record, seen
 from libs.messaging.metrics import (
     Handling,
     announce_consumer,
@@ -49,6 +51,7 @@ from libs.messaging.metrics import (
 from libs.messaging.offsets import load_offset, reset_offset, store_offset
 from libs.messaging.topology import EventStream, Topology, WorkQueue, declare
 from libs.storage.database import Database
+from libs.storage.transaction import Transaction, TransactionFunction
 from libs.telemetry.tracing import spans_recorded
 
 log = logging.getLogger("emporium.messaging.consumer")
@@ -424,15 +427,27 @@ def _redelivered(message: AbstractIncomingMessage) -> bool:
 
 
 StartAt = Literal["first", "last", "next"] | int | datetime
-StreamHandler = Callable[[Delivery, AsyncConnection], Awaitable[None]]
 
 
 class StreamConsumer(_Session):
-    """Reads an event stream from an offset, one message at a time. Each message's handler
-    runs in a database transaction that also stores the message's offset, so effect and
-    position commit together. On (re)connect the consumer resumes after the stored offset,
-    or from `start` when none is stored. A handler error rolls back and re-reads from the
-    stored offset after `reconnect_interval`; a PermanentFailure skips the message."""
+    """Reads an event stream from an offset, in order, and keeps an inbox of what it handled.
+
+    The handler (`async (Delivery) -> None`) is given no connection: it does its effect (and,
+    if the effect is in its own database, its own `Database.transaction`). The consumer works
+    in batches: what has arrived, up to the prefetch, without waiting for more. For each batch
+    it reads its inbox once (`inbox.seen`), runs the handler for the messages not seen before,
+    in order, then records those ids in its inbox and stores the batch's last offset in ONE
+    write transaction. On (re)connect it resumes after the stored offset, or from `start` when
+    none is stored; a replay re-reads the stream and the inbox keeps the handler from seeing a
+    message twice. A PermanentFailure (or an invalid message) skips the message; another
+    error commits what was handled before it and re-reads from there after
+    `reconnect_interval`.
+
+    At-least-once: a crash (or a failed commit) after a handler's effect and before its
+    batch's commit re-delivers the batch's handled messages on restart — up to a prefetch's
+    worth, where it was one message when each handler ran inside its own offset transaction.
+    A handler whose effect is outside (a mail) makes it idempotent by the message id where it
+    can (Maildir does: the message id is the file's key)."""
 
     kind = "stream consumer"
 
@@ -441,7 +456,7 @@ class StreamConsumer(_Session):
         options: BrokerOptions,
         topology: Topology,
         stream: EventStream,
-        handler: StreamHandler,
+        handler: Handler,
         *,
         name: str,
         database: Database,
@@ -455,7 +470,10 @@ class StreamConsumer(_Session):
         self._start = start
         self._prefetch = prefetch
         self._position: int | None = None
+        self._committing = asyncio.Lock()  # a batch from its inbox read to its commit
+        self._batches: _Batches | None = None
         self.handled = 0
+        self.batches = 0  # write transactions: one per batch
 
     @property
     def position(self) -> int | None:
@@ -463,65 +481,218 @@ class StreamConsumer(_Session):
         return self._position
 
     async def replay(self, start: StartAt = "first") -> None:
-        """Forgets the stored offset and reads again from `start`."""
-        async with self._database.writing() as connection:
-            await reset_offset(connection, self.name, self._stream.name)
-        self._start = start
-        self._position = None
-        self._restart.set()
+        """Forgets the stored offset and reads again from `start`; the inbox keeps the handler
+        from seeing again what it handled."""
+
+        async def reset(tx: Transaction) -> None:
+            await reset_offset(tx, self.name, self._stream.name)
+
+        # Not while a batch commits (it would store its offset after the reset); the batches
+        # still buffered are dropped by the restart.
+        async with self._committing:
+            await self._database.transaction(reset)
+            self._start = start
+            self._position = None
+            if self._batches is not None:
+                self._batches.dropping = True
+            self._restart.set()
 
     async def wait_for_position(self, offset: int) -> None:
         """Returns once the message at `offset` (or a later one) has been handled."""
         await self.wait_until(lambda: self._position is not None and self._position >= offset)
 
+    async def _session(self, connection: AbstractConnection) -> None:
+        try:
+            await super()._session(connection)
+        finally:
+            if self._batches is not None:
+                # The batch being handled finishes (its acks may be lost with the connection:
+                # the stored offset is what counts); the messages still buffered are dropped.
+                await self._batches.close()
+                self._batches = None
+
     async def _consume(self, channel: AbstractChannel, queue: AbstractQueue) -> str:
         await channel.set_qos(prefetch_count=self._prefetch)
-        stored = await load_offset(self._database.engine, self.name, self._stream.name)
+
+        async def load(tx: Transaction) -> int | None:
+            return await load_offset(tx, self.name, self._stream.name)
+
+        stored = await self._database.transaction(load, write=False)
         start: StartAt = stored + 1 if stored is not None else self._start
         self._position = stored
         self._progressed()
-        failed = False
-        in_order = asyncio.Lock()  # aiormq runs each delivery as a task; keep them in order
+        batches = self._batches = _Batches(self)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            nonlocal failed
-            async with in_order:
-                offset = int(str(message.headers.get("x-stream-offset")))
-                if failed or (self._position is not None and offset <= self._position):
-                    with contextlib.suppress(Exception):
-                        await message.ack()
-                    return
+            # aiormq runs each delivery as a task, in the order they came: buffered in order.
+            batches.add(message)
+
+        return await queue.consume(on_message, arguments={"x-stream-offset": start})
+
+    def _buffered(self, count: int) -> None:
+        """`count` messages more (or, negative, fewer) buffered or being handled."""
+        self._in_flight += count
+        if self._in_flight == 0:
+            self._drained.set()
+        else:
+            self._drained.clear()
+
+    async def _handle_batch(
+        self, batches: _Batches, messages: list[AbstractIncomingMessage]
+    ) -> None:
+        async with self._committing:
+            if batches.dropping:  # a replay or a failure: re-read from the stored offset
+                await _ack_all(messages)
+                return
+            position = self._position
+            batch = [
+                (message, offset)
+                for message, offset in ((m, _offset(m)) for m in messages)
+                if position is None or offset > position
+            ]
+            if not batch:
+                await _ack_all(messages)
+                return
+            ids = {m.message_id for m, _ in batch if m.message_id}
+
+            async def inbox_read(tx: Transaction) -> set[str]:
+                return await seen(tx, self.name, ids)
+
+            try:
+                handled_before = await self._database.transaction(inbox_read, write=False)
+            except Exception:
+                log.exception(
+                    "stream consumer cannot read its inbox; re-reading from the stored offset",
+                    extra={"consumer": self.name},
+                )
+                batches.dropping = True
+                self._restart.set()
+                await _ack_all(messages)
+                return
+            handled: dict[str, None] = {}  # ids handled in this batch (in order), recorded
+            settled = 0  # messages of the batch whose offset the commit may store
+            failure: BaseException | None = None
+            for message, offset in batch:
+                message_id = message.message_id or ""
+                if message_id and (message_id in handled_before or message_id in handled):
+                    settled += 1  # a duplicate (the outbox publishes at least once) or a replay
+                    continue
                 try:
-                    # Finishes even if the client cancels this task on a dropped connection.
-                    await asyncio.shield(self._handle(message, offset))
-                except Exception:
+                    await self._handle(message, offset)
+                except Exception as error:
+                    failure = error
                     log.exception(
                         "stream handler failed; re-reading from the stored offset",
                         extra={"consumer": self.name, "offset": offset},
                     )
-                    failed = True
-                    self._restart.set()
-                    return
-                with contextlib.suppress(Exception):
-                    await message.ack()
-                self.handled += 1
-                self._position = offset
-                record_lag(self._metric_attributes, message.timestamp)
+                    break
+                if message_id:  # a message without an id cannot be told from a repeat
+                    handled[message_id] = None
+                settled += 1
+            if settled:
+                last = batch[settled - 1][1]
+                try:
+                    await self._database.transaction(self._committed(handled, last))
+                except Exception as error:
+                    failure = failure or error
+                    log.exception(
+                        "stream consumer could not store its offset; re-reading from the last "
+                        "stored one (what was handled since is handled again)",
+                        extra={"consumer": self.name, "offset": last},
+                    )
+                    settled = 0
+                else:
+                    self.batches += 1
+            if failure is not None:
+                batches.dropping = True
+                self._restart.set()
+            await _ack_all(messages)
+            if settled:
+                self.handled += settled
+                self._position = batch[settled - 1][1]
+                record_lag(self._metric_attributes, batch[settled - 1][0].timestamp)
                 self._progressed()
 
-        return await queue.consume(on_message, arguments={"x-stream-offset": start})
+    def _committed(self, handled: Iterable[str], offset: int) -> TransactionFunction[None]:
+        async def commit(tx: Transaction) -> None:
+            await record(tx, self.name, handled)
+            await store_offset(tx, self.name, self._stream.name, offset)
+
+        return commit
 
     async def _handle(self, message: AbstractIncomingMessage, offset: int) -> None:
-        async with self._tracked(message), self._database.writing() as connection:
-            try:
+        """Runs the handler on one message (in its span); a message no retry can fix is
+        logged and skipped."""
+        handling = Handling(self._metric_attributes, redelivered=_redelivered(message))
+        try:
+            with self._span(message):
                 try:
                     body = decode_valid(message, self._accepts)
                 except BadMessage as error:
                     raise PermanentFailure(str(error)) from error
-                await self._handler(Delivery(message, 1, offset, body), connection)
-            except PermanentFailure as error:
-                log.error(
-                    "skipping a message no retry can fix",
-                    extra={"consumer": self.name, "offset": offset, "error": str(error)},
-                )
-            await store_offset(connection, self.name, self._stream.name, offset)
+                await self._handler(Delivery(message, 1, offset, body))
+        except PermanentFailure as error:
+            log.error(
+                "skipping a message no retry can fix",
+                extra={"consumer": self.name, "offset": offset, "error": str(error)},
+            )
+        finally:
+            handling.done()
+
+
+def _offset(message: AbstractIncomingMessage) -> int:
+    return int(str(message.headers.get("x-stream-offset")))
+
+
+async def _ack_all(messages: list[AbstractIncomingMessage]) -> None:
+    """Acks (a stream's credit for more) on a channel that may be gone."""
+    for message in messages:
+        with contextlib.suppress(Exception):
+            await message.ack()
+
+
+class _Batches:
+    """One session's buffer of stream deliveries and the task that handles them in batches."""
+
+    def __init__(self, consumer: StreamConsumer) -> None:
+        self._consumer = consumer
+        self._buffer: collections.deque[AbstractIncomingMessage] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self.dropping = False  # after a failure or a replay: the session ends, nothing more
+        self._task = asyncio.create_task(self._run(), name=f"stream-batches:{consumer.name}")
+
+    def add(self, message: AbstractIncomingMessage) -> None:
+        if self._closing:
+            return  # the session is over: the next one re-reads from the stored offset
+        self._buffer.append(message)
+        self._consumer._buffered(1)
+        self._arrived.set()
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        while not self._closing:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._buffer and not self._closing:
+                take = min(len(self._buffer), consumer._prefetch)
+                batch = [self._buffer.popleft() for _ in range(take)]
+                try:
+                    # Finishes even if the session ends meanwhile (close waits for it).
+                    await asyncio.shield(consumer._handle_batch(self, batch))
+                except Exception:
+                    log.exception("stream batch failed", extra={"consumer": consumer.name})
+                    self.dropping = True
+                    consumer._restart.set()
+                finally:
+                    consumer._buffered(-take)
+
+    async def close(self) -> None:
+        """Lets the batch being handled finish; drops the messages still buffered."""
+        self._closing = True
+        self._arrived.set()
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._consumer._buffered(-dropped)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

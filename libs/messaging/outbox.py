@@ -15,10 +15,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.envelope import Outgoing, to_amqp, trace_headers
 from libs.messaging.metrics import (
@@ -29,15 +25,15 @@ from libs.messaging.metrics import (
     publish_attributes,
 )
 from libs.messaging.publisher import Publisher, PublishFailed
-from libs.messaging.schema import outbox
 from libs.storage.database import Database
 from libs.storage.timestamps import now_micros
-from libs.storage.transaction import Transaction
+from libs.storage.transaction import Row, Transaction
 from libs.telemetry.business import count_published
 
 log = logging.getLogger("emporium.messaging.outbox")
 
 
+_COLUMNS = "id, exchange, routing_key, message_id, message_type, correlation_id, headers, body"
 _ENQUEUE = (
     "INSERT INTO messaging_outbox (exchange, routing_key, message_id, message_type,"
     " correlation_id, headers, body, create_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -115,40 +111,10 @@ class OutboxRelay:
 
     async def relay_once(self) -> tuple[int, int]:
         """Publishes one batch; returns (published, failed)."""
-        query = (
-            sa.select(outbox)
-            .where(outbox.c.sent_us.is_(None))
-            .order_by(outbox.c.id)
-            .limit(self._batch_size)
-        )
         if self._database.is_sqlite:
-            # One process relays; reading first and marking in a write transaction avoids
-            # upgrading a read transaction (which SQLite may refuse).
-            async with self._database.engine.connect() as connection:
-                rows = (await connection.execute(query)).all()
-            sent, failures = await self._publish_all(rows)
-            if sent:
-                async with self._database.writing() as connection:
-                    await self._mark_sent(connection, sent)
+            sent, failures = await self._relay_sqlite()
         else:
-            # Replicas share the outbox: each claims rows the others have not locked, and marks
-            # them sent in the same statement; the ones that fail to publish are unmarked before
-            # commit (a crash rolls the marks back, so a row is never lost).
-            free = query.with_only_columns(outbox.c.id).with_for_update(skip_locked=True)
-            claim = (
-                outbox.update()
-                .where(outbox.c.id.in_(free.scalar_subquery()))
-                .values(sent_us=now_micros())
-                .returning(*outbox.c)
-            )
-            async with self._database.engine.begin() as connection:
-                rows = sorted((await connection.execute(claim)).all(), key=lambda row: row.id)
-                sent, failures = await self._publish_all(rows)
-                unsent = sorted({row.id for row in rows} - set(sent))
-                if unsent:
-                    await connection.execute(
-                        outbox.update().where(outbox.c.id.in_(unsent)).values(sent_us=None)
-                    )
+            sent, failures = await self._database.transaction(self._relay_postgres)
         if failures:
             log.warning(
                 "outbox publish failed; will retry",
@@ -159,31 +125,79 @@ class OutboxRelay:
             self._changed.notify_all()
         return len(sent), len(failures)
 
-    async def _publish_all(self, rows: Sequence[Any]) -> tuple[list[int], list[BaseException]]:
-        results = await asyncio.gather(
-            *(self._publish(row._mapping) for row in rows), return_exceptions=True
+    async def _relay_sqlite(self) -> tuple[list[int], list[BaseException]]:
+        """One process relays. A SQLite transaction function runs on the database's thread and
+        may await nothing but its statements, so: read the batch (a reader transaction),
+        publish, then mark what the broker confirmed in one write transaction. A crash between
+        publishing and marking republishes those rows (at-least-once; inboxes absorb it)."""
+
+        async def unsent(tx: Transaction) -> list[Row]:
+            return await tx.fetch(
+                f"SELECT {_COLUMNS} FROM messaging_outbox WHERE sent_us IS NULL"
+                " ORDER BY id LIMIT $1",
+                self._batch_size,
+            )
+
+        rows = await self._database.transaction(unsent, write=False)
+        if not rows:
+            return [], []
+        sent, failures = await self._publish_all(rows)
+        if sent:
+            marked = now_micros()
+
+            async def mark_sent(tx: Transaction) -> None:
+                await tx.executemany(
+                    "UPDATE messaging_outbox SET sent_us = $1 WHERE id = $2",
+                    [(marked, row_id) for row_id in sent],
+                )
+
+            await self._database.transaction(mark_sent)
+        return sent, failures
+
+    async def _relay_postgres(self, tx: Transaction) -> tuple[list[int], list[BaseException]]:
+        """Replicas share the outbox: each claims rows the others have not locked and marks
+        them sent in the same statement, publishes while it holds them (asyncpg's transaction
+        function may await the broker), and unmarks the ones that failed before commit. A
+        crash rolls the marks back, so a row is never lost."""
+        rows = await tx.fetch(
+            "UPDATE messaging_outbox SET sent_us = $1 WHERE id IN ("
+            " SELECT id FROM messaging_outbox WHERE sent_us IS NULL ORDER BY id LIMIT $2"
+            f" FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
+            now_micros(),
+            self._batch_size,
         )
-        sent = [row.id for row, result in zip(rows, results, strict=True) if result is None]
+        rows.sort(key=lambda row: int(row["id"]))
+        sent, failures = await self._publish_all(rows)
+        if len(sent) < len(rows):
+            published = set(sent)
+            await tx.execute(
+                "UPDATE messaging_outbox SET sent_us = NULL WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows if row["id"] not in published],
+            )
+        return sent, failures
+
+    async def _publish_all(self, rows: Sequence[Row]) -> tuple[list[int], list[BaseException]]:
+        results = await asyncio.gather(
+            *(self._publish(row) for row in rows), return_exceptions=True
+        )
+        sent = [row["id"] for row, result in zip(rows, results, strict=True) if result is None]
         count_published(
-            row.message_type for row, result in zip(rows, results, strict=True) if result is None
+            row["message_type"] for row, result in zip(rows, results, strict=True) if result is None
         )
         return sent, [r for r in results if isinstance(r, BaseException)]
 
-    @staticmethod
-    async def _mark_sent(connection: AsyncConnection, ids: list[int]) -> None:
-        await connection.execute(
-            outbox.update().where(outbox.c.id.in_(ids)).values(sent_us=now_micros())
-        )
-
     async def prune(self) -> None:
-        async with self._database.writing() as connection:
-            await connection.execute(
-                outbox.delete().where(outbox.c.sent_us < now_micros() - self._retention_us)
-            )
+        """Deletes rows sent longer than the retention ago."""
+        cutoff = now_micros() - self._retention_us
 
-    async def _publish(self, row: Any) -> None:
+        async def prune(tx: Transaction) -> None:
+            await tx.execute("DELETE FROM messaging_outbox WHERE sent_us < $1", cutoff)
+
+        await self._database.transaction(prune)
+
+    async def _publish(self, row: Row) -> None:
         message = to_amqp(
-            body=row["body"],
+            body=bytes(row["body"]),
             message_type=row["message_type"],
             message_id=row["message_id"],
             correlation_id=row["correlation_id"],
@@ -197,11 +211,14 @@ class OutboxRelay:
 
     async def observe_backlog(self) -> None:
         """Sets the backlog gauges: unsent rows and the age of the oldest."""
-        query = sa.select(sa.func.count(), sa.func.min(outbox.c.create_us)).where(
-            outbox.c.sent_us.is_(None)
-        )
-        async with self._database.engine.connect() as connection:
-            count, oldest = (await connection.execute(query)).one()
+
+        async def backlog(tx: Transaction) -> Row | None:
+            return await tx.fetchrow(
+                "SELECT count(*), min(create_us) FROM messaging_outbox WHERE sent_us IS NULL"
+            )
+
+        row = await self._database.transaction(backlog, write=False)
+        count, oldest = (0, None) if row is None else (row[0], row[1])
         OUTBOX_BACKLOG.set(count)
         OUTBOX_OLDEST_AGE.set(0.0 if oldest is None else (now_micros() - oldest) / 1_000_000)
 

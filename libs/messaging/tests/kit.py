@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
@@ -14,10 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.envelope import Outgoing
+from libs.messaging.inbox import first_time
+from libs.messaging.outbox import enqueue
 from libs.messaging.publisher import Publisher
-from libs.messaging.schema import outbox
 from libs.messaging.topology import COMMANDS_EXCHANGE, Topology
 from libs.storage.database import Database
+from libs.storage.transaction import Transaction
 
 
 def command(queue: str, text: str, message_id: str | None = None) -> Outgoing:
@@ -38,24 +40,55 @@ async def publisher(options: BrokerOptions, topology: Topology) -> AsyncIterator
 
 # What a consuming handler applies, one row per message it applied: the delivery tests count
 # them to prove nothing was lost or applied twice.
-effects = sa.table("effects", sa.column("message_id", sa.String))
-
-
 async def effects_table(connection: AsyncConnection) -> None:
     # No unique key on purpose: only the inbox stands between a duplicate and a second row.
     await connection.execute(sa.text("CREATE TABLE effects (message_id TEXT NOT NULL)"))
 
 
+async def apply_once(database: Database, consumer: str, message_id: str) -> bool:
+    """The handler's effect and its inbox record in one transaction; False for a duplicate."""
+
+    async def apply(tx: Transaction) -> bool:
+        if not await first_time(tx, consumer, message_id):
+            return False
+        await tx.execute("INSERT INTO effects (message_id) VALUES ($1)", message_id)
+        return True
+
+    return await database.transaction(apply)
+
+
 async def effect_ids(database: Database) -> list[str]:
-    async with database.engine.connect() as connection:
-        return [r[0] for r in await connection.execute(sa.select(effects.c.message_id))]
+    async def read(tx: Transaction) -> list[str]:
+        return [row[0] for row in await tx.fetch("SELECT message_id FROM effects")]
+
+    return await database.transaction(read, write=False)
+
+
+async def enqueued(database: Database, messages: Sequence[Outgoing]) -> None:
+    """Writes `messages` to the outbox in one transaction."""
+
+    async def write(tx: Transaction) -> None:
+        await enqueue(tx, messages)
+
+    await database.transaction(write)
+
+
+async def outbox_message_ids(database: Database) -> set[str]:
+    async def read(tx: Transaction) -> set[str]:
+        return {row[0] for row in await tx.fetch("SELECT message_id FROM messaging_outbox")}
+
+    return await database.transaction(read, write=False)
 
 
 async def unsent_count(database: Database) -> int:
     """Outbox rows the broker has not confirmed yet."""
-    query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_us.is_(None))
-    async with database.engine.connect() as connection:
-        return int((await connection.execute(query)).scalar_one())
+
+    async def count(tx: Transaction) -> int:
+        row = await tx.fetchrow("SELECT count(*) FROM messaging_outbox WHERE sent_us IS NULL")
+        assert row is not None
+        return int(row[0])
+
+    return await database.transaction(count, write=False)
 
 
 def _parcel_type() -> type[Message]:

@@ -9,17 +9,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from google.protobuf.wrappers_pb2 import StringValue
 
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.consumer import Delivery, WorkConsumer
-from libs.messaging.inbox import first_time
 from libs.messaging.local_broker import LocalBroker
-from libs.messaging.outbox import OutboxRelay, enqueue
+from libs.messaging.outbox import OutboxRelay
 from libs.messaging.publisher import Publisher
-from libs.messaging.schema import messaging_migration, outbox
-from libs.messaging.tests.kit import command, effect_ids, effects, effects_table, unsent_count
+from libs.messaging.schema import messaging_migration
+from libs.messaging.tests.kit import (
+    apply_once,
+    command,
+    effect_ids,
+    effects_table,
+    enqueued,
+    outbox_message_ids,
+    unsent_count,
+)
 from libs.messaging.topology import Topology, WorkQueue
 from libs.storage.database import Database, Migration
 from libs.testing.databases import sqlite_url
@@ -49,19 +55,14 @@ async def test_broker_restart_loses_nothing_and_doubles_nothing(
     consumer_db = Database(sqlite_url(tmp_path))
     await consumer_db.migrate([messaging_migration(1), Migration(2, "effects", effects_table)])
 
-    async with producer_db.writing() as connection:
-        await enqueue(connection, [command(WORK.name, f"m{i}") for i in range(MESSAGES)])
+    await enqueued(producer_db, [command(WORK.name, f"m{i}") for i in range(MESSAGES)])
 
     applied = 0
     all_applied = asyncio.Event()
 
     async def apply(message_id: str) -> None:
         nonlocal applied
-        async with consumer_db.writing() as connection:
-            new = await first_time(connection, "sink", message_id)
-            if new:
-                await connection.execute(effects.insert().values(message_id=message_id))
-        if new:
+        if await apply_once(consumer_db, "sink", message_id):
             applied += 1
             if applied == MESSAGES:
                 all_applied.set()
@@ -85,8 +86,7 @@ async def test_broker_restart_loses_nothing_and_doubles_nothing(
     await publisher.close()
 
     unsent = await unsent_count(producer_db)
-    async with producer_db.engine.connect() as connection:
-        ids = {r[0] for r in await connection.execute(sa.select(outbox.c.message_id))}
+    ids = await outbox_message_ids(producer_db)
     rows = await effect_ids(consumer_db)
     assert unsent == 0
     assert set(rows) == ids  # lost = 0

@@ -10,21 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.consumer import Delivery, StreamConsumer, WorkConsumer
 from libs.messaging.envelope import Outgoing
-from libs.messaging.inbox import first_time
 from libs.messaging.local_broker import LocalCluster
-from libs.messaging.outbox import OutboxRelay, enqueue
+from libs.messaging.outbox import OutboxRelay
 from libs.messaging.publisher import Publisher
 from libs.messaging.schema import messaging_migration
 from libs.messaging.tests.kit import (
     Parcel,
+    apply_once,
     effect_ids,
-    effects,
     effects_table,
+    enqueued,
     parcel,
     parcel_name,
     unsent_count,
@@ -87,11 +86,7 @@ async def test_killing_the_queue_leader_loses_nothing_and_doubles_nothing(
     async def handler(delivery: Delivery) -> None:
         nonlocal applied
         delivery.body(Parcel)
-        async with consumer_db.writing() as connection:
-            new = await first_time(connection, "sink", delivery.message_id)
-            if new:
-                await connection.execute(effects.insert().values(message_id=delivery.message_id))
-        if new:
+        if await apply_once(consumer_db, "sink", delivery.message_id):
             applied += 1
 
     publisher = Publisher(options, TOPOLOGY)
@@ -104,21 +99,19 @@ async def test_killing_the_queue_leader_loses_nothing_and_doubles_nothing(
         await publisher.publish(Outgoing(EVENTS_EXCHANGE, "kit.parcel", parcel(f"e{i}", 1)))
     relay.start()
 
-    async with producer_db.writing() as connection:
-        await enqueue(connection, commands(0, MESSAGES // 2))
+    await enqueued(producer_db, commands(0, MESSAGES // 2))
     relay.notify()
     await asyncio.wait_for(consumer.wait_until(lambda: applied >= MESSAGES // 4), 60)
     await leader.kill()
     # The second half is written while the cluster has lost its leader node.
-    async with producer_db.writing() as connection:
-        await enqueue(connection, commands(MESSAGES // 2, MESSAGES))
+    await enqueued(producer_db, commands(MESSAGES // 2, MESSAGES))
     relay.notify()
     await asyncio.wait_for(relay.wait_until_published(MESSAGES), 120)
     await asyncio.wait_for(consumer.wait_until(lambda: applied == MESSAGES), 120)
 
     events: list[str] = []
 
-    async def read(delivery: Delivery, connection: AsyncConnection) -> None:
+    async def read(delivery: Delivery) -> None:
         events.append(parcel_name(delivery.body(Parcel)))
 
     reader = StreamConsumer(options, TOPOLOGY, STREAM, read, name="reader", database=consumer_db)

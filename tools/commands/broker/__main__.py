@@ -37,6 +37,7 @@ from libs.messaging.consumer import StartAt
 from libs.messaging.envelope import ATTEMPT_HEADER, DEAD_LETTER_REASON_HEADER, copy_of
 from libs.messaging.offsets import reset_offset
 from libs.storage.database import Database
+from libs.storage.transaction import Transaction
 from tools.commands.broker.fleet import FLEET
 from tools.commands.broker.operations import CliError, queue_depth, renew_queue
 
@@ -256,11 +257,14 @@ async def _reset_consumer(arguments: argparse.Namespace, start: StartAt) -> int:
     if not (start == "first" or isinstance(start, int)):
         raise CliError("a consumer can be reset to `first` or to an offset")
     database = Database(arguments.database)
+    # Stored offsets mean "handled up to here": resume at `start` by storing start-1.
+    stored = start - 1 if isinstance(start, int) and start > 0 else None
+
+    async def reset(tx: Transaction) -> None:
+        await reset_offset(tx, arguments.consumer, arguments.stream, stored)
+
     try:
-        async with database.writing() as connection:
-            # Stored offsets mean "handled up to here": resume at `start` by storing start-1.
-            stored = start - 1 if isinstance(start, int) and start > 0 else None
-            await reset_offset(connection, arguments.consumer, arguments.stream, stored)
+        await database.transaction(reset)
     except Exception as error:
         raise CliError(f"cannot write {arguments.database}: {error}") from None
     finally:

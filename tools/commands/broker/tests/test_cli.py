@@ -1,11 +1,13 @@
 """tools/broker against a real broker (fresh vhost): list the fleet's queues, peek a DLQ, move
-a dead letter back and see it handled, replay a stream; refuse an unreachable broker."""
+a dead letter back and see it handled, replay a stream (or make a consumer re-read it); refuse
+an unreachable broker."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -16,8 +18,13 @@ from emporium.payments.v1.payment_messages_pb2 import ChargePayment
 from libs.messaging.broker import BrokerOptions
 from libs.messaging.consumer import Delivery, WorkConsumer
 from libs.messaging.envelope import command, event
+from libs.messaging.offsets import load_offset, store_offset
 from libs.messaging.publisher import Publisher
+from libs.messaging.schema import messaging_migration
 from libs.messaging.topology import Topology, WorkQueue
+from libs.storage.database import Database
+from libs.storage.transaction import Transaction
+from libs.testing.databases import sqlite_url
 from tools.commands.broker.fleet import FLEET
 
 WORK = WorkQueue("cli.work", max_deliveries=2, retry_delays=(0.05,))
@@ -132,3 +139,28 @@ async def test_an_unreachable_broker_is_refused_clearly() -> None:
     assert code == 2
     assert "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/" in out
     assert "secret" not in out
+
+
+async def test_replay_for_a_consumer_resets_its_stored_offset(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    database = Database(url)
+    await database.migrate([messaging_migration(1)])
+
+    async def store(tx: Transaction) -> None:
+        await store_offset(tx, "notifications", "orders.events", 41)
+
+    async def stored(tx: Transaction) -> int | None:
+        return await load_offset(tx, "notifications", "orders.events")
+
+    await database.transaction(store)
+    # The broker is not needed: the consumer's database is what changes.
+    unreachable = "amqp://guest:guest@127.0.0.1:1/"
+    replay = ("replay", "orders.events", "--consumer", "notifications", "--database", url)
+    code, out = await broker_cli(unreachable, *replay, "--from", "7")
+    assert code == 0, out
+    assert "notifications will re-read orders.events from 7" in out
+    assert await database.transaction(stored, write=False) == 6  # handled up to 6
+    code, out = await broker_cli(unreachable, *replay, "--from", "first")
+    assert code == 0, out
+    assert await database.transaction(stored, write=False) is None
+    await database.dispose()
