@@ -154,6 +154,7 @@ class SqliteThread:
         self._path = path
         self._executor = ThreadPoolExecutor(1, name)
         self._connection: sqlite3.Connection | None = None
+        self.busy = False  # a transaction is running (the connections-in-use metric)
 
     def _run(
         self, function: TransactionFunction[T], begin: str, cancelled: threading.Event
@@ -162,16 +163,20 @@ class SqliteThread:
             self._connection = sqlite_connect(self._path)
         connection = self._connection
         transaction = SqliteTransaction(connection)
-        connection.execute(begin)  # may wait for another process's writer (busy_timeout)
+        self.busy = True
         try:
-            result = _complete(function(transaction))
-            if cancelled.is_set():  # its caller gave up (a deadline) while this waited
-                raise _Cancelled
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+            connection.execute(begin)  # may wait for another process's writer (busy_timeout)
+            try:
+                result = _complete(function(transaction))
+                if cancelled.is_set():  # its caller gave up (a deadline) while this waited
+                    raise _Cancelled
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:  # (a failed COMMIT leaves it open too)
+                    connection.execute("ROLLBACK")
+                raise
+        finally:
+            self.busy = False
         return result, transaction.statements
 
     async def run(self, function: TransactionFunction[T], *, write: bool) -> tuple[T, int]:

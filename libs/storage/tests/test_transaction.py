@@ -1,5 +1,6 @@
 """Database.transaction on SQLite and PostgreSQL: one spelling of the SQL, commit and rollback,
-concurrent read-modify-write without lost updates, unique keys, statements counted."""
+concurrent read-modify-write without lost updates, unique keys, statements counted; migrations
+(SQLAlchemy, only while they run) and the liveness probe."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import ErrorKind
-from libs.storage.database import UNIQUE_VIOLATIONS, Database, database_errors
+from libs.storage.database import UNIQUE_VIOLATIONS, Database, Migration, database_errors
 from libs.storage.transaction import Transaction
 
 
@@ -141,5 +144,28 @@ async def test_on_sqlite_a_transaction_whose_caller_gave_up_is_rolled_back(tmp_p
             blocker.close()
         await database.transaction(add_one)  # queued behind the abandoned one on the thread
         assert await value(database) == 1
+    finally:
+        await database.dispose()
+
+
+async def test_migrations_apply_once_and_ping_answers(database_url: str) -> None:
+    calls: list[int] = []
+
+    async def create(connection: AsyncConnection) -> None:
+        calls.append(1)
+        await connection.execute(sa.text("CREATE TABLE things (name TEXT PRIMARY KEY)"))
+
+    migrations = [Migration(1, "things", create)]
+    database = Database(database_url)
+    try:
+        assert await database.migrate(migrations) == [1]
+        assert await database.migrate(migrations) == []  # recorded: not applied again
+        assert calls == [1]
+        await database.ping()
+
+        async def insert(tx: Transaction) -> int:
+            return await tx.execute("INSERT INTO things (name) VALUES ($1)", "mug")
+
+        assert await database.transaction(insert) == 1
     finally:
         await database.dispose()
