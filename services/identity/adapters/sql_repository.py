@@ -1,11 +1,14 @@
-"""AccountStore on SQLAlchemy async core (SQLite or PostgreSQL)."""
+"""AccountStore: each operation one transaction function handed to the database whole
+(`Database.transaction`), the same SQL for SQLite and PostgreSQL; the tables are declared with
+SQLAlchemy for the migration that creates them. A user id is settled by its key (ON CONFLICT),
+a refresh token used once by a conditional UPDATE."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
-from libs.storage.database import Database, creating_tables, insert
+from libs.storage.database import Database, creating_tables
+from libs.storage.transaction import Row, Transaction
 from services.identity.domain.model import RefreshGrant, User
 
 metadata = sa.MetaData()
@@ -32,26 +35,22 @@ refresh_tokens = sa.Table(
 
 MIGRATIONS = (creating_tables(1, "users and refresh tokens", metadata),)
 
+_USER = "id, password_hash, roles, customer, create_us"
+_ADD_USER = f"INSERT INTO users ({_USER}) VALUES ($1, $2, $3, $4, $5)"
 
-def _user(row: sa.Row[tuple[object, ...]]) -> User:
-    m = row._mapping
+
+def _user(row: Row) -> User:
     return User(
-        user_id=m["id"],
-        password_hash=m["password_hash"],
-        roles=tuple(str(m["roles"]).split()),
-        customer=m["customer"],
-        create_us=m["create_us"],
+        user_id=row["id"],
+        password_hash=row["password_hash"],
+        roles=tuple(str(row["roles"]).split()),
+        customer=row["customer"],
+        create_us=row["create_us"],
     )
 
 
-def _user_values(user: User) -> dict[str, object]:
-    return {
-        "id": user.user_id,
-        "password_hash": user.password_hash,
-        "roles": " ".join(user.roles),
-        "customer": user.customer,
-        "create_us": user.create_us,
-    }
+def _user_values(user: User) -> tuple[object, ...]:
+    return (user.user_id, user.password_hash, " ".join(user.roles), user.customer, user.create_us)
 
 
 class SqlAccountStore:
@@ -59,70 +58,87 @@ class SqlAccountStore:
         self._database = database
 
     async def user(self, user_id: str) -> User | None:
-        async with self._database.engine.connect() as connection:
-            row = (await connection.execute(users.select().where(users.c.id == user_id))).first()
-        return _user(row) if row else None
+        async def user(tx: Transaction) -> User | None:
+            row = await tx.fetchrow(f"SELECT {_USER} FROM users WHERE id = $1", user_id)
+            return _user(row) if row else None
+
+        return await self._database.transaction(user, write=False)
 
     async def add_user(self, user: User) -> bool:
-        try:
-            async with self._database.writing() as connection:
-                await connection.execute(users.insert().values(**_user_values(user)))
-        except IntegrityError:
-            return False
-        return True
+        values = _user_values(user)
+
+        async def add(tx: Transaction) -> bool:
+            # The key settles a race for the id: the loser inserts nothing.
+            return await tx.execute(f"{_ADD_USER} ON CONFLICT (id) DO NOTHING", *values) == 1
+
+        return await self._database.transaction(add)
 
     async def put_user(self, user: User) -> None:
         values = _user_values(user)
-        async with self._database.writing() as connection:
-            upsert = insert(connection, users).values(**values)
-            await connection.execute(
-                upsert.on_conflict_do_update(index_elements=[users.c.id], set_=values)
+
+        async def put(tx: Transaction) -> None:
+            await tx.execute(
+                f"{_ADD_USER} ON CONFLICT (id) DO UPDATE SET"
+                " password_hash = excluded.password_hash, roles = excluded.roles,"
+                " customer = excluded.customer, create_us = excluded.create_us",
+                *values,
             )
+
+        await self._database.transaction(put)
 
     async def add_refresh(self, token_hash: str, grant: RefreshGrant) -> None:
-        async with self._database.writing() as connection:
-            await connection.execute(
-                refresh_tokens.insert().values(
-                    token_hash=token_hash,
-                    family=grant.family,
-                    user_id=grant.user_id,
-                    scope=grant.scope,
-                    expires_us=grant.expires_us,
-                    used=grant.used,
-                    revoked=grant.revoked,
-                )
+        async def add(tx: Transaction) -> None:
+            await tx.execute(
+                "INSERT INTO refresh_tokens (token_hash, family, user_id, scope, expires_us,"
+                " used, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                token_hash,
+                grant.family,
+                grant.user_id,
+                grant.scope,
+                grant.expires_us,
+                grant.used,
+                grant.revoked,
             )
 
+        await self._database.transaction(add)
+
     async def refresh(self, token_hash: str) -> RefreshGrant | None:
-        query = refresh_tokens.select().where(refresh_tokens.c.token_hash == token_hash)
-        async with self._database.engine.connect() as connection:
-            row = (await connection.execute(query)).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return RefreshGrant(
-            family=m["family"],
-            user_id=m["user_id"],
-            scope=m["scope"],
-            expires_us=m["expires_us"],
-            used=m["used"],
-            revoked=m["revoked"],
-        )
+        async def refresh(tx: Transaction) -> RefreshGrant | None:
+            row = await tx.fetchrow(
+                "SELECT family, user_id, scope, expires_us, used, revoked FROM refresh_tokens"
+                " WHERE token_hash = $1",
+                token_hash,
+            )
+            if row is None:
+                return None
+            return RefreshGrant(
+                family=row["family"],
+                user_id=row["user_id"],
+                scope=row["scope"],
+                expires_us=row["expires_us"],
+                used=bool(row["used"]),  # SQLite keeps booleans as 0 and 1
+                revoked=bool(row["revoked"]),
+            )
+
+        return await self._database.transaction(refresh, write=False)
 
     async def use_refresh(self, token_hash: str) -> bool:
         # Conditional update: of two concurrent refreshes with one token, exactly one wins.
-        query = (
-            refresh_tokens.update()
-            .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.used.is_(False))
-            .values(used=True)
-        )
-        async with self._database.writing() as connection:
-            result = await connection.execute(query)
-        return result.rowcount == 1
+        async def use(tx: Transaction) -> bool:
+            changed = await tx.execute(
+                "UPDATE refresh_tokens SET used = $2 WHERE token_hash = $1 AND used = $3",
+                token_hash,
+                True,
+                False,
+            )
+            return changed == 1
+
+        return await self._database.transaction(use)
 
     async def revoke_family(self, family: str) -> None:
-        query = (
-            refresh_tokens.update().where(refresh_tokens.c.family == family).values(revoked=True)
-        )
-        async with self._database.writing() as connection:
-            await connection.execute(query)
+        async def revoke(tx: Transaction) -> None:
+            await tx.execute(
+                "UPDATE refresh_tokens SET revoked = $2 WHERE family = $1", family, True
+            )
+
+        await self._database.transaction(revoke)

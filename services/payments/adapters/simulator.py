@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,15 +57,13 @@ class SimulatedProvider:
         self._transient_failure_rate = transient_failure_rate
         self._rng = rng or random.Random()
         ledger.parent.mkdir(parents=True, exist_ok=True)
-        # One connection for the process, used from worker threads one at a time; other
-        # processes share the file (WAL, and BEGIN IMMEDIATE around each operation).
-        self._connection = sqlite3.connect(
-            ledger, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._lock = threading.Lock()
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.executescript(_SCHEMA)
-        self._carry_over_charges()
+        # One connection for the process, on one thread of its own: each operation is one hop
+        # there and one transaction. Other processes share the file (WAL, and BEGIN IMMEDIATE
+        # around each operation: one writer at a time, across processes; busy_timeout makes
+        # the others wait for their turn).
+        self._thread = ThreadPoolExecutor(1, "payment-ledger")
+        self._connection = self._thread.submit(_open_ledger, ledger).result()
+        self._thread.submit(self._carry_over_charges).result()
 
     def _carry_over_charges(self) -> None:
         """A ledger from before authorize/capture keeps one-step charges (`charges`, `refunds`):
@@ -73,28 +71,27 @@ class SimulatedProvider:
         tables = {row[0] for row in self._connection.execute("SELECT name FROM sqlite_master")}
         if not {"charges", "refunds"} <= tables:
             return
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            self._connection.execute(
-                "ALTER TABLE requests ADD COLUMN operation TEXT NOT NULL DEFAULT 'authorize'"
-            )
-            self._connection.execute(
-                "INSERT OR IGNORE INTO accounts SELECT c.idempotency_key, c.reference,"
-                " CASE WHEN c.approved = 0 THEN 'DECLINED'"
-                " WHEN r.idempotency_key IS NOT NULL THEN 'REFUNDED' ELSE 'CAPTURED' END,"
-                " c.decline_reason, c.currency, c.amount_nanos,"
-                " CASE WHEN c.approved = 0 THEN 0 ELSE c.amount_nanos END,"
-                " CASE WHEN r.idempotency_key IS NULL OR c.approved = 0 THEN 0"
-                " ELSE c.amount_nanos END"
-                " FROM charges c LEFT JOIN refunds r ON r.idempotency_key = c.idempotency_key"
-            )
-            self._connection.execute("DROP TABLE charges")
-            self._connection.execute("DROP TABLE refunds")
-            self._connection.execute("COMMIT")
+        self._connection.execute("BEGIN IMMEDIATE")
+        self._connection.execute(
+            "ALTER TABLE requests ADD COLUMN operation TEXT NOT NULL DEFAULT 'authorize'"
+        )
+        self._connection.execute(
+            "INSERT OR IGNORE INTO accounts SELECT c.idempotency_key, c.reference,"
+            " CASE WHEN c.approved = 0 THEN 'DECLINED'"
+            " WHEN r.idempotency_key IS NOT NULL THEN 'REFUNDED' ELSE 'CAPTURED' END,"
+            " c.decline_reason, c.currency, c.amount_nanos,"
+            " CASE WHEN c.approved = 0 THEN 0 ELSE c.amount_nanos END,"
+            " CASE WHEN r.idempotency_key IS NULL OR c.approved = 0 THEN 0"
+            " ELSE c.amount_nanos END"
+            " FROM charges c LEFT JOIN refunds r ON r.idempotency_key = c.idempotency_key"
+        )
+        self._connection.execute("DROP TABLE charges")
+        self._connection.execute("DROP TABLE refunds")
+        self._connection.execute("COMMIT")
 
     def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+        self._thread.submit(self._connection.close).result()
+        self._thread.shutdown()
 
     async def _call(
         self, operation: Callable[[sqlite3.Connection], T], *, fallible: bool = True
@@ -105,21 +102,24 @@ class SimulatedProvider:
         await asyncio.sleep(latency / 2)
         if fallible and self._rng.random() < self._transient_failure_rate:
             raise ProviderUnavailable("simulated provider outage")
-        result = await asyncio.to_thread(self._transaction, operation)
+        result = await self._run(operation, "BEGIN IMMEDIATE")
         await asyncio.sleep(latency / 2)
         return result
 
-    def _transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            connection = self._connection
-            connection.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
-            try:
-                result = operation(connection)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-            return result
+    async def _run(self, operation: Callable[[sqlite3.Connection], T], begin: str) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._transaction, operation, begin)
+
+    def _transaction(self, operation: Callable[[sqlite3.Connection], T], begin: str) -> T:
+        connection = self._connection
+        connection.execute(begin)  # IMMEDIATE: one writer at a time, across processes
+        try:
+            result = operation(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
 
     async def authorize(self, key: str, amount: Money, method: str) -> ProviderRecord:
         declined = method == ALWAYS_DECLINED or self._rng.random() < self._decline_rate
@@ -129,22 +129,29 @@ class SimulatedProvider:
             earlier = _record(connection, key)
             if earlier is not None:
                 return earlier
+            record = ProviderRecord(
+                key=key,
+                status=ProviderStatus.DECLINED if declined else ProviderStatus.AUTHORIZED,
+                amount=Money.from_total_nanos(amount.currency_code, amount.total_nanos),
+                reference=f"sim_{uuid.uuid4().hex[:16]}",
+                decline_reason="card declined" if declined else "",
+                captured=Money.from_total_nanos(amount.currency_code, 0),
+                refunded=Money.from_total_nanos(amount.currency_code, 0),
+            )
             connection.execute(
                 "INSERT INTO accounts (idempotency_key, reference, status, decline_reason,"
                 " currency, amount_nanos) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     key,
-                    f"sim_{uuid.uuid4().hex[:16]}",
-                    (ProviderStatus.DECLINED if declined else ProviderStatus.AUTHORIZED).value,
-                    "card declined" if declined else "",
+                    record.reference,
+                    record.status.value,
+                    record.decline_reason,
                     amount.currency_code,
                     amount.total_nanos,
                 ),
             )
             connection.execute("INSERT INTO operations VALUES (?, 'authorize')", (key,))
-            record = _record(connection, key)
-            assert record is not None
-            return record
+            return record  # as written: no need to read it back
 
         return await self._call(authorize_once)
 
@@ -172,7 +179,17 @@ class SimulatedProvider:
         def read(connection: sqlite3.Connection) -> list[ProviderRecord]:
             return [_from_row(row) for row in connection.execute(_RECORD).fetchall()]
 
-        return await asyncio.to_thread(self._transaction, read)
+        return await self._run(read, "BEGIN")
+
+
+def _open_ledger(ledger: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(ledger, timeout=30, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # WAL with synchronous=NORMAL: a commit survives the death of any process (the chaos and
+    # crash tests kill workers), not a power cut; it needs no fsync per operation.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.executescript(_SCHEMA)
+    return connection
 
 
 def _move(

@@ -1,7 +1,16 @@
-"""PaymentRepository on SQLAlchemy async core (SQLite or PostgreSQL), with the outbox."""
+"""PaymentRepository: each operation one transaction function handed to the database whole
+(`Database.transaction`), the same SQL for SQLite and PostgreSQL, with the outbox and the inbox
+in the transaction of the change; the tables are declared with SQLAlchemy for the migrations.
+
+Every change is guarded by the state it was read in (a conditional UPDATE … RETURNING: a race
+has one winner, and the winner gets the row it wrote without reading it again); a new payment
+is settled by its key (INSERT … ON CONFLICT DO NOTHING). The events a change announces are
+built before its transaction, which only writes them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -9,12 +18,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.messaging.envelope import Outgoing
 from libs.messaging.inbox import first_time
 from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
-from libs.storage.database import Database, Migration, creating_tables, insert
+from libs.storage.database import Database, Migration, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
+from libs.storage.transaction import Row, Transaction
 from services.payments.adapters.payment_events import state_event
 from services.payments.domain.model import Payment, PaymentRequest, PaymentState
 
@@ -61,6 +72,22 @@ MIGRATIONS = (
     Migration(3, "payments: authorize, capture, void", _authorize_capture_void),
 )
 
+_COLUMNS = (
+    "id, order_name, customer, currency, amount_nanos, payment_method, state, decline_reason,"
+    " provider_reference, create_us, update_us, void_reason, attempts"
+)
+_GET = f"SELECT {_COLUMNS} FROM payments WHERE id = $1"
+_OPEN = (
+    f"INSERT INTO payments ({_COLUMNS})"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_ATTEMPT = (
+    "UPDATE payments SET attempts = attempts + 1, update_us = $2"
+    f" WHERE id = $1 AND state = '{PaymentState.PENDING.value}' RETURNING {_COLUMNS}"
+)
+VOIDED_BEFORE_AUTHORIZED = "voided before it was authorized"
+
 
 class _Lost(Exception):
     """A guarded update found the payment in another state."""
@@ -75,63 +102,53 @@ class SqlPaymentRepository:
         self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, payment_id: str) -> Payment | None:
-        async with self._database.engine.connect() as connection:
-            return await _get(connection, payment_id)
+        async def get(tx: Transaction) -> Payment | None:
+            return await _get(tx, payment_id)
 
-    async def open(self, request: PaymentRequest, state: PaymentState) -> tuple[Payment, bool]:
-        existing = await self.get(request.payment_id)
-        if existing is not None:
-            return existing, False
+        return await self._database.transaction(get, write=False)
+
+    async def open(
+        self, request: PaymentRequest, state: PaymentState, *, attempted: bool = False
+    ) -> tuple[Payment, bool]:
         now = now_micros()
-        async with self._database.writing() as connection:
+        created = Payment(
+            payment_id=request.payment_id,
+            order=request.order,
+            customer=request.customer,
+            amount=request.amount,
+            payment_method=request.payment_method,
+            state=state,
+            create_time=from_micros(now),
+            update_time=from_micros(now),
+            void_reason=VOIDED_BEFORE_AUTHORIZED if state is PaymentState.VOIDED else "",
+            attempts=1 if attempted and state is PaymentState.PENDING else 0,
+        )
+        announced = state_event(created)
+        row = _row(created, now)
+
+        async def open_(tx: Transaction) -> tuple[Payment, bool]:
             # The key settles a race with another replica: the loser reads the winner's row.
-            inserted = await connection.execute(
-                insert(connection, payments)
-                .values(
-                    id=request.payment_id,
-                    order_name=request.order,
-                    customer=request.customer,
-                    currency=request.amount.currency_code,
-                    amount_nanos=request.amount.total_nanos,
-                    payment_method=request.payment_method,
-                    state=state.value,
-                    decline_reason="",
-                    provider_reference="",
-                    void_reason="voided before it was authorized"
-                    if state is PaymentState.VOIDED
-                    else "",
-                    attempts=0,
-                    create_us=now,
-                    update_us=now,
-                )
-                .on_conflict_do_nothing(index_elements=[payments.c.id])
-            )
-            if inserted.rowcount != 1:
-                raced = await _get(connection, request.payment_id)
-                assert raced is not None
-                return raced, False
-            created = await _get(connection, request.payment_id)
-            assert created is not None
-            announced = state_event(created)
+            if await tx.execute(_OPEN, *row) != 1:
+                existing = await _get(tx, request.payment_id)
+                assert existing is not None
+                return existing, False
             if announced is not None:
-                await enqueue(connection, [announced])
-        if announced is not None:
+                await enqueue(tx, [announced])
+            return created, True
+
+        payment, inserted = await self._database.transaction(open_)
+        if inserted and announced is not None:
             self._on_commit()
-        return created, True
+        return payment, inserted
 
     async def attempt(self, payment: Payment) -> Payment | None:
-        async with self._database.writing() as connection:
-            updated = await connection.execute(
-                payments.update()
-                .where(
-                    payments.c.id == payment.payment_id,
-                    payments.c.state == PaymentState.PENDING.value,
-                )
-                .values(attempts=payments.c.attempts + 1, update_us=now_micros())
-            )
-            if updated.rowcount != 1:
-                return None
-            return await _get(connection, payment.payment_id)
+        update_us = now_micros()
+
+        async def attempt(tx: Transaction) -> Payment | None:
+            row = await tx.fetchrow(_ATTEMPT, payment.payment_id, update_us)
+            return None if row is None else _payment(row)
+
+        return await self._database.transaction(attempt)
 
     async def transition(
         self,
@@ -142,88 +159,122 @@ class SqlPaymentRepository:
         reason: str = "",
         message_id: str = "",
     ) -> Payment | None:
-        values: dict[str, Any] = {"state": state.value, "update_us": now_micros()}
+        update_us = now_micros()
+        assignments = ["state = $3", "update_us = $4"]
+        values: list[Any] = [payment.payment_id, payment.state.value, state.value, update_us]
+        expected = dataclasses.replace(payment, state=state, update_time=from_micros(update_us))
         if reference is not None:
-            values["provider_reference"] = reference
+            values.append(reference)
+            assignments.append(f"provider_reference = ${len(values)}")
+            expected = dataclasses.replace(expected, provider_reference=reference)
         if state is PaymentState.DECLINED:
-            values["decline_reason"] = reason
+            values.append(reason)
+            assignments.append(f"decline_reason = ${len(values)}")
+            expected = dataclasses.replace(expected, decline_reason=reason)
         elif state in (PaymentState.VOIDED, PaymentState.REFUNDED):
-            values["void_reason"] = reason
+            values.append(reason)
+            assignments.append(f"void_reason = ${len(values)}")
+            expected = dataclasses.replace(expected, void_reason=reason)
+        update = (
+            f"UPDATE payments SET {', '.join(assignments)}"
+            f" WHERE id = $1 AND state = $2 RETURNING {_COLUMNS}"
+        )
+        # The event carries what this update writes (the state and its reason) and what never
+        # changes (the payment, its order and amount): it is built before the transaction.
+        announced = state_event(expected)
+
+        async def move(tx: Transaction) -> tuple[Payment, bool]:
+            if message_id and not await first_time(tx, self._inbox, message_id):
+                current = await _get(tx, payment.payment_id)  # handled before: as it is
+                assert current is not None
+                return current, False
+            row = await tx.fetchrow(update, *values)
+            if row is None:
+                raise _Lost  # nothing of this transaction stays, the inbox row included
+            if announced is not None:
+                await enqueue(tx, [announced])
+            return _payment(row), True
+
         try:
-            async with self._database.writing() as connection:
-                if message_id and not await first_time(connection, self._inbox, message_id):
-                    return await _get(connection, payment.payment_id)
-                updated = await connection.execute(
-                    payments.update()
-                    .where(
-                        payments.c.id == payment.payment_id,
-                        payments.c.state == payment.state.value,
-                    )
-                    .values(**values)
-                )
-                if updated.rowcount != 1:
-                    raise _Lost  # nothing of this transaction stays, the inbox row included
-                changed = await _get(connection, payment.payment_id)
-                assert changed is not None
-                announced = state_event(changed)
-                if announced is not None:
-                    await enqueue(connection, [announced])
+            changed, moved = await self._database.transaction(move)
         except _Lost:
             return None
-        self._on_commit()
+        if moved and announced is not None:
+            self._on_commit()
         return changed
 
     async def announce(self, payment: Payment, message_id: str) -> None:
         announced = state_event(payment)
         if announced is None:
             return
-        async with self._database.writing() as connection:
-            if message_id and not await first_time(connection, self._inbox, message_id):
-                return
-            await enqueue(connection, [announced])
-        self._on_commit()
+        event: Outgoing = announced
+
+        async def announce(tx: Transaction) -> bool:
+            if message_id and not await first_time(tx, self._inbox, message_id):
+                return False
+            await enqueue(tx, [event])
+            return True
+
+        if await self._database.transaction(announce):
+            self._on_commit()
 
     async def pending_since(self, before: datetime, limit: int) -> Sequence[Payment]:
-        async with self._database.engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(payments)
-                    .where(
-                        payments.c.state == PaymentState.PENDING.value,
-                        payments.c.update_us < to_micros(before),
-                    )
-                    .order_by(payments.c.update_us)
-                    .limit(limit)
-                )
-            ).all()
-        return [_payment(row._mapping) for row in rows]
+        async def pending(tx: Transaction) -> list[Payment]:
+            rows = await tx.fetch(
+                f"SELECT {_COLUMNS} FROM payments WHERE state = $1 AND update_us < $2"
+                " ORDER BY update_us LIMIT $3",
+                PaymentState.PENDING.value,
+                to_micros(before),
+                limit,
+            )
+            return [_payment(row) for row in rows]
+
+        return await self._database.transaction(pending, write=False)
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Payment], int]:
-        condition = [payments.c.customer == customer] if customer else []
-        async with self._database.engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(payments)
-                    .where(*condition)
-                    .order_by(payments.c.create_us.desc(), payments.c.id)
-                    .offset(offset)
-                    .limit(limit)
-                )
-            ).all()
-            total = (
-                await connection.execute(
-                    sa.select(sa.func.count()).select_from(payments).where(*condition)
-                )
-            ).scalar_one()
-        return [_payment(row._mapping) for row in rows], int(total)
+        where, arguments = ("WHERE customer = $1", [customer]) if customer else ("", [])
+        n = len(arguments)
+
+        async def page(tx: Transaction) -> tuple[list[Payment], int]:
+            rows = await tx.fetch(
+                f"SELECT {_COLUMNS} FROM payments {where}"
+                f" ORDER BY create_us DESC, id LIMIT ${n + 1} OFFSET ${n + 2}",
+                *arguments,
+                limit,
+                offset,
+            )
+            total = await tx.fetchrow(f"SELECT count(*) FROM payments {where}", *arguments)
+            assert total is not None
+            return [_payment(row) for row in rows], int(total[0])
+
+        return await self._database.transaction(page, write=False)
 
 
-async def _get(connection: AsyncConnection, payment_id: str) -> Payment | None:
-    row = (await connection.execute(sa.select(payments).where(payments.c.id == payment_id))).first()
-    return _payment(row._mapping) if row else None
+async def _get(tx: Transaction, payment_id: str) -> Payment | None:
+    row = await tx.fetchrow(_GET, payment_id)
+    return None if row is None else _payment(row)
 
 
-def _payment(row: Any) -> Payment:
+def _row(payment: Payment, now: int) -> tuple[Any, ...]:
+    """The values of `_COLUMNS` for a new payment."""
+    return (
+        payment.payment_id,
+        payment.order,
+        payment.customer,
+        payment.amount.currency_code,
+        payment.amount.total_nanos,
+        payment.payment_method,
+        payment.state.value,
+        payment.decline_reason,
+        payment.provider_reference,
+        now,
+        now,
+        payment.void_reason,
+        payment.attempts,
+    )
+
+
+def _payment(row: Row) -> Payment:
     return Payment(
         payment_id=row["id"],
         order=row["order_name"],

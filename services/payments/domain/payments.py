@@ -74,7 +74,14 @@ class Payments:
                 f" {request.amount.currency_code} for {request.customer}",
                 {"payment": known.name},
             )
-        payment, _ = await self._repository.open(request, PaymentState.PENDING)
+        if known is None:
+            # A new payment is created with its first attempt counted: the authorization
+            # goes to the provider next (one write, not two).
+            payment, created = await self._repository.open(
+                request, PaymentState.PENDING, attempted=True
+            )
+        else:
+            payment, created = known, False
         if payment.state is not PaymentState.PENDING:
             if payment.state in (PaymentState.VOIDED, PaymentState.DECLINED) and payment.attempts:
                 # Voided while an earlier attempt was at the provider, whose worker died before
@@ -82,12 +89,15 @@ class Payments:
                 await self._void_held(payment)
             await self._repository.announce(payment, message_id)  # e.g. PaymentVoided
             return payment
-        record = await self._provider.outcome(payment.key) if payment.attempts else None
+        record = None
+        if not created and payment.attempts:
+            record = await self._provider.outcome(payment.key)
         if record is None:
-            started = await self._repository.attempt(payment)
-            if started is None:
-                raise PaymentChanged(payment.name)
-            payment = started
+            if not created:
+                started = await self._repository.attempt(payment)
+                if started is None:
+                    raise PaymentChanged(payment.name)
+                payment = started
             record = await self._provider.authorize(
                 payment.key, payment.amount, payment.payment_method
             )

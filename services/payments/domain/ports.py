@@ -56,9 +56,13 @@ class OrderBook(Protocol):
 class PaymentRepository(Protocol):
     async def get(self, payment_id: str) -> Payment | None: ...
 
-    async def open(self, request: PaymentRequest, state: PaymentState) -> tuple[Payment, bool]:
+    async def open(
+        self, request: PaymentRequest, state: PaymentState, *, attempted: bool = False
+    ) -> tuple[Payment, bool]:
         """The payment for this order, created in `state` if it does not exist yet (True);
-        otherwise the existing one (False). A new VOIDED payment is announced at once."""
+        otherwise the existing one (False). A new VOIDED payment is announced at once. With
+        `attempted`, a new PENDING payment is created with one authorization attempt counted
+        (as `attempt` would), for a caller that sends the authorization next."""
         ...
 
     async def attempt(self, payment: Payment) -> Payment | None:

@@ -70,7 +70,9 @@ class FakeRepository:
     async def get(self, payment_id: str) -> Payment | None:
         return self.payments.get(payment_id)
 
-    async def open(self, request: PaymentRequest, state: PaymentState) -> tuple[Payment, bool]:
+    async def open(
+        self, request: PaymentRequest, state: PaymentState, *, attempted: bool = False
+    ) -> tuple[Payment, bool]:
         if request.payment_id in self.payments:
             return self.payments[request.payment_id], False
         payment = Payment(
@@ -82,6 +84,7 @@ class FakeRepository:
             state,
             NOW,
             NOW,
+            attempts=1 if attempted and state is PaymentState.PENDING else 0,
         )
         self.payments[payment.payment_id] = payment
         if state is not PaymentState.PENDING:
