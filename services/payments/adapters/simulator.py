@@ -10,6 +10,7 @@ so a test can prove that redelivered requests never authorized twice.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
 import sqlite3
 import uuid
@@ -59,9 +60,12 @@ class SimulatedProvider:
         ledger.parent.mkdir(parents=True, exist_ok=True)
         # One connection for the process, on one thread of its own: each operation is one hop
         # there and one transaction. Other processes share the file (WAL, and BEGIN IMMEDIATE
-        # around each operation: one writer at a time, across processes; busy_timeout makes
-        # the others wait for their turn).
+        # around each operation: one writer at a time, across processes). Writers take turns
+        # on a lock file first: the kernel wakes the next one as soon as the lock is let go,
+        # where SQLite's busy handler would poll with sleeps growing to 100 ms (replicas busy
+        # on two cores waited up to half a second for the ledger).
         self._thread = ThreadPoolExecutor(1, "payment-ledger")
+        self._turns = open(f"{ledger}.lock", "a+")  # noqa: SIM115 (open while the provider is)
         self._connection = self._thread.submit(_open_ledger, ledger).result()
         self._thread.submit(self._carry_over_charges).result()
 
@@ -71,6 +75,13 @@ class SimulatedProvider:
         tables = {row[0] for row in self._connection.execute("SELECT name FROM sqlite_master")}
         if not {"charges", "refunds"} <= tables:
             return
+        fcntl.flock(self._turns, fcntl.LOCK_EX)
+        try:
+            self._migrate_charges()
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
+
+    def _migrate_charges(self) -> None:
         self._connection.execute("BEGIN IMMEDIATE")
         self._connection.execute(
             "ALTER TABLE requests ADD COLUMN operation TEXT NOT NULL DEFAULT 'authorize'"
@@ -92,6 +103,7 @@ class SimulatedProvider:
     def close(self) -> None:
         self._thread.submit(self._connection.close).result()
         self._thread.shutdown()
+        self._turns.close()
 
     async def _call(
         self, operation: Callable[[sqlite3.Connection], T], *, fallible: bool = True
@@ -102,17 +114,28 @@ class SimulatedProvider:
         await asyncio.sleep(latency / 2)
         if fallible and self._rng.random() < self._transient_failure_rate:
             raise ProviderUnavailable("simulated provider outage")
-        result = await self._run(operation, "BEGIN IMMEDIATE")
+        result = await self._run(operation, write=True)
         await asyncio.sleep(latency / 2)
         return result
 
-    async def _run(self, operation: Callable[[sqlite3.Connection], T], begin: str) -> T:
+    async def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, operation, begin)
+        transaction = self._write if write else self._read
+        return await loop.run_in_executor(self._thread, transaction, operation)
+
+    def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        fcntl.flock(self._turns, fcntl.LOCK_EX)  # this process's turn among the writers
+        try:
+            return self._transaction(operation, "BEGIN IMMEDIATE")
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
+
+    def _read(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        return self._transaction(operation, "BEGIN")  # WAL: a reader waits for no writer
 
     def _transaction(self, operation: Callable[[sqlite3.Connection], T], begin: str) -> T:
         connection = self._connection
-        connection.execute(begin)  # IMMEDIATE: one writer at a time, across processes
+        connection.execute(begin)
         try:
             result = operation(connection)
         except BaseException:
@@ -179,7 +202,7 @@ class SimulatedProvider:
         def read(connection: sqlite3.Connection) -> list[ProviderRecord]:
             return [_from_row(row) for row in connection.execute(_RECORD).fetchall()]
 
-        return await self._run(read, "BEGIN")
+        return await self._run(read, write=False)
 
 
 def _open_ledger(ledger: Path) -> sqlite3.Connection:
