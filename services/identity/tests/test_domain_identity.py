@@ -67,3 +67,17 @@ async def test_a_reused_refresh_token_ends_its_whole_family(
     assert all(grant.revoked for grant in store.grants.values())
     with pytest.raises(DomainError):
         await identity.refresh_grant(second.refresh_token)
+
+
+async def test_a_taken_user_id_is_refused_before_the_password_is_hashed(
+    identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await identity.sign_up("ann", "correct horse battery")
+
+    def no_hashing(secret: str) -> str:
+        raise AssertionError("hashed a password for a taken id (tens of ms of CPU)")
+
+    monkeypatch.setattr("services.identity.domain.identity.hash_secret", no_hashing)
+    with pytest.raises(DomainError) as raised:
+        await identity.sign_up("ann", "another password")
+    assert raised.value.reason == "USER_EXISTS"
