@@ -1,4 +1,14 @@
-"""OrderRepository on SQLAlchemy async core (SQLite or PostgreSQL)."""
+"""OrderRepository: each operation one transaction function handed to the database whole
+(`Database.transaction`), the same SQL for SQLite and PostgreSQL; the tables are declared with
+SQLAlchemy for the migrations that create them.
+
+Everything a transaction writes is computed before it starts (the row, the version's snapshot,
+the outgoing messages), so the transaction only runs statements. A change is one guarded
+UPDATE (`WHERE version = <the version read>`) with the version's row, the outbox rows and the
+inbox row of the message that caused it; a create is one INSERT whose unique request id settles
+a race with its own retry (`ON CONFLICT DO NOTHING`: the loser reads the winner in the same
+transaction and answers with it).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.messaging.envelope import Outgoing
 from libs.messaging.inbox import first_time
 from libs.messaging.outbox import enqueue
 from libs.messaging.schema import messaging_migration
 from libs.money import Money
 from libs.storage.database import Database, Migration, creating_tables
 from libs.storage.timestamps import from_micros, to_micros
+from libs.storage.transaction import Row, Transaction
 from services.orders.adapters.order_messages import OrderMessages
 from services.orders.domain.model import Order, OrderLine, OrderMessage, OrderState, PaymentState
 
@@ -37,8 +48,13 @@ orders = sa.Table(
     sa.Column("payment_state", sa.String(16), nullable=False, server_default=""),
     # While PENDING_PAYMENT: when the sweeper cancels the order (microseconds; 0 = never).
     sa.Column("deadline_us", sa.BigInteger, nullable=False, server_default="0"),
+    # The CreateOrder request that created it (unique: a retry finds it) and that request's
+    # fingerprint. Nullable only because migration 7 adds them to existing tables.
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("fingerprint", sa.String(64), nullable=True),
     sa.Index("ix_orders_state_deadline", "state", "deadline_us"),
     sa.Index("ix_orders_state_update", "state", "update_us"),
+    sa.Index("ux_orders_request_id", "request_id", unique=True),
 )
 # Every version of every order, so WatchOrder shows each state even when it looked too late.
 order_versions = sa.Table(
@@ -48,21 +64,42 @@ order_versions = sa.Table(
     sa.Column("version", sa.BigInteger, primary_key=True),
     sa.Column("snapshot", sa.Text, nullable=False),
 )
-order_requests = sa.Table(
-    "order_requests",
-    metadata,
-    sa.Column("request_id", sa.String(64), primary_key=True),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("order_id", sa.String(64), sa.ForeignKey("orders.id"), nullable=False),
+
+# An order's columns as the domain knows them (a version's snapshot has exactly these keys).
+_COLUMNS = (
+    "id",
+    "customer",
+    "state",
+    "reservation",
+    "lines",
+    "cancel_reason",
+    "create_us",
+    "update_us",
+    "version",
+    "payment_method",
+    "payment_state",
+    "deadline_us",
 )
+_ORDER = ", ".join(_COLUMNS)
+_INSERT_ORDER = (
+    f"INSERT INTO orders ({_ORDER}, request_id, fingerprint)"
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(_COLUMNS) + 3))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+# Every column but id and create_us, which never change; guarded by the version read.
+_CHANGING = tuple(i for i, c in enumerate(_COLUMNS) if c not in ("id", "create_us"))
+_UPDATE_ORDER = (
+    f"UPDATE orders SET {', '.join(f'{_COLUMNS[i]} = ${n}' for n, i in enumerate(_CHANGING, 1))}"
+    f" WHERE id = ${len(_CHANGING) + 1} AND version = ${len(_CHANGING) + 2}"
+)
+_INSERT_VERSION = "INSERT INTO order_versions (order_id, version, snapshot) VALUES ($1, $2, $3)"
+_BY_REQUEST_ID = f"SELECT {_ORDER}, fingerprint FROM orders WHERE request_id = $1"
 
 
 async def _add_payment_method(connection: AsyncConnection) -> None:
     # Databases made by migration 1 before this column existed get it here; newer ones
     # already have it from the table definition.
-    columns = await connection.run_sync(
-        lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("orders")}
-    )
+    columns = await _columns_of(connection, "orders")
     if "payment_method" not in columns:
         await connection.execute(
             sa.text(
@@ -73,9 +110,7 @@ async def _add_payment_method(connection: AsyncConnection) -> None:
 
 
 async def _add_saga_columns(connection: AsyncConnection) -> None:
-    columns = await connection.run_sync(
-        lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("orders")}
-    )
+    columns = await _columns_of(connection, "orders")
     if "payment_state" not in columns:
         await connection.execute(
             sa.text("ALTER TABLE orders ADD COLUMN payment_state VARCHAR(16) NOT NULL DEFAULT ''")
@@ -95,28 +130,66 @@ async def _add_saga_columns(connection: AsyncConnection) -> None:
 async def _add_versions(connection: AsyncConnection) -> None:
     # Orders stored before versions were kept start their history at their current version.
     await connection.run_sync(metadata.create_all)
-    for row in (await connection.execute(sa.select(orders))).all():
+    rows = await connection.execute(sa.text(f"SELECT {_ORDER} FROM orders"))
+    for row in rows.all():
         order = _order(row._mapping)
         known = await connection.execute(
-            sa.select(order_versions.c.version).where(
-                order_versions.c.order_id == order.order_id,
-                order_versions.c.version == order.version,
-            )
+            sa.text("SELECT 1 FROM order_versions WHERE order_id = :id AND version = :version"),
+            {"id": order.order_id, "version": order.version},
         )
         if known.first() is None:
-            await connection.execute(order_versions.insert().values(**_version(order)))
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO order_versions (order_id, version, snapshot)"
+                    " VALUES (:id, :version, :snapshot)"
+                ),
+                {"id": order.order_id, "version": order.version, "snapshot": _snapshot(order)},
+            )
 
 
 async def _old_deadlines(connection: AsyncConnection) -> None:
     # An order awaiting payment from before payment deadlines gets the default one (10 minutes
     # after it was taken), so the sweeper ends it too.
     await connection.execute(
-        orders.update()
-        .where(orders.c.state == OrderState.PENDING_PAYMENT.value, orders.c.deadline_us == 0)
-        .values(deadline_us=orders.c.create_us + 600_000_000)
+        sa.text(
+            "UPDATE orders SET deadline_us = create_us + 600000000"
+            " WHERE state = :state AND deadline_us = 0"
+        ),
+        {"state": OrderState.PENDING_PAYMENT.value},
     )
 
 
+async def _request_ids_on_orders(connection: AsyncConnection) -> None:
+    # The request id and fingerprint were kept in a table of their own (order_requests), one
+    # more INSERT per order and a join per lookup; they move onto the order's row.
+    columns = await _columns_of(connection, "orders")
+    if "request_id" not in columns:
+        await connection.execute(sa.text("ALTER TABLE orders ADD COLUMN request_id VARCHAR(64)"))
+        await connection.execute(sa.text("ALTER TABLE orders ADD COLUMN fingerprint VARCHAR(64)"))
+    if await connection.run_sync(lambda sync: sa.inspect(sync).has_table("order_requests")):
+        await connection.execute(
+            sa.text(
+                "UPDATE orders SET"
+                " request_id = (SELECT r.request_id FROM order_requests r"
+                " WHERE r.order_id = orders.id),"
+                " fingerprint = (SELECT r.fingerprint FROM order_requests r"
+                " WHERE r.order_id = orders.id)"
+                " WHERE request_id IS NULL"
+            )
+        )
+        await connection.execute(sa.text("DROP TABLE order_requests"))
+    await connection.execute(
+        sa.text("CREATE UNIQUE INDEX IF NOT EXISTS ux_orders_request_id ON orders (request_id)")
+    )
+
+
+async def _columns_of(connection: AsyncConnection, table: str) -> set[str]:
+    return await connection.run_sync(
+        lambda sync: {c["name"] for c in sa.inspect(sync).get_columns(table)}
+    )
+
+
+# A new database gets today's tables from step 1; the later steps find them as they want them.
 MIGRATIONS = (
     creating_tables(1, "orders and their request ids", metadata),
     Migration(2, "orders: payment method", _add_payment_method),
@@ -124,6 +197,7 @@ MIGRATIONS = (
     Migration(4, "orders: payment state and deadline", _add_saga_columns),
     Migration(5, "orders: every version of an order", _add_versions),
     Migration(6, "orders: a payment deadline for orders taken before deadlines", _old_deadlines),
+    Migration(7, "orders: the request id on the order's row", _request_ids_on_orders),
 )
 
 
@@ -142,141 +216,138 @@ class SqlOrderRepository:
     ) -> None:
         self._database = database
         self._inbox = inbox  # the queue whose messages it records as handled (its consumer)
-        self._engine = database.engine
         self._messages = messages
         self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, order_id: str) -> Order | None:
-        async with self._engine.connect() as connection:
-            return await self._get(connection, order_id)
+        async def get(tx: Transaction) -> Order | None:
+            row = await tx.fetchrow(f"SELECT {_ORDER} FROM orders WHERE id = $1", order_id)
+            return _order(row) if row else None
+
+        return await self._database.transaction(get, write=False)
 
     async def by_request_id(self, request_id: str) -> tuple[Order, str] | None:
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    sa.select(orders, order_requests.c.fingerprint)
-                    .join(order_requests, order_requests.c.order_id == orders.c.id)
-                    .where(order_requests.c.request_id == request_id)
-                )
-            ).first()
-        return (_order(row._mapping), row.fingerprint) if row else None
+        async def by_request_id(tx: Transaction) -> tuple[Order, str] | None:
+            row = await tx.fetchrow(_BY_REQUEST_ID, request_id)
+            return (_order(row), row["fingerprint"]) if row else None
+
+        return await self._database.transaction(by_request_id, write=False)
 
     async def create(
         self, order: Order, request_id: str, fingerprint: str, messages: Sequence[OrderMessage]
     ) -> Order:
-        try:
-            async with self._database.writing() as connection:
-                await connection.execute(orders.insert().values(**_columns(order)))
-                await connection.execute(order_versions.insert().values(**_version(order)))
-                await connection.execute(
-                    order_requests.insert().values(
-                        request_id=request_id, fingerprint=fingerprint, order_id=order.order_id
-                    )
-                )
-                await enqueue(connection, [self._messages.outgoing(m) for m in messages])
-        except IntegrityError:
-            # A concurrent create with this request id committed first (its key settles the
-            # race; the caller read the request id before): that order is the answer.
-            raced = await self.by_request_id(request_id)
-            if raced is None:
-                raise
-            return raced[0]
-        self._on_commit()
+        row = _row(order)
+        snapshot = _snapshot_of(row)
+        outgoing = self._outgoing(messages)
+
+        async def create(tx: Transaction) -> Order | None:
+            if not await tx.execute(_INSERT_ORDER, *row, request_id, fingerprint):
+                # A concurrent create with this request id committed first (its unique key
+                # settles the race; the caller read the request id before): that order is the
+                # answer, and this one sends nothing.
+                raced = await tx.fetchrow(_BY_REQUEST_ID, request_id)
+                assert raced is not None
+                return _order(raced)
+            await tx.execute(_INSERT_VERSION, order.order_id, order.version, snapshot)
+            await enqueue(tx, outgoing)
+            return None
+
+        raced = await self._database.transaction(create)
+        if raced is not None:
+            return raced
+        if outgoing:
+            self._on_commit()
         return order
 
     async def save(
         self, read: Order, changed: Order, messages: Sequence[OrderMessage], handled: str = ""
     ) -> bool:
-        values = _columns(changed)
-        del values["id"], values["create_us"]
+        row = _row(changed)
+        snapshot = _snapshot_of(row)
+        outgoing = self._outgoing(messages)
+        changing = [row[i] for i in _CHANGING]
+
+        async def save(tx: Transaction) -> bool:
+            if handled and not await first_time(tx, self._inbox, handled):
+                return False  # handled before: nothing changes
+            if await tx.execute(_UPDATE_ORDER, *changing, read.order_id, read.version) != 1:
+                raise _Lost  # nothing of this transaction stays, the inbox row included
+            await tx.execute(_INSERT_VERSION, changed.order_id, changed.version, snapshot)
+            await enqueue(tx, outgoing)
+            return True
+
         try:
-            async with self._database.writing() as connection:
-                if handled and not await first_time(connection, self._inbox, handled):
-                    return True
-                updated = await connection.execute(
-                    orders.update()
-                    .where(orders.c.id == read.order_id, orders.c.version == read.version)
-                    .values(**values)
-                )
-                if updated.rowcount != 1:
-                    raise _Lost  # nothing of this transaction stays, the inbox row included
-                await connection.execute(order_versions.insert().values(**_version(changed)))
-                await enqueue(connection, [self._messages.outgoing(m) for m in messages])
+            written = await self._database.transaction(save)
         except _Lost:
             return False
-        if messages:
+        if written and outgoing:
             self._on_commit()
         return True
 
+    def _outgoing(self, messages: Sequence[OrderMessage]) -> list[Outgoing]:
+        # Built here, not on the database's thread (which the transaction holds).
+        return [self._messages.outgoing(m) for m in messages]
+
     async def versions(self, order_id: str, after: int) -> list[Order]:
-        async with self._engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(order_versions.c.snapshot)
-                    .where(order_versions.c.order_id == order_id, order_versions.c.version > after)
-                    .order_by(order_versions.c.version)
-                )
-            ).all()
-        return [_order(json.loads(row.snapshot)) for row in rows]
+        async def versions(tx: Transaction) -> list[Row]:
+            return await tx.fetch(
+                "SELECT snapshot FROM order_versions WHERE order_id = $1 AND version > $2"
+                " ORDER BY version",
+                order_id,
+                after,
+            )
+
+        rows = await self._database.transaction(versions, write=False)
+        return [_order(json.loads(row[0])) for row in rows]
 
     async def due(self, now: datetime, stalled_after: timedelta, limit: int) -> list[Order]:
-        stalled = to_micros(now - stalled_after)
-        condition = sa.or_(
-            sa.and_(
-                orders.c.state == OrderState.PENDING_PAYMENT.value,
-                orders.c.deadline_us > 0,
-                orders.c.deadline_us <= to_micros(now),
-            ),
-            sa.and_(
-                orders.c.state.in_([OrderState.AUTHORIZED.value, OrderState.CANCELLING.value]),
-                orders.c.update_us <= stalled,
-            ),
-            sa.and_(
-                orders.c.state == OrderState.CONFIRMED.value,
-                orders.c.payment_state == PaymentState.AUTHORIZED.value,
-                orders.c.update_us <= stalled,
-            ),
-        )
-        async with self._engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(orders).where(condition).order_by(orders.c.update_us).limit(limit)
-                )
-            ).all()
-        return [_order(row._mapping) for row in rows]
+        async def due(tx: Transaction) -> list[Row]:
+            return await tx.fetch(
+                f"SELECT {_ORDER} FROM orders WHERE"
+                " (state = $1 AND deadline_us > 0 AND deadline_us <= $2)"
+                " OR (state IN ($3, $4) AND update_us <= $5)"
+                " OR (state = $6 AND payment_state = $7 AND update_us <= $5)"
+                " ORDER BY update_us LIMIT $8",
+                OrderState.PENDING_PAYMENT.value,
+                to_micros(now),
+                OrderState.AUTHORIZED.value,
+                OrderState.CANCELLING.value,
+                to_micros(now - stalled_after),
+                OrderState.CONFIRMED.value,
+                PaymentState.AUTHORIZED.value,
+                limit,
+            )
 
-    @staticmethod
-    async def _get(connection: AsyncConnection, order_id: str) -> Order | None:
-        row = (await connection.execute(sa.select(orders).where(orders.c.id == order_id))).first()
-        return _order(row._mapping) if row else None
+        return [_order(row) for row in await self._database.transaction(due, write=False)]
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Order], int]:
-        condition = [orders.c.customer == customer] if customer else []
-        async with self._engine.connect() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(orders)
-                    .where(*condition)
-                    .order_by(orders.c.create_us.desc(), orders.c.id)
-                    .offset(offset)
-                    .limit(limit)
-                )
-            ).all()
-            total = (
-                await connection.execute(
-                    sa.select(sa.func.count()).select_from(orders).where(*condition)
-                )
-            ).scalar_one()
-        return [_order(row._mapping) for row in rows], int(total)
+        where, arguments = ("WHERE customer = $1", (customer,)) if customer else ("", ())
+        n = len(arguments)
+
+        async def page(tx: Transaction) -> tuple[list[Row], int]:
+            rows = await tx.fetch(
+                f"SELECT {_ORDER} FROM orders {where} ORDER BY create_us DESC, id"
+                f" LIMIT ${n + 1} OFFSET ${n + 2}",
+                *arguments,
+                limit,
+                offset,
+            )
+            total = await tx.fetchrow(f"SELECT count(*) FROM orders {where}", *arguments)
+            assert total is not None
+            return rows, int(total[0])
+
+        rows, total = await self._database.transaction(page, write=False)
+        return [_order(row) for row in rows], total
 
 
-def _columns(order: Order) -> dict[str, Any]:
-    return {
-        "id": order.order_id,
-        "customer": order.customer,
-        "state": order.state.value,
-        "reservation": order.reservation,
-        "lines": json.dumps(
+def _row(order: Order) -> tuple[Any, ...]:
+    """The order's columns, in `_COLUMNS` order."""
+    return (
+        order.order_id,
+        order.customer,
+        order.state.value,
+        order.reservation,
+        json.dumps(
             [
                 {
                     "product": line.product_id,
@@ -288,22 +359,22 @@ def _columns(order: Order) -> dict[str, Any]:
                 for line in order.lines
             ]
         ),
-        "cancel_reason": order.cancel_reason,
-        "create_us": to_micros(order.create_time),
-        "update_us": to_micros(order.update_time),
-        "version": order.version,
-        "payment_method": order.payment_method,
-        "payment_state": order.payment_state.value,
-        "deadline_us": to_micros(order.payment_deadline) if order.payment_deadline else 0,
-    }
+        order.cancel_reason,
+        to_micros(order.create_time),
+        to_micros(order.update_time),
+        order.version,
+        order.payment_method,
+        order.payment_state.value,
+        to_micros(order.payment_deadline) if order.payment_deadline else 0,
+    )
 
 
-def _version(order: Order) -> dict[str, Any]:
-    return {
-        "order_id": order.order_id,
-        "version": order.version,
-        "snapshot": json.dumps(_columns(order)),
-    }
+def _snapshot_of(row: tuple[Any, ...]) -> str:
+    return json.dumps(dict(zip(_COLUMNS, row, strict=True)))
+
+
+def _snapshot(order: Order) -> str:
+    return _snapshot_of(_row(order))
 
 
 def _order(row: Any) -> Order:
