@@ -12,6 +12,7 @@ spelling (`$1` placeholders, `ON CONFLICT`, `RETURNING`, `FOR UPDATE [SKIP LOCKE
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import re
 import sqlite3
@@ -183,8 +184,13 @@ class SqliteThread:
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
+        # The caller's context goes along (as asyncio.to_thread does): the outbox reads the
+        # trace context of the request that writes.
+        context = contextvars.copy_context()
         try:
-            return await loop.run_in_executor(self._executor, self._run, function, begin, cancelled)
+            return await loop.run_in_executor(
+                self._executor, context.run, self._run, function, begin, cancelled
+            )
         except asyncio.CancelledError:
             # The thread cannot be stopped mid-statement, but what it does then is rolled back.
             cancelled.set()
