@@ -5,6 +5,10 @@ The gateway and the services verify the same way: the algorithm comes from a pin
 exp, nbf and iat are checked with a small clock skew. An unknown `kid` triggers one JWKS
 refetch, at most once per `refetch_interval`, so a rotated key is picked up without a restart
 and a flood of forged kids cannot turn into a flood of fetches.
+
+A token verified once is remembered (by its whole text, signature included) until it expires,
+while its key is still published: a client sends the same token for its lifetime, and every
+service on an order's path verified it again (112 µs each, about 0.6 ms of CPU per order).
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ class JwksCache:
         self._lock = asyncio.Lock()
         self.fetches = 0
 
+    def publishes(self, kid: str) -> bool:
+        """The key is known and the keys are not due for a refetch."""
+        fresh = self._fetched_at is not None and self._clock() - self._fetched_at <= self._max_age
+        return fresh and kid in self._keys
+
     async def key(self, kid: str) -> jwt.PyJWK:
         stale = self._fetched_at is None or self._clock() - self._fetched_at > self._max_age
         if kid not in self._keys or stale:
@@ -109,6 +118,14 @@ class JwksCache:
             }
 
 
+@dataclass(frozen=True)
+class _Verified:
+    principal: Principal
+    kid: str
+    not_before: float
+    expires: float
+
+
 class TokenVerifier:
     def __init__(
         self,
@@ -118,14 +135,33 @@ class TokenVerifier:
         audience: str,
         leeway_seconds: float = 30.0,
         algorithms: Sequence[str] = ALGORITHMS,
+        remembered: int = 4096,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
         self._algorithms = list(algorithms)
+        self._remembered = remembered
+        self._clock = clock
+        self._verified: dict[str, _Verified] = {}  # oldest first
 
     async def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None:
+            now = self._clock()
+            valid = known.not_before - self._leeway <= now <= known.expires + self._leeway
+            if valid and self._keys.publishes(known.kid):
+                return known.principal
+            del self._verified[token]  # expired or its key withdrawn: verified again below
+        principal, verified = await self._verify(token)
+        if len(self._verified) >= self._remembered:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = verified
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, _Verified]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -144,12 +180,14 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+                # Times are checked below on this verifier's clock (remembered tokens use it).
+                options={
+                    "require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise InvalidToken("token not valid yet") from None
         except jwt.InvalidAudienceError:
             raise InvalidToken("token is for another audience") from None
         except jwt.InvalidIssuerError:
@@ -158,10 +196,19 @@ class TokenVerifier:
             raise InvalidToken(f"token lacks the {error.claim!r} claim") from None
         except jwt.PyJWTError:
             raise InvalidToken("bad token signature") from None
+        times = [claims[name] for name in ("exp", "nbf", "iat")]
+        if not all(isinstance(value, int | float) for value in times):
+            raise InvalidToken("token times are malformed")
+        expires, not_before, issued = (float(value) for value in times)
+        now = self._clock()
+        if now > expires + self._leeway:
+            raise InvalidToken("token expired")
+        if now < max(not_before, issued) - self._leeway:
+            raise InvalidToken("token not valid yet")
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidToken("token roles are malformed")
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]),
             roles=frozenset(roles),
             customer=str(claims.get("customer", "")),
@@ -169,6 +216,7 @@ class TokenVerifier:
             token_id=str(claims["jti"]),
             token=token,
         )
+        return principal, _Verified(principal, kid, max(not_before, issued), expires)
 
 
 def bearer_token(authorization: str | None) -> str | None:
