@@ -115,15 +115,6 @@ class SqliteTransaction:
         return rows[0] if rows else None
 
 
-async def ordered_section(tx: Transaction, key: int) -> None:
-    """From here to commit, one transaction at a time per `key` across every process: for what
-    must commit in the order it was numbered (catalog's change log). PostgreSQL: a
-    transaction-scoped advisory lock; SQLite: nothing to do, its BEGIN IMMEDIATE already admits
-    one writer. Take it as late in the transaction as possible."""
-    if tx.postgres:
-        await tx.execute("SELECT pg_advisory_xact_lock($1)", key)
-
-
 def sqlite_connect(path: str) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row

@@ -30,7 +30,7 @@ class CatalogParts:
 async def build_catalog(settings: CatalogSettings) -> CatalogParts:
     """The catalog without its server: migrated storage, its change feed (not yet following the
     change log: the app starts it, `feed.start()`), the use cases."""
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, pool_size=settings.database_pool_size)
     await database.migrate(MIGRATIONS)
     repository = SqlProductRepository(database)
     feed = ChangeFeed(repository, poll_interval=settings.feed_poll_interval_seconds)

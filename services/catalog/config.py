@@ -16,6 +16,12 @@ class CatalogSettings(ServiceSettings):
         default="sqlite+aiosqlite:///var/catalog.sqlite3",
         description="sqlite+aiosqlite:///<path> (embedded) or postgresql+asyncpg://...",
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL: the write and read transactions a process runs at once (each"
+        " one connection); replicas x this must stay within the server's max_connections",
+    )
     currency_code: str = Field(default="USD", pattern="^[A-Z]{3}$")
     seed_sample_products: bool = False
     feed_poll_interval_seconds: float = Field(default=1.0, gt=0)

@@ -2,12 +2,40 @@
 (`Database.transaction`), the same SQL for SQLite and PostgreSQL. The tables are declared with
 SQLAlchemy for the migration that creates them.
 
-Every write appends to `product_changes` in the same transaction, so the change log (and with it
-WatchProducts) can never miss or invent a change. Writers run concurrently (within a process and
-across replicas); each locks the product rows it changes (FOR UPDATE on PostgreSQL, BEGIN
-IMMEDIATE on SQLite) and numbers its change last, inside `ordered_section`, held only from
-numbering to commit: so revisions are dense and commit in their order, and a watcher reading
-`revision > n` never sees n+2 before n+1 (tests/test_change_log_concurrency.py).
+Every write appends exactly one change to `product_changes` in its own transaction, so the change
+log (and with it WatchProducts) can never miss or invent a change. Writers run concurrently
+(within a process and across replicas) and take no lock beyond the product rows they change
+(FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE admits one writer at a time anyway). The
+change log's promise — a watcher reading `revision > n` never misses a committed revision and
+never sees them out of order — comes from how a change is numbered and how far a reader reads,
+the dialect seam below (`_NEXT_REVISION`, `_FINAL_BELOW`, `_SNAPSHOT`), proved by
+tests/test_change_log_concurrency.py:
+
+- SQLite: a change is numbered max(revision) + 1 inside BEGIN IMMEDIATE, so revisions are dense
+  and commit in their order; a reader sees whole commits, in that order.
+- PostgreSQL: a change's revision is its writing transaction's id, `pg_current_xact_id()`
+  (xid8: 64 bits, never wraps), unique per transaction (and `product_changes.revision` is the
+  primary key, so a transaction recording two changes would fail, not reuse a number), known
+  inside the transaction (UpdateProduct returns its etag), taken without any lock. Transactions
+  commit in any order, so a reader reads only below the committed watermark: the xmin of its
+  statement's snapshot, `pg_snapshot_xmin(pg_current_snapshot())`. Every transaction with an id
+  below xmin had ended (committed or aborted) when that snapshot was taken, so every change
+  numbered below it is visible to the same statement, and no transaction can still commit one
+  there (new ids are at least the snapshot's xmax): what a reader returns below xmin is final
+  and complete, in revision order — never a skip, never out of order. Revisions have gaps (the
+  ids of aborted transactions and of every other write in the cluster, other databases' too);
+  clients only order and compare them.
+  A database written before numbering by transaction id holds dense revisions 1..N: each of
+  those writes consumed a transaction id of this cluster, so new revisions are above N and stay
+  monotonic. (A logical dump restored into another cluster may be ahead of its transaction ids:
+  `horizon` refuses to run on such a log rather than number below its past.) Upgrading from
+  that numbering, stop the old replicas before new ones write: while both write, an old one's
+  max + 1 can collide with a new one's id or commit below a watcher's watermark.
+
+What a watcher waits for, then: on PostgreSQL a change reaches watchers once every transaction
+that got its id before it has ended — any write transaction in the cluster, not only catalog's
+(other databases' long transactions delay the feed; `idle_in_transaction_session_timeout`
+bounds a forgotten one); never a lost or reordered change.
 """
 
 from __future__ import annotations
@@ -22,15 +50,16 @@ from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
 from libs.storage.database import Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
-from libs.storage.transaction import Row, Transaction, ordered_section
+from libs.storage.transaction import Row, Transaction
 from services.catalog.domain.model import (
     ChangeType,
+    Horizon,
     ImportOutcome,
     Product,
     ProductChange,
     ProductDraft,
 )
-from services.catalog.domain.ports import CreateRequest
+from services.catalog.domain.ports import CreateRequest, DraftChange, ProductCheck
 from services.catalog.domain.query import ProductQuery
 
 metadata = sa.MetaData()
@@ -174,22 +203,31 @@ class SqlProductRepository:
 
         return await self._database.transaction(create)
 
-    async def update(self, product_id: str, draft: ProductDraft, expected_revision: int) -> Product:
-        async def update(tx: Transaction) -> Product:
-            current = await _locked_current(tx, product_id, expected_revision)
+    async def update(self, product_id: str, change: DraftChange) -> Product | None:
+        async def update(tx: Transaction) -> Product | None:
+            current = await _locked(tx, product_id)
+            if current is None:
+                return None
+            draft = change(current)  # the product is locked: concurrent writers take turns
             if draft.sku != current.draft.sku:
                 await _check_sku_free(tx, draft.sku)
             return await _write_update(tx, current, draft)
 
         return await self._database.transaction(update)
 
-    async def delete(self, product_id: str, expected_revision: int | None) -> Product:
-        async def delete(tx: Transaction) -> Product:
-            current = await _locked_current(tx, product_id, expected_revision)
-            revision = await _next_revision(tx)
+    async def delete(self, product_id: str, check: ProductCheck) -> Product | None:
+        async def delete(tx: Transaction) -> Product | None:
+            current = await _locked(tx, product_id)
+            if current is None:
+                return None
+            check(current)
             await tx.execute("DELETE FROM product_labels WHERE product_id = $1", product_id)
-            await tx.execute("DELETE FROM products WHERE id = $1", product_id)
-            await _record(tx, revision, ChangeType.DELETED, current, now_micros())
+            row = await tx.fetchrow(
+                f"DELETE FROM products WHERE id = $1 RETURNING {_NEXT_REVISION[tx.postgres]}",
+                product_id,
+            )
+            assert row is not None
+            await _record(tx, int(row[0]), ChangeType.DELETED, current, now_micros())
             return current
 
         return await self._database.transaction(delete)
@@ -221,7 +259,8 @@ class SqlProductRepository:
         async def changes(tx: Transaction) -> list[Row]:
             return await tx.fetch(
                 "SELECT revision, change_type, snapshot, change_us FROM product_changes"
-                " WHERE revision > $1 ORDER BY revision LIMIT $2",
+                f" WHERE revision > $1 AND revision < {_FINAL_BELOW[tx.postgres]}"
+                " ORDER BY revision LIMIT $2",
                 revision,
                 limit,
             )
@@ -236,8 +275,32 @@ class SqlProductRepository:
             for row in await self._database.transaction(changes, write=False)
         ]
 
-    async def last_revision(self) -> int:
-        return await self._database.transaction(_last_revision, write=False)
+    async def horizon(self) -> Horizon:
+        async def horizon(tx: Transaction) -> Row:
+            # One statement: one snapshot for the watermark, the reads and the snapshot's text.
+            row = await tx.fetchrow(
+                f"SELECT {_SNAPSHOT[tx.postgres]} AS snapshot,"
+                " (SELECT coalesce(max(revision), 0) FROM product_changes"
+                f" WHERE revision < {_FINAL_BELOW[tx.postgres]}) AS final,"
+                " (SELECT coalesce(max(revision), 0) FROM product_changes) AS highest"
+            )
+            assert row is not None
+            return row
+
+        row = await self._database.transaction(horizon, write=False)
+        final, highest = int(row["final"]), int(row["highest"])
+        if row["snapshot"] is None:  # SQLite: every committed change is final
+            return Horizon(final, final + 1)
+        _xmin, xmax, running = str(row["snapshot"]).split(":")
+        if highest >= int(xmax):
+            raise RuntimeError(
+                f"product_changes holds revision {highest}, at or above the next transaction id"
+                f" {xmax}: revisions are transaction ids, and this database's cluster is behind"
+                " its change log (a logical restore into another cluster?). Advance the"
+                " cluster's transaction ids past it (pg_resetwal --next-transaction-id/--epoch)"
+                " before running catalog on it."
+            )
+        return Horizon(final, int(xmax), frozenset(int(xid) for xid in running.split(",") if xid))
 
 
 async def _check_sku_free(tx: Transaction, sku: str) -> None:
@@ -247,61 +310,46 @@ async def _check_sku_free(tx: Transaction, sku: str) -> None:
 
 async def _insert(tx: Transaction, product_id: str, draft: ProductDraft) -> Product:
     now = now_micros()
-    revision = await _next_revision(tx)
-    product = Product(product_id, draft, from_micros(now), from_micros(now), revision)
     columns = _columns(draft)
-    await tx.execute(
+    row = await tx.fetchrow(
         "INSERT INTO products (id, sku, title, description, price_currency, price_nanos, labels,"
-        " create_us, update_us, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        " create_us, update_us, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+        f" {_NEXT_REVISION[tx.postgres]}) RETURNING revision",
         product_id,
         *columns.values(),
         now,
         now,
-        revision,
     )
+    assert row is not None
+    product = Product(product_id, draft, from_micros(now), from_micros(now), int(row[0]))
     await _write_labels(tx, product_id, draft)
-    await _record(tx, revision, ChangeType.CREATED, product, now)
+    await _record(tx, product.revision, ChangeType.CREATED, product, now)
     return product
 
 
 async def _write_update(tx: Transaction, current: Product, draft: ProductDraft) -> Product:
     now = now_micros()
-    revision = await _next_revision(tx)
-    product = Product(current.product_id, draft, current.create_time, from_micros(now), revision)
-    await tx.execute(
+    row = await tx.fetchrow(
         "UPDATE products SET sku = $1, title = $2, description = $3, price_currency = $4,"
-        " price_nanos = $5, labels = $6, update_us = $7, revision = $8 WHERE id = $9",
+        " price_nanos = $5, labels = $6, update_us = $7,"
+        f" revision = {_NEXT_REVISION[tx.postgres]} WHERE id = $8 RETURNING revision",
         *_columns(draft).values(),
         now,
-        revision,
         current.product_id,
     )
-    await tx.execute("DELETE FROM product_labels WHERE product_id = $1", current.product_id)
-    await _write_labels(tx, current.product_id, draft)
-    await _record(tx, revision, ChangeType.UPDATED, product, now)
+    assert row is not None
+    product = Product(current.product_id, draft, current.create_time, from_micros(now), int(row[0]))
+    if draft.labels != current.draft.labels:
+        await tx.execute("DELETE FROM product_labels WHERE product_id = $1", current.product_id)
+        await _write_labels(tx, current.product_id, draft)
+    await _record(tx, product.revision, ChangeType.UPDATED, product, now)
     return product
 
 
-async def _locked_current(
-    tx: Transaction, product_id: str, expected_revision: int | None
-) -> Product:
+async def _locked(tx: Transaction, product_id: str) -> Product | None:
+    """The product, locked until commit (PostgreSQL; SQLite's writer is alone anyway)."""
     row = await tx.fetchrow(f"{_PRODUCT} WHERE id = $1 FOR UPDATE", product_id)
-    if row is None:
-        raise DomainError(
-            ErrorKind.NOT_FOUND,
-            "PRODUCT_NOT_FOUND",
-            f"products/{product_id} not found",
-            {"resource": f"products/{product_id}"},
-        )
-    current = _product(row)
-    if expected_revision is not None and current.revision != expected_revision:
-        raise DomainError(
-            ErrorKind.ABORTED,
-            "CONCURRENT_MODIFICATION",
-            f"products/{product_id} changed concurrently; read it again and retry",
-            {"resource": f"products/{product_id}", "current_etag": current.etag},
-        )
-    return current
+    return _product(row) if row else None
 
 
 async def _write_labels(tx: Transaction, product_id: str, draft: ProductDraft) -> None:
@@ -326,19 +374,21 @@ async def _record(
     )
 
 
-_CHANGE_LOG = 0x43A7A106  # ordered_section's key for the change log
-
-
-async def _next_revision(tx: Transaction) -> int:
-    """Call it after the checks, before the writes that carry the revision."""
-    await ordered_section(tx, _CHANGE_LOG)
-    return await _last_revision(tx) + 1
-
-
-async def _last_revision(tx: Transaction) -> int:
-    row = await tx.fetchrow("SELECT coalesce(max(revision), 0) FROM product_changes")
-    assert row is not None
-    return int(row[0])
+# The dialect seam, all of it (see the module's docstring), by `Transaction.postgres`:
+# the revision a write transaction gives its change (an SQL expression, evaluated in the
+# statement that writes the product) ...
+_NEXT_REVISION = {
+    True: "pg_current_xact_id()::text::bigint",  # this transaction's id; no lock
+    False: "(SELECT coalesce(max(revision), 0) + 1 FROM product_changes)",  # BEGIN IMMEDIATE
+}
+# ... the revision below which a reader's statement sees every change there will ever be ...
+_FINAL_BELOW = {
+    True: "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",  # the committed watermark
+    False: "9223372036854775807",  # every committed change: SQLite's commits come in order
+}
+# ... and the statement's snapshot itself (`xmin:xmax:running ids`), to tell what a watcher "from
+# now" must skip: what had committed by then, above the watermark (`Horizon`).
+_SNAPSHOT = {True: "pg_current_snapshot()::text", False: "NULL"}
 
 
 async def _exists(tx: Transaction, column: str, value: str) -> bool:

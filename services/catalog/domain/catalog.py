@@ -85,27 +85,34 @@ class Catalog:
                 f"updatable: {', '.join(MUTABLE_FIELDS)}",
                 Reason.INVALID_FIELD_MASK,
             )
-        current = await self._repository.get(product_id)
-        if current is None:
-            raise not_found(name, Reason.PRODUCT_NOT_FOUND)
-        if etag and etag != current.etag:
-            raise _etag_mismatch(name, etag, current.etag)
         selected = MUTABLE_FIELDS if not paths or "*" in paths else tuple(paths)
-        merged = current.with_changes(changes, selected)
-        self._validate_draft(merged, "product.")
-        self._check_currency(merged, "product.")
-        updated = await self._repository.update(product_id, merged, current.revision)
+
+        def change(current: Product) -> ProductDraft:
+            # Runs on the stored product, locked: without an etag, concurrent updates take turns
+            # and each applies its fields to the previous one's result; with one, a product
+            # changed since is ABORTED.
+            if etag and etag != current.etag:
+                raise _etag_mismatch(name, etag, current.etag)
+            merged = current.with_changes(changes, selected)
+            self._validate_draft(merged, "product.")
+            self._check_currency(merged, "product.")
+            return merged
+
+        updated = await self._repository.update(product_id, change)
+        if updated is None:
+            raise not_found(name, Reason.PRODUCT_NOT_FOUND)
         self._feed.nudge()
         return updated
 
     async def delete(self, name: str, etag: str) -> None:
         product_id = product_id_of(name, "name")
-        current = await self._repository.get(product_id)
-        if current is None:
+
+        def check(current: Product) -> None:
+            if etag and etag != current.etag:
+                raise _etag_mismatch(name, etag, current.etag)
+
+        if await self._repository.delete(product_id, check) is None:
             raise not_found(name, Reason.PRODUCT_NOT_FOUND)
-        if etag and etag != current.etag:
-            raise _etag_mismatch(name, etag, current.etag)
-        await self._repository.delete(product_id, current.revision)
         self._feed.nudge()
 
     async def import_product(

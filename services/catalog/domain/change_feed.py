@@ -5,6 +5,11 @@ revision order (woken at once by local writes, and every `poll_interval` for wri
 other replicas) and fans them out to per-watcher bounded queues. A watcher first catches up from
 the database, then follows the live queue; a watcher too slow for its queue falls back to
 catching up from the database instead of stalling everyone else or losing changes.
+
+Revisions increase but have gaps, and the repository returns only final changes (none can ever
+commit below them: `ProductRepository.changes_after`), so "after the last one read" is always a
+complete continuation. A watcher "from now" starts at the log's `Horizon` and skips the changes
+above it that had committed by then.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from libs.runtime.shutdown import StreamsClosed
-from services.catalog.domain.model import ProductChange
+from services.catalog.domain.model import Horizon, ProductChange
 from services.catalog.domain.ports import ProductRepository
 
 log = logging.getLogger("emporium.catalog.feed")
@@ -72,7 +77,7 @@ class ChangeFeed:
         return len(self._watchers)
 
     async def start(self) -> None:
-        self.last_revision = await self._repository.last_revision()
+        self.last_revision = (await self._repository.horizon()).revision
         self._poller = asyncio.create_task(self._poll(), name="catalog-change-feed")
 
     def nudge(self) -> None:
@@ -92,21 +97,25 @@ class ChangeFeed:
 
     async def subscribe(self, after_revision: int | None) -> AsyncIterator[ProductChange]:
         """Registers a watcher now and returns its changes: those with revision > after_revision
-        (None: after the last committed one), in order, until the feed closes (StreamsClosed)."""
+        (None: those committed from now on), in order, until the feed closes (StreamsClosed)."""
         if self._closed:
             raise closed_at(self.last_revision if after_revision is None else after_revision)
         watcher = _Watcher(self._queue_size)
         self._watchers.add(watcher)
+        cursor, now = after_revision, None
         try:
-            cursor = (
-                await self._repository.last_revision() if after_revision is None else after_revision
-            )
+            if cursor is None:
+                now = await self._repository.horizon()
+                cursor = now.revision
         except BaseException:
             self._watchers.discard(watcher)
             raise
-        return self._follow(watcher, cursor)
+        return self._follow(watcher, cursor, now)
 
-    async def _follow(self, watcher: _Watcher, cursor: int) -> AsyncIterator[ProductChange]:
+    async def _follow(
+        self, watcher: _Watcher, cursor: int, now: Horizon | None
+    ) -> AsyncIterator[ProductChange]:
+        """`now`: skip the changes that had committed by then (a watch "from now")."""
         try:
             while True:
                 watcher.lagging = False
@@ -117,7 +126,8 @@ class ChangeFeed:
                         break
                     for change in changes:
                         cursor = change.revision
-                        yield change
+                        if now is None or not now.committed_by_then(cursor):
+                            yield change
                 while not watcher.lagging:
                     item = await watcher.queue.get()
                     if item is _CLOSED:
@@ -125,7 +135,8 @@ class ChangeFeed:
                     assert isinstance(item, ProductChange)
                     if item.revision > cursor:
                         cursor = item.revision
-                        yield item
+                        if now is None or not now.committed_by_then(cursor):
+                            yield item
                 if self._closed:
                     raise closed_at(cursor)
         finally:

@@ -55,10 +55,30 @@ class ChangeType(enum.Enum):
 
 @dataclass(frozen=True)
 class ProductChange:
-    revision: int
+    revision: int  # increasing in the change log's order, with gaps (see Horizon)
     change_type: ChangeType
     product: Product
     change_time: datetime
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The change log as one read saw it ("now"). Revisions increase in the log's order but are
+    not dense, and on PostgreSQL changes commit out of revision order: a change is final (and
+    readable) once nothing can commit below it (adapters/sql_repository.py).
+
+    `revision`: the last final change (0: none); every change up to it is committed, and no
+    other can ever appear up to it. `next_revision`: no change committed by then has a revision
+    at or above it. `pending`: revisions between the two that were still uncommitted then."""
+
+    revision: int
+    next_revision: int
+    pending: frozenset[int] = frozenset()
+
+    def committed_by_then(self, revision: int) -> bool:
+        """Whether the change numbered `revision` had committed by then (a watcher "from now"
+        skips it)."""
+        return revision < self.next_revision and revision not in self.pending
 
 
 class ImportOutcome(enum.Enum):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.catalog.domain.model import ImportOutcome, Product, ProductChange, ProductDraft
+from services.catalog.domain.model import (
+    Horizon,
+    ImportOutcome,
+    Product,
+    ProductChange,
+    ProductDraft,
+)
 from services.catalog.domain.query import ProductQuery
 
 
@@ -16,6 +22,14 @@ class CreateRequest:
     product_id: str
     request_id: str
     fingerprint: str
+
+
+# Given the product as stored (locked until the write commits), the draft to store, or raises
+# DomainError (a stale etag, an invalid draft) to change nothing. Plain functions: they run
+# inside the write transaction (on SQLite, on the database's thread), so they must be quick.
+DraftChange = Callable[[Product], ProductDraft]
+# Given the product as stored (locked), raises DomainError to change nothing.
+ProductCheck = Callable[[Product], None]
 
 
 class ProductRepository(Protocol):
@@ -30,11 +44,15 @@ class ProductRepository(Protocol):
         (second value False). Raises DomainError for a reused request_id, id or sku."""
         ...
 
-    async def update(self, product_id: str, draft: ProductDraft, expected_revision: int) -> Product:
-        """Raises DomainError ABORTED when the product changed since `expected_revision`."""
+    async def update(self, product_id: str, change: DraftChange) -> Product | None:
+        """Stores `change(current)` in one transaction with the read of `current`, locked: a
+        concurrent writer waits for this one, then sees its result. None: no such product."""
         ...
 
-    async def delete(self, product_id: str, expected_revision: int | None) -> Product: ...
+    async def delete(self, product_id: str, check: ProductCheck) -> Product | None:
+        """Deletes the product if `check(current)` passes (same transaction, locked); returns it
+        as it was. None: no such product."""
+        ...
 
     async def upsert_by_sku(
         self, draft: ProductDraft, new_id: str, *, named: bool = False
@@ -43,6 +61,12 @@ class ProductRepository(Protocol):
         chose `new_id`, so the sku must be new or already that product's."""
         ...
 
-    async def changes_after(self, revision: int, limit: int) -> Sequence[ProductChange]: ...
+    async def changes_after(self, revision: int, limit: int) -> Sequence[ProductChange]:
+        """Up to `limit` changes after `revision`, in revision order: only final ones (below the
+        committed watermark), so a reader that continues after the last one it got never misses
+        one and never sees one out of order."""
+        ...
 
-    async def last_revision(self) -> int: ...
+    async def horizon(self) -> Horizon:
+        """Where the change log is now (where a watcher "from now" starts)."""
+        ...

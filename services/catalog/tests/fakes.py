@@ -8,15 +8,16 @@ import operator
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from libs.runtime.errors import DomainError, ErrorKind, not_found
+from libs.runtime.errors import DomainError, ErrorKind
 from services.catalog.domain.model import (
     ChangeType,
+    Horizon,
     ImportOutcome,
     Product,
     ProductChange,
     ProductDraft,
 )
-from services.catalog.domain.ports import CreateRequest
+from services.catalog.domain.ports import CreateRequest, DraftChange, ProductCheck
 from services.catalog.domain.query import ProductQuery
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -63,23 +64,21 @@ class InMemoryProductRepository:
         self.requests[request.request_id] = (request.product_id, request.fingerprint)
         return product, True
 
-    async def update(self, product_id: str, draft: ProductDraft, expected_revision: int) -> Product:
+    async def update(self, product_id: str, change: DraftChange) -> Product | None:
         current = self.products.get(product_id)
         if current is None:
-            raise not_found(f"products/{product_id}", "PRODUCT_NOT_FOUND")
-        if current.revision != expected_revision:
-            raise DomainError(ErrorKind.ABORTED, "ETAG_MISMATCH", "changed meanwhile")
+            return None
+        draft = change(current)
         self._check_sku(draft.sku, product_id)
         product = dataclasses.replace(current, draft=draft, revision=self._next_revision())
         self._record(ChangeType.UPDATED, product)
         return product
 
-    async def delete(self, product_id: str, expected_revision: int | None) -> Product:
+    async def delete(self, product_id: str, check: ProductCheck) -> Product | None:
         current = self.products.get(product_id)
         if current is None:
-            raise not_found(f"products/{product_id}", "PRODUCT_NOT_FOUND")
-        if expected_revision is not None and current.revision != expected_revision:
-            raise DomainError(ErrorKind.ABORTED, "ETAG_MISMATCH", "changed meanwhile")
+            return None
+        check(current)
         del self.products[product_id]
         self.changes.append(ProductChange(self._next_revision(), ChangeType.DELETED, current, NOW))
         return current
@@ -103,8 +102,9 @@ class InMemoryProductRepository:
     async def changes_after(self, revision: int, limit: int) -> Sequence[ProductChange]:
         return [c for c in self.changes if c.revision > revision][:limit]
 
-    async def last_revision(self) -> int:
-        return self.changes[-1].revision if self.changes else 0
+    async def horizon(self) -> Horizon:
+        last = self.changes[-1].revision if self.changes else 0
+        return Horizon(last, last + 1)
 
     def _next_revision(self) -> int:
         return len(self.changes) + 1
