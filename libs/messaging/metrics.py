@@ -20,23 +20,25 @@ from aio_pika.abc import AbstractConnection
 from opentelemetry import metrics
 
 from libs.messaging.broker import BrokerOptions, connect
+from libs.telemetry.metrics import LocalCounter
 
 log = logging.getLogger("emporium.messaging")
 
 meter = metrics.get_meter("emporium.messaging")
-SENT = meter.create_counter("messaging.client.sent.messages", description="publishes attempted")
-CONFIRMED = meter.create_counter(
-    "messaging.client.confirmed.messages", description="publishes the broker confirmed"
+SENT = LocalCounter(meter, "messaging.client.sent.messages", description="publishes attempted")
+CONFIRMED = LocalCounter(
+    meter, "messaging.client.confirmed.messages", description="publishes the broker confirmed"
 )
-CONSUMED = meter.create_counter(
-    "messaging.client.consumed.messages", description="deliveries handed to a handler"
+CONSUMED = LocalCounter(
+    meter, "messaging.client.consumed.messages", description="deliveries handed to a handler"
 )
-REDELIVERED = meter.create_counter(
+REDELIVERED = LocalCounter(
+    meter,
     "messaging.client.redelivered.messages",
     description="deliveries that were not a message's first (retries and broker redeliveries)",
 )
-DEAD_LETTERED = meter.create_counter(
-    "messaging.client.dead_lettered.messages", description="messages sent to the DLQ"
+DEAD_LETTERED = LocalCounter(
+    meter, "messaging.client.dead_lettered.messages", description="messages sent to the DLQ"
 )
 PROCESS_DURATION = meter.create_histogram(
     "messaging.process.duration", unit="s", description="handler time per delivery"

@@ -47,11 +47,12 @@ from libs.runtime.rich_status import (
     status_from_trailers,
 )
 from libs.telemetry.logging import request_id
+from libs.telemetry.metrics import LocalCounter
 from libs.telemetry.tracing import DurationByCode, rpc_attributes, spans_recorded
 
 log = logging.getLogger("emporium.rpcclient")
 meter = metrics.get_meter("emporium.rpc.client")
-ATTEMPTS = meter.create_counter("rpc.client.attempts", description="calls sent to an upstream")
+ATTEMPTS = LocalCounter(meter, "rpc.client.attempts", description="calls sent to an upstream")
 RETRIES = meter.create_counter("rpc.client.retries", description="attempts that were retries")
 REJECTIONS = meter.create_counter(
     "rpc.client.rejections", description="calls refused locally (breaker open, bulkhead full)"

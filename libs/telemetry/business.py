@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from opentelemetry import metrics
 
+from libs.telemetry.metrics import LocalCounter
+
 # Message type (the protobuf full name the outbox stores) -> (counter, description).
 EVENT_COUNTERS: dict[str, tuple[str, str]] = {
     "emporium.orders.v1.OrderCreated": ("emporium.orders.placed", "orders placed"),
@@ -30,21 +32,15 @@ EVENT_COUNTERS: dict[str, tuple[str, str]] = {
     "emporium.payments.v1.PaymentRefunded": ("emporium.payments.refunded", "payments refunded"),
 }
 
-_totals: dict[str, int] = {name: 0 for name, _ in EVENT_COUNTERS.values()}
-
-
-def _observe(name: str) -> metrics.CallbackT:
-    def observe(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
-        return [metrics.Observation(_totals[name])]
-
-    return observe
-
-
 # Observed rather than added to: every counter is exported from the start, at 0, so a rule or
 # a dashboard's rate() has a series before the first such event.
 _meter = metrics.get_meter("emporium.business")
-for _name, _description in sorted(set(EVENT_COUNTERS.values())):
-    _meter.create_observable_counter(_name, [_observe(_name)], description=_description)
+COUNTERS = {
+    name: LocalCounter(_meter, name, description=description)
+    for name, description in sorted(set(EVENT_COUNTERS.values()))
+}
+for _counter in COUNTERS.values():
+    _counter.add(0)
 
 
 def count_published(message_types: Iterable[str]) -> None:
@@ -52,4 +48,4 @@ def count_published(message_types: Iterable[str]) -> None:
     for message_type in message_types:
         entry = EVENT_COUNTERS.get(message_type)
         if entry is not None:
-            _totals[entry[0]] += 1
+            COUNTERS[entry[0]].add(1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import metrics
@@ -39,6 +39,28 @@ log = logging.getLogger("emporium.telemetry")
 # (0 to 10,000 ms).
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SECONDS_HISTOGRAMS = ("http.server.request.duration", "messaging.process.duration")
+
+
+class LocalCounter:
+    """A monotonic counter summed in this process's memory and read by OpenTelemetry when it
+    collects (an observable counter), for counts taken on every message or call: the SDK's
+    `Counter.add` costs about 10 µs (attribute cleaning, hashing, a measurement object), this
+    well under 1 µs, and an order's path adds a dozen. Exported the same way as a `Counter`.
+    Add from the event loop's thread."""
+
+    def __init__(self, meter: metrics.Meter, name: str, *, unit: str = "", description: str = ""):
+        self._totals: dict[tuple[tuple[str, str], ...], int] = {}
+        meter.create_observable_counter(name, [self._observe], unit=unit, description=description)
+
+    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None:
+        key = tuple(attributes.items()) if attributes else ()
+        self._totals[key] = self._totals.get(key, 0) + amount
+
+    def value(self, attributes: Mapping[str, str] | None = None) -> int:
+        return self._totals.get(tuple(attributes.items()) if attributes else (), 0)
+
+    def _observe(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [metrics.Observation(total, dict(key)) for key, total in list(self._totals.items())]
 
 
 def otlp_endpoint() -> str | None:
