@@ -164,7 +164,8 @@ class Result:
             sum(known) if len(known) == len(self.replica_cpu) else None, self.writes
         )
         if len(replicas) > 1:
-            catalog += f" (by replica {' / '.join(replicas)})"
+            writes = " / ".join(str(count) for count in self.replica_writes)
+            catalog += f" (by replica {' / '.join(replicas)}, writes {writes})"
         others = [
             f"{name} {per_write(cpu, self.writes)}"
             for name, cpu in (
