@@ -73,8 +73,9 @@ async def grpcurl(
 
 async def place_and_watch(
     certs: Path, orders: str, payment_method: str
-) -> tuple[dict[str, object], list[str]]:
-    """CreateOrder, then WatchOrder until the stream ends; returns the order and its states."""
+) -> tuple[dict[str, object], list[str], str]:
+    """CreateOrder, then WatchOrder until the stream ends; returns the order, the states it
+    went through and its payment state at the end."""
     code, out = await grpcurl(
         certs,
         orders,
@@ -102,8 +103,13 @@ async def place_and_watch(
     )
     out_bytes, _ = await asyncio.wait_for(watch.communicate(), 30)
     assert await watch.wait() == 0  # the stream ended by itself at the terminal state
-    states = re.findall(r'^  "state": "(ORDER_STATE_\w+)"', out_bytes.decode(), re.MULTILINE)
-    return created, states
+    out_text = out_bytes.decode()
+    states = re.findall(r'^  "state": "(ORDER_STATE_\w+)"', out_text, re.M)
+    payments = re.findall(r'^  "payment_state": "(ORDER_PAYMENT_STATE_\w+)"', out_text, re.M)
+    # One message per version: a paid order's capture is a version of its own (same state),
+    # the last one the stream sends.
+    distinct = [state for i, state in enumerate(states) if i == 0 or states[i - 1] != state]
+    return created, distinct, (payments or [""])[-1]
 
 
 async def test_orders_complete_through_payment_and_notify_once_per_event(
@@ -122,14 +128,15 @@ async def test_orders_complete_through_payment_and_notify_once_per_event(
     assert code == 0, out
     assert '"on_hand": "5"' in out
 
-    paid, paid_states = await place_and_watch(certs, orders, "cards/visa")
+    paid, paid_states, paid_payment = await place_and_watch(certs, orders, "cards/visa")
     assert paid["total"]["units"] == "17"  # type: ignore[index]  # 2 x 8.99
     # WatchOrder streams the order now, then each transition, in the saga's order. (If
     # payment completes before the watch begins, the first state seen is already the last.)
     saga = ["ORDER_STATE_PENDING_PAYMENT", "ORDER_STATE_AUTHORIZED", "ORDER_STATE_CONFIRMED"]
     assert paid_states[-1] == "ORDER_STATE_CONFIRMED"
+    assert paid_payment == "ORDER_PAYMENT_STATE_CAPTURED"  # the stream ends once captured
     assert paid_states == saga[saga.index(paid_states[0]) :]  # no state skipped
-    declined, declined_states = await place_and_watch(certs, orders, "cards/declined")
+    declined, declined_states, _ = await place_and_watch(certs, orders, "cards/declined")
     assert declined_states[-1] == "ORDER_STATE_CANCELLED"
 
     code, out = await grpcurl(

@@ -62,6 +62,15 @@ class Order:
         return ORDER_PREFIX + self.order_id
 
     @property
+    def settled(self) -> bool:
+        """Nothing more will happen to it: terminal, and no capture still to come (a CONFIRMED
+        order's payment goes from AUTHORIZED to CAPTURED after it)."""
+        capturing = (
+            self.state is OrderState.CONFIRMED and self.payment_state is PaymentState.AUTHORIZED
+        )
+        return self.state.terminal and not capturing
+
+    @property
     def total(self) -> Money:
         currency = self.lines[0].unit_price.currency_code
         total = Money(currency, 0, 0)

@@ -384,8 +384,8 @@ class Orders:
     async def watch(self, name: str, after: int | None = None) -> AsyncIterator[Order]:
         """The order now (or, `after` a version the caller saw, every version since), then
         every version after it, in order (each state it passed through, even when another
-        replica made the changes between two looks), until a terminal state (StreamsClosed at
-        shutdown)."""
+        replica made the changes between two looks), until it is settled: terminal, and a
+        confirmed order's payment captured (StreamsClosed at shutdown)."""
         order_id = order_id_of(name)
         wake = self._feed.listen(order_id)
         try:
@@ -396,7 +396,7 @@ class Orders:
                 for later in await self._repository.versions(order_id, after):
                     order = later
                     yield order
-            while not order.state.terminal:
+            while not order.settled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._poll_interval)
                 wake.clear()

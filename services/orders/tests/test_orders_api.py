@@ -302,11 +302,18 @@ async def test_paid_order_is_confirmed_and_its_stock_committed(shop: Shop) -> No
         created = await shop.orders.CreateOrder(
             pb.CreateOrderRequest(order=order(("mug", 2)), request_id=str(uuid.uuid4()))
         )
-        states = [o.state for o in await asyncio.wait_for(watch_to_the_end(shop, created.name), 15)]
+        updates = await asyncio.wait_for(watch_to_the_end(shop, created.name), 15)
         with pytest.raises(grpc.aio.AioRpcError) as too_late:
             await shop.orders.CancelOrder(pb.CancelOrderRequest(name=created.name))
-    saga = [pb.ORDER_STATE_PENDING_PAYMENT, pb.ORDER_STATE_AUTHORIZED, pb.ORDER_STATE_CONFIRMED]
-    assert states == saga[saga.index(states[0]) :]  # every state from the first one seen
+    steps = [(o.state, o.payment_state) for o in updates]
+    saga = [
+        (pb.ORDER_STATE_PENDING_PAYMENT, pb.ORDER_PAYMENT_STATE_UNSPECIFIED),
+        (pb.ORDER_STATE_AUTHORIZED, pb.ORDER_PAYMENT_STATE_AUTHORIZED),
+        (pb.ORDER_STATE_CONFIRMED, pb.ORDER_PAYMENT_STATE_AUTHORIZED),
+        # The watch goes on past CONFIRMED until the capture is recorded: then it is settled.
+        (pb.ORDER_STATE_CONFIRMED, pb.ORDER_PAYMENT_STATE_CAPTURED),
+    ]
+    assert steps == saga[saga.index(steps[0]) :]  # every step from the first one seen
     error = rich_error(too_late.value)
     assert error.code is grpc.StatusCode.FAILED_PRECONDITION
     assert error.info is not None and error.info.reason == "ORDER_CONFIRMED"
