@@ -1,9 +1,11 @@
-"""Database: an async engine from a URL, a liveness probe, and migrations run at start.
+"""Database: whole transactions from a URL (`Database.transaction`), a liveness probe, and
+migrations run at start.
 
-SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) is used when the URL says so.
-Migrations are ordered, numbered steps recorded in `schema_migrations`, applied in one
-transaction. (Alembic would add a script directory and env.py per service for what is, here, a
-list of DDL steps applied at start.)
+SQLite is the embedded default (the standard `sqlite3` module on the database's own writer and
+reader threads); PostgreSQL (asyncpg) is used when the URL says so. Migrations are ordered,
+numbered steps recorded in `schema_migrations`, applied in one transaction through SQLAlchemy
+(an engine that lives only while they run). (Alembic would add a script directory and env.py
+per service for what is, here, a list of DDL steps applied at start.)
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ import asyncpg
 import sqlalchemy as sa
 from opentelemetry import metrics
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool
 
 from libs.runtime.errors import DomainError, ErrorKind
-from libs.storage.transaction import SqliteThread, TransactionFunction, run_postgres
+from libs.storage.transaction import SqliteThread, Transaction, TransactionFunction, run_postgres
 
 log = logging.getLogger("emporium.storage")
 
@@ -41,35 +42,28 @@ T = TypeVar("T")
 
 def _pool_usage(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
     """`db.client.connections.usage` (the database conventions): connections in use and idle
-    in each open Database's pool."""
+    in each open Database: its asyncpg pool, or its SQLite writer and reader connections."""
     observations = []
     for database in list(_open):
-        pools = {database.pool_name: database.engine.pool}
-        if database.is_sqlite:
-            pools[f"{database.pool_name} (writer)"] = database.writer.pool
-        for pool_name, pool in pools.items():
-            if not isinstance(pool, QueuePool):
-                continue
+        usage: dict[str, tuple[int, int]] = {}  # pool name: (used, idle)
+        for write, thread in list(database._threads.items()):
+            kind = "writer" if write else "reader"
+            usage[f"{database.pool_name} ({kind})"] = (int(thread.busy), int(not thread.busy))
+        if database.asyncpg_pool is not None:
+            idle = database.asyncpg_pool.get_idle_size()
+            usage[database.pool_name] = (database.asyncpg_pool.get_size() - idle, idle)
+        for pool_name, (used, idle) in usage.items():
             name = {"db.client.connections.pool.name": pool_name}
             observations += [
-                metrics.Observation(pool.checkedout(), {**name, "state": "used"}),
-                metrics.Observation(pool.checkedin(), {**name, "state": "idle"}),
-            ]
-        if database.asyncpg_pool is not None:  # Database.transaction's pool
-            name = {"db.client.connections.pool.name": f"{database.pool_name} (transactions)"}
-            idle = database.asyncpg_pool.get_idle_size()
-            observations += [
-                metrics.Observation(
-                    database.asyncpg_pool.get_size() - idle, {**name, "state": "used"}
-                ),
+                metrics.Observation(used, {**name, "state": "used"}),
                 metrics.Observation(idle, {**name, "state": "idle"}),
             ]
     return observations
 
 
 def _statements(_options: metrics.CallbackOptions) -> list[metrics.Observation]:
-    """`db.client.statements`: statements each open Database has sent (bench/orders.py divides
-    it by the orders placed)."""
+    """`db.client.statements`: statements each open Database's transactions have sent, BEGIN and
+    COMMIT not counted (bench/orders.py divides it by the orders placed)."""
     return [
         metrics.Observation(
             database.statements, {"db.client.connections.pool.name": database.pool_name}
@@ -117,56 +111,24 @@ class Database:
         self.statements = 0
         self.asyncpg_pool: asyncpg.Pool | None = None
         self.pool_size = pool_size  # Database.transaction's connections on PostgreSQL, at most
+        self._connect_timeout = connect_timeout
         self._pool_opening = asyncio.Lock()
         self._threads: dict[bool, SqliteThread] = {}
-        if self.is_sqlite:
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(parsed, connect_args={"timeout": 30})
-            # SQLite admits one writer per file: one writer connection per process, whose pool
-            # queues this process's write transactions (SQLite's busy handler, which polls
-            # with sleeps of up to 100 ms, is then left to settle only other processes'
-            # turns). Its transactions begin IMMEDIATE, so a writer never fails to upgrade.
-            self.writer: AsyncEngine = create_async_engine(
-                parsed, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
-            )
-            for engine in (self.engine, self.writer):
-                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-                event.listen(engine.sync_engine, "begin", _sqlite_begin)
-                event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
-            self._write_engine = self.writer.execution_options(**{_WRITE: True})
-        else:
-            self.engine = create_async_engine(
-                parsed,
-                pool_pre_ping=True,
-                # Writers run concurrently now: a bounded pool (no overflow) keeps a fleet of
-                # processes within the server's max_connections; the rest wait for a connection.
-                pool_size=10,
-                max_overflow=0,
-                connect_args={"timeout": connect_timeout},
-            )
-            event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
-            self.writer = self._write_engine = self.engine  # one pool; rows lock, not the pool
+        self._legacy_engine: AsyncEngine | None = None
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         _open.add(self)
-
-    def _count_statement(self, *_arguments: object) -> None:
-        self.statements += 1
-
-    @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction. Writers run concurrently, within this process and across
-        replicas: correctness comes from the database (conditional UPDATEs, unique keys,
-        `FOR UPDATE` row locks on PostgreSQL, which SQLite does without since BEGIN IMMEDIATE
-        admits one writer at a time). An IntegrityError reaches the caller as it is (a
-        repository may turn it into its own error); one nobody handles becomes ALREADY_EXISTS
-        at the RPC edge (`database_errors`)."""
-        async with self._write_engine.begin() as connection:
-            yield connection
 
     async def transaction(self, function: TransactionFunction[T], *, write: bool = True) -> T:
         """Runs `function` as one transaction, handed to the driver whole (libs/storage/
-        transaction.py): on SQLite the database's writer (BEGIN IMMEDIATE) or reader thread,
-        on PostgreSQL an asyncpg connection. Concurrent calls run concurrently on PostgreSQL."""
+        transaction.py): on SQLite the database's writer (BEGIN IMMEDIATE) or reader thread, on
+        PostgreSQL an asyncpg connection. SQLite admits one writer per file: the one writer
+        connection per process keeps this process's writers out of SQLite's busy handler,
+        which polls with sleeps. Concurrent calls run concurrently on PostgreSQL; correctness
+        comes from the database (conditional UPDATEs, unique keys, `FOR UPDATE` row locks),
+        never an application lock. An IntegrityError reaches the caller as it is (a repository
+        may turn it into its own error); one nobody handles becomes ALREADY_EXISTS at the RPC
+        edge (`database_errors`)."""
         if self.is_sqlite:
             thread = self._threads.get(write)
             if thread is None:
@@ -191,49 +153,91 @@ class Database:
                     (pg_advisory_unlock_all, CLOSE ALL, UNLISTEN *, RESET ALL): one round trip
                     less per transaction. asyncpg still rolls back a transaction left open."""
 
-                # min_size 0: a service whose repositories are not ported opens none.
+                # min_size 0: connections are opened as transactions need them.
                 # max_size: the transactions this process runs at once (a service's
                 # <SERVICE>_DATABASE_POOL_SIZE where it has one); the fleet's processes x
                 # max_size must stay within the server's max_connections.
                 self.asyncpg_pool = await asyncpg.create_pool(
-                    dsn, min_size=0, max_size=self.pool_size, reset=keep_session
+                    dsn,
+                    min_size=0,
+                    max_size=self.pool_size,
+                    reset=keep_session,
+                    timeout=self._connect_timeout,
                 )
             return self.asyncpg_pool
 
+    # Deprecated: every repository runs on `transaction`; only a migration test of orders
+    # (services/orders/tests/test_sql_repository.py) still builds an old schema through these.
+    # Remove both with it.
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._legacy_engine is None:
+            self._legacy_engine = self._migration_engine()
+        return self._legacy_engine
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
     async def ping(self) -> None:
         """Raises while the database cannot answer a query."""
-        async with self.engine.connect() as connection:
-            await connection.execute(sa.text("SELECT 1"))
+
+        async def select_one(tx: Transaction) -> None:
+            await tx.fetchrow("SELECT 1")
+
+        await self.transaction(select_one, write=False)
 
     async def migrate(self, migrations: Sequence[Migration]) -> list[int]:
         """Applies the migrations not yet recorded; returns the versions applied. Processes
         starting together (workers, replicas) take turns: a PostgreSQL advisory lock, or a
         file lock beside the SQLite file."""
-        async with self._migration_lock(), self._write_engine.begin() as connection:
-            if not self.is_sqlite:
-                await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7305)"))
-            await connection.execute(
-                sa.text(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
-                )
+        async with self._migration_lock():
+            engine = self._migration_engine()
+            try:
+                async with engine.begin() as connection:
+                    return await self._apply(connection, migrations)
+            finally:
+                await engine.dispose()
+
+    def _migration_engine(self) -> AsyncEngine:
+        """SQLAlchemy for the migrations only (they are written against an AsyncConnection):
+        one connection, closed when they are done."""
+        if not self.is_sqlite:
+            timeout = {"timeout": self._connect_timeout}
+            return create_async_engine(self.url, poolclass=NullPool, connect_args=timeout)
+        engine = create_async_engine(self.url, poolclass=NullPool, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+        return engine
+
+    async def _apply(
+        self, connection: AsyncConnection, migrations: Sequence[Migration]
+    ) -> list[int]:
+        if not self.is_sqlite:
+            await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7305)"))
+        await connection.execute(
+            sa.text(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
             )
-            rows = await connection.execute(sa.text("SELECT version FROM schema_migrations"))
-            done = {row[0] for row in rows}
-            applied = []
-            for migration in sorted(migrations, key=lambda m: m.version):
-                if migration.version in done:
-                    continue
-                await migration.apply(connection)
-                await connection.execute(
-                    sa.text("INSERT INTO schema_migrations VALUES (:v, :d)"),
-                    {"v": migration.version, "d": migration.description},
-                )
-                log.info(
-                    "migrated",
-                    extra={"version": migration.version, "description": migration.description},
-                )
-                applied.append(migration.version)
+        )
+        rows = await connection.execute(sa.text("SELECT version FROM schema_migrations"))
+        done = {row[0] for row in rows}
+        applied = []
+        for migration in sorted(migrations, key=lambda m: m.version):
+            if migration.version in done:
+                continue
+            await migration.apply(connection)
+            await connection.execute(
+                sa.text("INSERT INTO schema_migrations VALUES (:v, :d)"),
+                {"v": migration.version, "d": migration.description},
+            )
+            log.info(
+                "migrated",
+                extra={"version": migration.version, "description": migration.description},
+            )
+            applied.append(migration.version)
         return applied
 
     @asynccontextmanager
@@ -255,16 +259,9 @@ class Database:
         if self.asyncpg_pool is not None:
             await self.asyncpg_pool.close()
             self.asyncpg_pool = None
-        await self.engine.dispose()
-        if self.writer is not self.engine:
-            await self.writer.dispose()
-
-
-def insert(connection: AsyncConnection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which has `on_conflict_do_nothing` / `on_conflict_do_update`
-    (PostgreSQL and SQLite spell ON CONFLICT alike): a unique key settles a race, no lock."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+        if self._legacy_engine is not None:
+            await self._legacy_engine.dispose()
+            self._legacy_engine = None
 
 
 # A unique key taken by a concurrent write, through either path (SQLAlchemy, Database.transaction).
@@ -309,12 +306,9 @@ def _unavailable() -> DomainError:
     )
 
 
-_WRITE = "emporium_write"
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
-    # WAL lets readers run beside the writer; busy_timeout makes a writer wait, not fail.
-    # The driver's own implicit BEGIN is off: `_sqlite_begin` says which kind.
+    # As libs/storage/transaction.py's connections: WAL, busy_timeout, foreign keys. The
+    # driver's own implicit BEGIN is off: `_sqlite_begin_immediate` begins.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -323,7 +317,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
-def _sqlite_begin(connection: sa.Connection) -> None:
-    """A reader's transaction is DEFERRED (WAL: it never waits); a writer's is IMMEDIATE."""
-    write = connection.get_execution_options().get(_WRITE, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+def _sqlite_begin_immediate(connection: sa.Connection) -> None:
+    """Migrations write: their transaction takes the write lock at BEGIN."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
