@@ -114,7 +114,6 @@ class Database:
         self._connect_timeout = connect_timeout
         self._pool_opening = asyncio.Lock()
         self._threads: dict[bool, SqliteThread] = {}
-        self._legacy_engine: AsyncEngine | None = None
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         _open.add(self)
@@ -165,20 +164,6 @@ class Database:
                     timeout=self._connect_timeout,
                 )
             return self.asyncpg_pool
-
-    # Deprecated: every repository runs on `transaction`; only a migration test of orders
-    # (services/orders/tests/test_sql_repository.py) still builds an old schema through these.
-    # Remove both with it.
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._legacy_engine is None:
-            self._legacy_engine = self._migration_engine()
-        return self._legacy_engine
-
-    @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as connection:
-            yield connection
 
     async def ping(self) -> None:
         """Raises while the database cannot answer a query."""
@@ -259,9 +244,6 @@ class Database:
         if self.asyncpg_pool is not None:
             await self.asyncpg_pool.close()
             self.asyncpg_pool = None
-        if self._legacy_engine is not None:
-            await self._legacy_engine.dispose()
-            self._legacy_engine = None
 
 
 # A unique key taken by a concurrent write, through either path (SQLAlchemy, Database.transaction).
