@@ -29,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import httpx
@@ -60,28 +61,44 @@ MAILS = 2  # per confirmed order: "we received your order", "your order is confi
 STATEMENTS = re.compile(r"^db_client_statements_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 
 
-def cpu_seconds(process: ServiceProcess) -> float:
-    """User + system CPU the process has used (Linux /proc)."""
-    return _stat_cpu(process.process.pid)
+class Cpu(NamedTuple):
+    """CPU seconds used, in user space and in the kernel (Linux /proc/<pid>/stat)."""
+
+    user: float
+    system: float
+
+    def __sub__(self, other: tuple[float, ...]) -> Cpu:
+        return Cpu(self.user - other[0], self.system - other[1])
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
 
 
-def _stat_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat(path: Path) -> list[str]:
+    return path.read_text().rpartition(")")[2].split()
 
 
-def group_cpu_seconds(group: int) -> float:
+def cpu_seconds(process: ServiceProcess) -> Cpu:
+    fields = _stat(Path(f"/proc/{process.process.pid}/stat"))
+    tick = os.sysconf("SC_CLK_TCK")
+    return Cpu(int(fields[11]) / tick, int(fields[12]) / tick)
+
+
+def group_cpu_seconds(group: int) -> Cpu:
     """CPU of every live process in process group `group` (a broker node: beam.smp, epmd,
     erl_child_setup, ...), with what their exited children used."""
-    total = 0.0
+    user = system = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = _stat(stat)
         except OSError:
             continue  # exited meanwhile
         if int(fields[2]) == group:
-            total += sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    return total
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    tick = os.sysconf("SC_CLK_TCK")
+    return Cpu(user / tick, system / tick)
 
 
 @asynccontextmanager
@@ -169,11 +186,11 @@ async def echo_cpu_per_call(args: argparse.Namespace) -> float:
         async with grpc.aio.insecure_channel(server.address) as channel:
             echo = channel.unary_unary("/bench.Echo/Echo", None, None)
             payload = b"x" * 64
-            before = cpu_seconds(server)
+            before = cpu_seconds(server).total
             result = await closed_loop(
                 "echo", lambda: echo(payload), concurrency=args.concurrency, seconds=3, warmup=0
             )
-            return (cpu_seconds(server) - before) * 1000 / max(1, result.calls)
+            return (cpu_seconds(server).total - before) * 1000 / max(1, result.calls)
     finally:
         await server.terminate()
 
@@ -270,7 +287,8 @@ async def run(args: argparse.Namespace) -> None:
         cpu_now = {name: cpu_seconds(process) for name, process in running.items()}
         if broker_group is not None:
             cpu_now["rabbitmq"] = group_cpu_seconds(broker_group)
-        cpu_ms = {name: (cpu_now[name] - cpu_before[name]) * 1000 / args.orders for name in cpu_now}
+        used = {name: cpu_now[name] - cpu_before[name] for name in cpu_now}
+        cpu_ms = {name: cpu.total * 1000 / args.orders for name, cpu in used.items()}
         statements_after = await statements(http, running)
         echo_ms = await echo_cpu_per_call(args)
     per_order = {
@@ -283,12 +301,16 @@ async def run(args: argparse.Namespace) -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')} · {args.database} · {args.orders} orders at "
         f"{args.concurrency} concurrent · load average {load_average}"
     )
-    print(f"{'process':<16} {'CPU ms/order':>12} {'statements/order':>17}")
+    print(f"{'process':<16} {'CPU ms/order':>12} {'in the kernel':>14} {'statements/order':>17}")
     for name in sorted(cpu_ms, key=lambda n: -cpu_ms[n]):
         counted = f"{per_order[name]:17.1f}" if name in per_order else f"{'-':>17}"
-        print(f"{name:<16} {cpu_ms[name]:12.2f} {counted}")
+        kernel = used[name].system / max(used[name].total, 1e-9)
+        print(f"{name:<16} {cpu_ms[name]:12.2f} {kernel:14.0%} {counted}")
     total = sum(cpu_ms.values())
-    print(f"{'total':<16} {total:12.2f} {sum(per_order.values()):17.1f}")
+    kernel = sum(cpu.system for cpu in used.values()) / max(
+        sum(c.total for c in used.values()), 1e-9
+    )
+    print(f"{'total':<16} {total:12.2f} {kernel:14.0%} {sum(per_order.values()):17.1f}")
     print(
         f"confirmed orders/s {args.orders / elapsed:.1f} · CreateOrder p50 "
         f"{created.percentile(0.5):.1f} ms p99 {created.percentile(0.99):.1f} ms"
