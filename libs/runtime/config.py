@@ -104,6 +104,22 @@ class ServiceSettings(BaseSettings):
     overload_window_seconds: float = Field(
         default=5.0, gt=0, description="how far back the adaptive limit's rate and latency go"
     )
+    overload_budget_factor: float = Field(
+        default=2.0,
+        ge=0,
+        description="a unary call whose remaining deadline is less than this many times the "
+        "server's current mean latency is shed before it starts (0 turns this off)",
+    )
+    overload_queue_target_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="event-loop delay (how late a timer runs) that, held for "
+        "overload_queue_interval_ms, means a standing queue: arrivals are shed while it lasts "
+        "(0 turns this off)",
+    )
+    overload_queue_interval_ms: float = Field(
+        default=100.0, gt=0, description="how long the loop's delay must stay above its target"
+    )
     retry_pushback_ms: int = Field(
         default=250, ge=0, description="grpc-retry-pushback-ms sent with a shed call"
     )

@@ -1,19 +1,42 @@
 """Overload protection: shed what cannot be served in time instead of queueing it.
 
-`AdaptiveLimit` is Kratos' BBR limiter: the concurrency a server can carry is what Little's law
-gives at its best measured rate, max completions/s x min latency (both over a rolling window),
-with room for as much again (and for at least 50 ms of queueing).
-While the process is busy (CPU at or above a threshold, or within a second of the last shed),
-a call beyond that many in flight is refused; a fixed `max_in_flight` caps in-flight calls
-whatever the load. `OverloadProtection` is the server middleware: a refused call gets
-RESOURCE_EXHAUSTED at once, with `grpc-retry-pushback-ms` (honoured by libs.rpcclient) and an
-ErrorInfo `OVERLOADED`; a call whose deadline passed while it waited to start gets
-DEADLINE_EXCEEDED without its handler running. Streams are only checked for the deadline: they
-live long, and their length says nothing about the server's speed.
+`AdaptiveLimit` decides for each call, at the cost of a few clock reads and comparisons:
+
+- Kratos' BBR limit: the concurrency a server can carry is what Little's law gives at its best
+  measured rate, max completions/s x min latency (both over a rolling window), with room for as
+  much again (and for at least 50 ms of queueing). While the process is busy (CPU at or above a
+  threshold, its event loop congested, or within a second of the last call it refused), a
+  call beyond that many in flight is refused; a fixed `max_in_flight` caps in-flight calls
+  whatever the load.
+- The budget: a call whose remaining deadline is less than `budget_factor` x the latency the
+  server gives its calls now (a moving average of the last ones) would most likely be answered
+  too late, or just in time for a caller who then has no time left to use it: it is refused
+  before any work is spent on it. In equilibrium this keeps admitted calls' latency near
+  1/budget_factor of their deadline.
+- The event loop's delay (CoDel's sojourn time): in a one-threaded asyncio server the loop is
+  the queue in front of every handler, invisible to the in-flight count. `LoopDelay` measures
+  how late a timer runs (a probe every 10 ms, only while calls come in); once that delay has
+  stayed above `queue_target` for `queue_interval`, the loop is congested and arrivals are shed
+  while the delay stays above the target, which drains it (CoDel's rule: a standing queue, not
+  a burst).
+
+What none of this sees, in grpc.aio 1.75: calls the C core holds before Python asks for them. The
+server takes calls one at a time from the core, so when the handlers need all of the CPU
+(nothing awaited), the backlog stays in the core while the loop's delay and the calls in flight
+stay small; such calls reach the limit with most of their deadline spent, where the budget rule
+refuses the ones that cannot make it (bench/README.md, overload).
+
+`OverloadProtection` is the server middleware: a refused call gets RESOURCE_EXHAUSTED at once,
+with `grpc-retry-pushback-ms` (honoured by libs.rpcclient) and an ErrorInfo `OVERLOADED`; a call
+whose deadline passed while it waited to start gets DEADLINE_EXCEEDED without its handler
+running. A server that sheds says so in its log, at most once a second ("shedding load", with
+its refusals so far by rule: limit, budget, queue). Streams are only checked for the deadline:
+they live long, and their length says nothing about the server's speed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -32,8 +55,73 @@ OVERLOADED = "OVERLOADED"
 log = logging.getLogger("emporium.rpc")
 
 
+class LoopDelay:
+    """How late the event loop runs what is ready (CoDel's sojourn time for a loop): a timer
+    every `period` s measures it, and `congested` says the delay has stayed at or above
+    `target` for at least `interval` (a standing queue, not a burst); it ends with the first
+    measurement below the target. Probing stops after `idle_seconds` without a `touch`, so an
+    idle server (or one whose app is gone) schedules nothing."""
+
+    def __init__(
+        self,
+        *,
+        target: float,
+        interval: float,
+        period: float = 0.01,
+        idle_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target = target
+        self.interval = interval
+        self.period = period
+        self.idle_seconds = idle_seconds
+        self.delay = 0.0  # the last measurement, in seconds
+        self.congested = False
+        self._clock = clock
+        self._above_since: float | None = None
+        self._touched = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+
+    def touch(self, now: float) -> None:
+        """A call came in at `now` (this clock): probe while they do."""
+        self._touched = now
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # not in a loop (a test driving the limit by hand)
+                return
+            self._due = self._loop.time() + self.period
+            self._loop.call_at(self._due, self._probe)
+
+    def observe(self, now: float, delay: float) -> None:
+        """One measurement: the loop ran something `delay` s later than it was due."""
+        self.delay = delay
+        if delay < self.target:
+            self._above_since = None
+            self.congested = False
+        elif self._above_since is None:
+            self._above_since = now
+        elif now - self._above_since >= self.interval:
+            self.congested = True
+
+    def _probe(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        late = loop.time() - self._due
+        now = self._clock()
+        self.observe(now, late)
+        if now - self._touched > self.idle_seconds:
+            self._loop = None  # idle: the next call starts probing again
+            self.observe(now, 0.0)
+            return
+        self._due = loop.time() + self.period
+        loop.call_at(self._due, self._probe)
+
+
 class AdaptiveLimit:
-    """How many calls may be in flight now (BBR: max rate x min latency while busy)."""
+    """Whether a call may start now: BBR's in-flight limit while busy, the call's budget against
+    the server's current latency, and the event loop's delay (module docstring)."""
 
     BUCKETS = 50
     COOL_DOWN_SECONDS = 1.0
@@ -43,6 +131,11 @@ class AdaptiveLimit:
     # deadline is in danger.
     TOLERANCE = 2.0
     QUEUE_SECONDS = 0.05
+    # Weight of each finished call in the moving average of latency the budget rule compares
+    # deadlines with (about the last 20 calls).
+    LATENCY_WEIGHT = 0.05
+    # While shedding, one log line ("shedding load") per this many seconds at most.
+    REPORT_SECONDS = 1.0
 
     def __init__(
         self,
@@ -51,6 +144,9 @@ class AdaptiveLimit:
         cpu_threshold: float,
         window_seconds: float,
         min_in_flight: int = 1,
+        budget_factor: float = 0.0,
+        queue_target: float = 0.0,
+        queue_interval: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
@@ -58,6 +154,18 @@ class AdaptiveLimit:
             raise ValueError(
                 "max_in_flight >= 1, min_in_flight >= 1, window_seconds > 0 and cpu_threshold > 0"
             )
+        if budget_factor < 0 or queue_target < 0 or queue_interval <= 0:
+            raise ValueError("budget_factor >= 0, queue_target >= 0 and queue_interval > 0")
+        # 0 turns the budget rule off; the event loop is watched when queue_target > 0.
+        self.budget_factor = budget_factor
+        self.latency = 0.0  # moving average of finished calls' latency, in seconds
+        self.loop_delay = (
+            LoopDelay(target=queue_target, interval=queue_interval, clock=clock)
+            if queue_target > 0
+            else None
+        )
+        # Why calls were refused, for benchmarks and tests.
+        self.refused = {"limit": 0, "budget": 0, "queue": 0}
         self.max_in_flight = max_in_flight
         # The adaptive limit never goes below this (Netflix concurrency-limits' minLimit): a
         # cold or noisy window must not shed a burst the server serves in milliseconds.
@@ -75,6 +183,8 @@ class AdaptiveLimit:
         self._cpu_at_bucket_start = cpu_clock()
         self.cpu = 0.0  # the process's CPU use over the last bucket (1.0 = one core)
         self._last_shed = -math.inf
+        self._last_release = -math.inf
+        self._last_report = -math.inf
 
     def bbr_limit(self) -> float:
         """max completions per second x max(TOLERANCE x min mean latency, QUEUE_SECONDS), over
@@ -85,18 +195,57 @@ class AdaptiveLimit:
         min_latency = min(latency for rate, latency in self._history if rate)
         return max(1.0, max_rate * max(self.TOLERANCE * min_latency, self.QUEUE_SECONDS))
 
-    def admit(self) -> bool:
-        """Takes a slot (give it back with `release`) or says the call must be shed."""
+    def admit(self, remaining: float | None = None) -> bool:
+        """Takes a slot (give it back with `release`) or says the call must be shed;
+        `remaining` is the call's deadline in seconds from now, if it has one."""
         now = self._clock()
         self._roll(now)
+        delay = self.loop_delay
+        congested = False
+        if delay is not None:
+            delay.touch(now)
+            congested = delay.congested
+            if congested and delay.delay >= delay.target:
+                return self._refuse(now, "queue")
+        if (
+            remaining is not None
+            and remaining < self.budget_factor * self.latency
+            # A stale estimate must not refuse forever: once nothing has finished for as long
+            # as a call takes (and a second), calls are let in to measure again.
+            and now - self._last_release < max(self.latency, self.COOL_DOWN_SECONDS)
+        ):
+            return self._refuse(now, "budget")
         if self.in_flight >= self.max_in_flight or (
-            (self.cpu >= self.cpu_threshold or now - self._last_shed < self.COOL_DOWN_SECONDS)
+            (
+                self.cpu >= self.cpu_threshold
+                or congested
+                or now - self._last_shed < self.COOL_DOWN_SECONDS
+            )
             and self.in_flight >= max(self.bbr_limit(), self.min_in_flight)
         ):
-            self._last_shed = now
-            return False
+            return self._refuse(now, "limit")
         self.in_flight += 1
         return True
+
+    def _refuse(self, now: float, why: str) -> bool:
+        if why == "limit":
+            # Keeps the limit applied for a second (Kratos' cool-down). Refusals by budget or
+            # queue do not: the in-flight limit would then cap a server that is not at its
+            # limit (a gateway waiting on slow upstreams), and throughput with it.
+            self._last_shed = now
+        self.refused[why] += 1
+        if now - self._last_report >= self.REPORT_SECONDS:
+            self._last_report = now
+            delay = self.loop_delay.delay if self.loop_delay is not None else 0.0
+            extra = {
+                "refused": dict(self.refused),  # since the start, by rule
+                "in_flight": self.in_flight,
+                "latency_ms": round(self.latency * 1000, 1),
+                "loop_delay_ms": round(delay * 1000, 1),
+                "cpu": round(self.cpu, 2),
+            }
+            log.warning("shedding load", extra=extra)
+        return False
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> AdaptiveLimit:
@@ -106,6 +255,9 @@ class AdaptiveLimit:
             min_in_flight=settings.min_in_flight,
             cpu_threshold=settings.overload_cpu_threshold,
             window_seconds=settings.overload_window_seconds,
+            budget_factor=settings.overload_budget_factor,
+            queue_target=settings.overload_queue_target_ms / 1000,
+            queue_interval=settings.overload_queue_interval_ms / 1000,
         )
 
     def release(self, started: float) -> None:
@@ -113,8 +265,11 @@ class AdaptiveLimit:
         self.in_flight -= 1
         now = self._clock()
         self._roll(now)
+        latency = now - started
+        self._last_release = now
         self._passed += 1
-        self._latency_sum += now - started
+        self._latency_sum += latency
+        self.latency += (latency - self.latency) * self.LATENCY_WEIGHT
 
     def now(self) -> float:
         return self._clock()
@@ -163,8 +318,10 @@ class OverloadProtection:
         limit = self.limit
 
         async def protected(request: Any, context: Context) -> Any:
-            await self._check_deadline(request, context)
-            if not limit.admit():
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                await self._expired(context)
+            if not limit.admit(remaining):
                 self.shed += 1
                 message, trailers = self._refusal
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailers)
@@ -179,7 +336,10 @@ class OverloadProtection:
     async def _check_deadline(self, request: Any, context: Context) -> None:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            self.expired += 1
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started"
-            )
+            await self._expired(context)
+
+    async def _expired(self, context: Context) -> None:
+        self.expired += 1
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started"
+        )

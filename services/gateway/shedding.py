@@ -1,6 +1,9 @@
 """The gateway's own overload limit: the runtime's adaptive limit (libs.runtime.overload) in
 front of the API routes. A request beyond it is answered at once with 503 problem+json,
-`OVERLOADED` and Retry-After, rather than queued until its budget is gone."""
+`OVERLOADED` and Retry-After, rather than queued until its budget is gone: beyond the in-flight
+limit, when the event loop (uvicorn's queue of parsed requests) is congested, or when the
+request's budget (`GATEWAY_REQUEST_TIMEOUT_SECONDS`, less the time it has just waited in the
+loop) is shorter than `GATEWAY_OVERLOAD_BUDGET_FACTOR` x the gateway's current latency."""
 
 from __future__ import annotations
 
@@ -9,16 +12,17 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from libs.runtime.config import ServiceSettings
 from libs.runtime.overload import AdaptiveLimit
+from services.gateway.config import GatewaySettings
 from services.gateway.problems import overloaded
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Shedding:
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self._retry_after_ms = settings.retry_pushback_ms
+        self._budget = settings.request_timeout_seconds
         self.limit: AdaptiveLimit | None = None
         if settings.overload_protection:
             self.limit = AdaptiveLimit.of(settings)
@@ -27,7 +31,10 @@ class Shedding:
         limit = self.limit
         if limit is None:
             return await endpoint(request)
-        if not limit.admit():
+        remaining = self._budget
+        if limit.loop_delay is not None:
+            remaining -= limit.loop_delay.delay
+        if not limit.admit(remaining):
             problem = overloaded("the gateway is overloaded", self._retry_after_ms)
             return problem.response(request.url.path, getattr(request.state, "request_id", None))
         started = limit.now()

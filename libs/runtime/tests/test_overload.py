@@ -1,11 +1,14 @@
 """Overload protection: shed calls get RESOURCE_EXHAUSTED with a pushback and ErrorInfo at once,
-and a call whose deadline passed while it waited is never started. Behaviour, not speed."""
+and a call whose deadline passed while it waited is never started, nor one whose budget is
+shorter than the server's current latency; the event loop's delay is measured and a standing
+queue sheds arrivals. Behaviour, not speed: the limit's decisions run on clocks the tests move."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+import time
 from typing import Any
 
 import grpc
@@ -14,7 +17,7 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Request
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Response
 
 from libs.runtime.config import ServiceSettings
-from libs.runtime.overload import PUSHBACK_KEY, AdaptiveLimit
+from libs.runtime.overload import PUSHBACK_KEY, AdaptiveLimit, LoopDelay
 from libs.runtime.processes import start_service
 from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import rich_error, serving
@@ -233,3 +236,123 @@ def test_shedding_stops_once_the_load_is_gone(clocks: Clocks) -> None:
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
         AdaptiveLimit(max_in_flight=0, cpu_threshold=0.8, window_seconds=5)
+
+
+def limit_with(clocks: Clocks, **options: Any) -> AdaptiveLimit:
+    return AdaptiveLimit(
+        max_in_flight=1000,
+        cpu_threshold=0.8,
+        window_seconds=50.0,
+        clock=lambda: clocks.wall,
+        cpu_clock=lambda: clocks.cpu,
+        **options,
+    )
+
+
+def finish_one(limit: AdaptiveLimit, clocks: Clocks, latency: float) -> None:
+    assert limit.admit()
+    started = clocks.wall
+    clocks.advance(latency, 0.1)
+    limit.release(started)
+
+
+def test_a_call_whose_budget_is_shorter_than_the_servers_latency_is_refused(
+    clocks: Clocks,
+) -> None:
+    limit = limit_with(clocks, budget_factor=2.0)
+    for _ in range(200):  # the moving average settles at 0.25 s
+        finish_one(limit, clocks, 0.25)
+    assert limit.latency == pytest.approx(0.25, abs=1e-4)
+    assert limit.admit(remaining=0.49) is False  # less than 2 x 0.25 s left
+    assert limit.refused["budget"] == 1
+    assert limit.admit(remaining=0.51) is True
+    assert limit.admit(remaining=None) is True  # no deadline: nothing to miss
+    assert limit.in_flight == 2
+
+
+def test_a_stale_latency_estimate_does_not_refuse_forever(clocks: Clocks) -> None:
+    limit = limit_with(clocks, budget_factor=2.0)
+    for _ in range(200):
+        finish_one(limit, clocks, 2.0)  # a slow spell: 2 s per call
+    assert limit.admit(remaining=1.0) is False
+    clocks.advance(1.9, 0.0)
+    assert limit.admit(remaining=1.0) is False
+    clocks.advance(0.2, 0.0)  # nothing has finished for longer than a call takes: measure again
+    assert limit.admit(remaining=1.0) is True
+
+
+def test_the_budget_rule_is_off_at_factor_zero(clocks: Clocks) -> None:
+    limit = limit_with(clocks, budget_factor=0.0)
+    for _ in range(50):
+        finish_one(limit, clocks, 1.0)
+    assert limit.admit(remaining=0.001) is True
+
+
+def test_the_loop_is_congested_only_once_its_delay_stands_for_an_interval() -> None:
+    delay = LoopDelay(target=0.02, interval=0.1)
+    delay.observe(0.00, 0.05)  # above the target from here on
+    delay.observe(0.05, 0.05)
+    assert not delay.congested  # a burst, not yet a standing queue
+    delay.observe(0.10, 0.03)
+    assert delay.congested
+    delay.observe(0.15, 0.01)  # the first measurement below the target ends it
+    assert not delay.congested
+    delay.observe(0.20, 0.05)
+    delay.observe(0.25, 0.01)  # above, below, above: the interval starts over each time
+    delay.observe(0.30, 0.05)
+    delay.observe(0.39, 0.05)
+    assert not delay.congested
+
+
+def test_arrivals_are_shed_while_the_loop_is_congested(clocks: Clocks) -> None:
+    limit = limit_with(clocks, queue_target=0.02, queue_interval=0.1)
+    delay = limit.loop_delay
+    assert delay is not None
+    assert limit.admit()
+    delay.observe(clocks.wall, 0.05)
+    clocks.advance(0.125, 0.5)
+    delay.observe(clocks.wall, 0.05)
+    assert delay.congested
+    assert limit.admit() is False
+    assert limit.refused["queue"] == 1
+    delay.observe(clocks.wall, 0.001)  # drained
+    assert limit.admit() is True
+
+
+async def test_the_probe_measures_a_blocked_loop() -> None:
+    measured = asyncio.Event()
+
+    class Recorded(LoopDelay):
+        def observe(self, now: float, delay: float) -> None:
+            super().observe(now, delay)
+            if delay > 0:
+                measured.set()
+
+    probe = Recorded(target=0.02, interval=0.1)
+    probe.touch(time.monotonic())  # the first timer is due 10 ms from now
+    time.sleep(0.1)  # noqa: ASYNC251 — the point: the loop is blocked, so the timer runs late
+    await measured.wait()
+    assert probe.delay >= 0.08
+
+
+async def test_a_call_without_the_budget_for_the_servers_latency_is_shed_unstarted() -> None:
+    # A factor so high that any measured latency exceeds every budget: after one call has
+    # finished, a call with a deadline is refused; one without a deadline is not.
+    app, holder = holder_app(overload_budget_factor=1e9, retry_pushback_ms=400)
+    async with serving(app) as channel:
+        hold = channel.unary_unary("/test.Holder/Hold", **STUB_CODEC)
+        assert (await hold(Request(service="quick"), timeout=30)).status == Response.SERVING
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await hold(Request(service="quick"), timeout=30)
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.info is not None and error.info.reason == "OVERLOADED"
+        assert caught.value.trailing_metadata()[PUSHBACK_KEY] == "400"  # type: ignore[call-overload]
+        assert holder.started == ["quick"]  # the refused call never started
+
+        holder.release.set()
+        assert (await hold(Request(service="no deadline"))).status == Response.SERVING
+    assert app.overload is not None
+    assert app.overload.limit.refused["budget"] == 1
+    assert holder.started == ["quick", "no deadline"]

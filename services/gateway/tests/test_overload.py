@@ -1,7 +1,8 @@
 """The gateway under overload answers 503 problem+json with Retry-After at once: when an upstream
-sheds (RESOURCE_EXHAUSTED OVERLOADED with grpc-retry-pushback-ms) and when its own limit is
-reached. The upstream is a catalog server whose GetProduct holds calls until the test lets them
-go, behind the real runtime with a tiny limit; the gateway is the real one on uvicorn."""
+sheds (RESOURCE_EXHAUSTED OVERLOADED with grpc-retry-pushback-ms), when its own limit is
+reached, and when a request's budget is shorter than the gateway's current latency. The
+upstream is a catalog server whose GetProduct holds calls until the test lets them go, behind
+the real runtime with a tiny limit; the gateway is the real one on uvicorn."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def add_held_catalog(catalog: HeldCatalog, server: grpc.aio.Server) -> None:
 
 @asynccontextmanager
 async def catalog_and_gateway(
-    directory: Path, *, catalog_limit: int, gateway_limit: int
+    directory: Path, *, catalog_limit: int, gateway_limit: int, **gateway_settings: object
 ) -> AsyncIterator[tuple[HeldCatalog, httpx.AsyncClient]]:
     catalog = HeldCatalog()
     app = GrpcApp(
@@ -74,7 +75,10 @@ async def catalog_and_gateway(
     for absent in ("identity", "inventory", "orders", "payments"):
         registry.register(absent, "127.0.0.1:9")  # nothing listens; these tests never call them
     settings = GatewaySettings(
-        registry_file=registry.path, max_in_flight=gateway_limit, retry_pushback_ms=2500
+        registry_file=registry.path,
+        max_in_flight=gateway_limit,
+        retry_pushback_ms=2500,
+        **gateway_settings,  # type: ignore[arg-type]
     )
     try:
         async with (
@@ -127,3 +131,25 @@ async def test_the_gateway_sheds_beyond_its_own_limit(tmp_path: Path) -> None:
         catalog.release.set()
         assert (await held).status_code == 200
         assert (await http.get("/openapi.json")).status_code == 200  # not behind the limit
+
+
+async def test_a_request_whose_budget_is_shorter_than_the_gateways_latency_is_503(
+    tmp_path: Path,
+) -> None:
+    # GATEWAY_OVERLOAD_BUDGET_FACTOR so high that once one request has been measured, any
+    # latency exceeds the budget (GATEWAY_REQUEST_TIMEOUT_SECONDS): the next request is refused
+    # before it reaches catalog.
+    async with catalog_and_gateway(
+        tmp_path, catalog_limit=100, gateway_limit=100, overload_budget_factor=1e9
+    ) as (catalog, http):
+        first = asyncio.ensure_future(http.get("/v1/products/first"))
+        await catalog.wait_for_calls(1)
+        catalog.release.set()
+        assert (await first).status_code == 200
+
+        shed = await http.get("/v1/products/second")
+        assert shed.status_code == 503, shed.text
+        assert shed.headers["retry-after"] == "3"
+        problem = shed.json()
+        assert (problem["reason"], problem["domain"]) == ("OVERLOADED", "gateway.emporium.dev")
+        assert catalog.started == ["products/first"]  # the refused request never went upstream
