@@ -5,7 +5,7 @@
 - Kratos' BBR limit: the concurrency a server can carry is what Little's law gives at its best
   measured rate, max completions/s x min latency (both over a rolling window), with room for as
   much again (and for at least 50 ms of queueing). While the process is busy (CPU at or above a
-  threshold, its event loop congested, or within a second of the last call it refused), a
+  threshold, or within a second of the last call it refused), a
   call beyond that many in flight is refused; a fixed `max_in_flight` caps in-flight calls
   whatever the load.
 - The budget: a call whose remaining deadline is less than `budget_factor` x the latency the
@@ -16,9 +16,9 @@
 - The event loop's delay (CoDel's sojourn time): in a one-threaded asyncio server the loop is
   the queue in front of every handler, invisible to the in-flight count. `LoopDelay` measures
   how late a timer runs (a probe every 10 ms, only while calls come in); once that delay has
-  stayed above `queue_target` for `queue_interval`, the loop is congested and arrivals are shed
-  while the delay stays above the target, which drains it (CoDel's rule: a standing queue, not
-  a burst).
+  stayed above `queue_target` for `queue_interval`, the loop is congested and arrivals with a
+  deadline are shed while the delay stays above the target, which drains it (CoDel's rule: a
+  standing queue, not a burst). A call without a deadline cannot be late: it waits its turn.
 
 What none of this sees, in grpc.aio 1.75: calls the C core holds before Python asks for them. The
 server takes calls one at a time from the core, so when the handlers need all of the CPU
@@ -205,7 +205,9 @@ class AdaptiveLimit:
         if delay is not None:
             delay.touch(now)
             congested = delay.congested
-            if congested and delay.delay >= delay.target:
+            # Only a call with a deadline: its wait in the loop eats it. One with none cannot
+            # be late; it waits its turn (the in-flight limits still apply).
+            if congested and delay.delay >= delay.target and remaining is not None:
                 return self._refuse(now, "queue")
         if (
             remaining is not None
@@ -216,11 +218,7 @@ class AdaptiveLimit:
         ):
             return self._refuse(now, "budget")
         if self.in_flight >= self.max_in_flight or (
-            (
-                self.cpu >= self.cpu_threshold
-                or congested
-                or now - self._last_shed < self.COOL_DOWN_SECONDS
-            )
+            (self.cpu >= self.cpu_threshold or now - self._last_shed < self.COOL_DOWN_SECONDS)
             and self.in_flight >= max(self.bbr_limit(), self.min_in_flight)
         ):
             return self._refuse(now, "limit")

@@ -313,10 +313,11 @@ def test_arrivals_are_shed_while_the_loop_is_congested(clocks: Clocks) -> None:
     clocks.advance(0.125, 0.5)
     delay.observe(clocks.wall, 0.05)
     assert delay.congested
-    assert limit.admit() is False
+    assert limit.admit(remaining=1.0) is False
     assert limit.refused["queue"] == 1
+    assert limit.admit() is True  # no deadline: it cannot be late, it waits its turn
     delay.observe(clocks.wall, 0.001)  # drained
-    assert limit.admit() is True
+    assert limit.admit(remaining=1.0) is True
 
 
 async def test_the_probe_measures_a_blocked_loop() -> None:
