@@ -31,7 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from libs.runtime.errors import DomainError, ErrorKind
-from libs.storage.transaction import SqliteThread, Transaction, TransactionFunction, run_postgres
+from libs.storage.transaction import (
+    LoopReader,
+    SqliteThread,
+    Transaction,
+    TransactionFunction,
+    run_postgres,
+)
 
 log = logging.getLogger("emporium.storage")
 
@@ -114,21 +120,31 @@ class Database:
         self._connect_timeout = connect_timeout
         self._pool_opening = asyncio.Lock()
         self._threads: dict[bool, SqliteThread] = {}
+        self._loop_reader: LoopReader | None = None  # SQLite's short reads, on the loop
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         _open.add(self)
 
     async def transaction(self, function: TransactionFunction[T], *, write: bool = True) -> T:
         """Runs `function` as one transaction, handed to the driver whole (libs/storage/
-        transaction.py): on SQLite the database's writer (BEGIN IMMEDIATE) or reader thread, on
-        PostgreSQL an asyncpg connection. SQLite admits one writer per file: the one writer
-        connection per process keeps this process's writers out of SQLite's busy handler,
-        which polls with sleeps. Concurrent calls run concurrently on PostgreSQL; correctness
-        comes from the database (conditional UPDATEs, unique keys, `FOR UPDATE` row locks),
-        never an application lock. An IntegrityError reaches the caller as it is (a repository
-        may turn it into its own error); one nobody handles becomes ALREADY_EXISTS at the RPC
+        transaction.py): on SQLite the database's writer thread (BEGIN IMMEDIATE), or for a
+        read the event loop's own thread while it takes under 2 ms (`LoopReader`) and else the
+        reader thread; on PostgreSQL an asyncpg connection. SQLite admits one writer per file:
+        the one writer connection per process keeps this process's writers out of SQLite's
+        busy handler, which polls with sleeps. Concurrent calls run concurrently on
+        PostgreSQL; correctness comes from the database (conditional UPDATEs, unique keys,
+        `FOR UPDATE` row locks), never an application lock. An IntegrityError reaches the
+        caller as it is (a repository may turn it into its own error); one nobody handles
+        becomes ALREADY_EXISTS at the RPC
         edge (`database_errors`)."""
         if self.is_sqlite:
+            if not write:
+                if self._loop_reader is None:
+                    self._loop_reader = LoopReader(self.url.database or ":memory:")
+                done = self._loop_reader.run(function)
+                if done is not None:
+                    self.statements += done[1]
+                    return done[0]
             thread = self._threads.get(write)
             if thread is None:
                 path = self.url.database or ":memory:"
@@ -238,6 +254,9 @@ class Database:
             lock_file.close()  # closing releases the lock
 
     async def dispose(self) -> None:
+        if self._loop_reader is not None:
+            self._loop_reader.close()
+            self._loop_reader = None
         for thread in self._threads.values():
             await asyncio.to_thread(thread.close)
         self._threads.clear()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -167,5 +169,70 @@ async def test_migrations_apply_once_and_ping_answers(database_url: str) -> None
             return await tx.execute("INSERT INTO things (name) VALUES ($1)", "mug")
 
         assert await database.transaction(insert) == 1
+    finally:
+        await database.dispose()
+
+
+async def test_sqlite_reads_a_short_read_on_the_loop_and_a_long_one_on_its_thread(
+    tmp_path: Path,
+) -> None:
+    """A keyed read runs on the event loop's thread (no hop); one that outlasts the loop's
+    budget is interrupted there and answered, whole, from the reader thread."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'reads.sqlite3'}")
+    await database.transaction(create_table)
+    loop_thread = threading.get_ident()
+
+    async def short(tx: Transaction) -> tuple[int, int]:
+        row = await tx.fetchrow("SELECT value FROM counters WHERE name = $1", "orders")
+        assert row is not None
+        return threading.get_ident(), int(row["value"])
+
+    async def long(tx: Transaction) -> tuple[int, int]:
+        # About a million rows counted: far beyond the loop's 2 ms.
+        row = await tx.fetchrow(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)"
+            " SELECT count(*) FROM n",
+            1_000_000,
+        )
+        assert row is not None
+        return threading.get_ident(), int(row[0])
+
+    try:
+        assert await database.transaction(short, write=False) == (loop_thread, 0)
+        started = time.perf_counter()
+        ran_on, counted = await database.transaction(long, write=False)
+        assert counted == 1_000_000 and ran_on != loop_thread
+        assert time.perf_counter() - started > 0.002  # (the budget it outlasted)
+    finally:
+        await database.dispose()
+
+
+async def test_a_sqlite_read_never_waits_on_the_loop_for_a_busy_database(
+    tmp_path: Path,
+) -> None:
+    """While another connection holds the file exclusively (a writer of a database in
+    rollback-journal mode, or a WAL recovery), a read finds it busy: it is answered from the
+    reader thread, which waits there, and the loop stays free."""
+    path = tmp_path / "busy.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)")
+    holder.execute("BEGIN EXCLUSIVE")
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    loop_thread = threading.get_ident()
+
+    async def read(tx: Transaction) -> int:
+        await tx.fetchrow("SELECT value FROM counters WHERE name = $1", "orders")
+        return threading.get_ident()
+
+    try:
+        reading = asyncio.create_task(database.transaction(read, write=False))
+        ticks = 0
+        while not reading.done() and ticks < 5:  # the loop keeps running while the read waits
+            await asyncio.sleep(0)
+            ticks += 1
+        assert ticks == 5
+        holder.execute("COMMIT")
+        holder.close()
+        assert await asyncio.wait_for(reading, 30) != loop_thread
     finally:
         await database.dispose()
