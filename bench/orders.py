@@ -8,8 +8,8 @@ measured in the same run, as the yardstick. The fleet is the one `tools/run` sta
 (plaintext, free ports, payments' provider latency 0, the gateway's limits and cache off), on
 SQLite (the default) or PostgreSQL.
 
-    tools/bench orders [--orders 300] [--concurrency 16] [--database sqlite|postgres]
-                       [--broker private|shared]
+    tools/bench orders [--orders 300] [--rounds 3] [--concurrency 16]
+                       [--database sqlite|postgres] [--broker private|shared]
 
 The broker is a private RabbitMQ node started for the run (its CPU is counted, all of its
 processes); `--broker shared` uses a fresh vhost on the machine's broker instead, whose CPU
@@ -274,33 +274,53 @@ async def run(args: argparse.Namespace) -> None:
         bearer = await token(http, gateway)
         await place_orders(gateway, args.warmup, args.concurrency, http, bearer)
         await wait_settled(urls["orders"], args.warmup, mail, MAILS * args.warmup, args.within)
-        cpu_before = {name: cpu_seconds(process) for name, process in running.items()}
-        if broker_group is not None:
-            cpu_before["rabbitmq"] = group_cpu_seconds(broker_group)
+
+        def cpu_now() -> dict[str, Cpu]:
+            used = {name: cpu_seconds(process) for name, process in running.items()}
+            if broker_group is not None:
+                used["rabbitmq"] = group_cpu_seconds(broker_group)
+            return used
+
+        # Several rounds on the same fleet, each measured alone: the machine's neighbours make
+        # one round differ from the next by up to a quarter; the round with the median total
+        # is reported, with every round's total beside it.
+        rounds: list[tuple[dict[str, Cpu], Result, float]] = []
         statements_before = await statements(http, running)
-        print(f"measuring: {args.orders} orders at {args.concurrency} concurrent ...", flush=True)
-        started = time.perf_counter()
-        created = await place_orders(gateway, args.orders, args.concurrency, http, bearer)
-        total_orders = args.warmup + args.orders
-        await wait_settled(urls["orders"], total_orders, mail, MAILS * total_orders, args.within)
-        elapsed = time.perf_counter() - started
-        cpu_now = {name: cpu_seconds(process) for name, process in running.items()}
-        if broker_group is not None:
-            cpu_now["rabbitmq"] = group_cpu_seconds(broker_group)
-        used = {name: cpu_now[name] - cpu_before[name] for name in cpu_now}
-        cpu_ms = {name: cpu.total * 1000 / args.orders for name, cpu in used.items()}
+        placed = args.warmup
+        for round_number in range(1, args.rounds + 1):
+            print(
+                f"round {round_number}/{args.rounds}: {args.orders} orders at "
+                f"{args.concurrency} concurrent ...",
+                flush=True,
+            )
+            before = cpu_now()
+            started = time.perf_counter()
+            created = await place_orders(gateway, args.orders, args.concurrency, http, bearer)
+            placed += args.orders
+            await wait_settled(urls["orders"], placed, mail, MAILS * placed, args.within)
+            elapsed = time.perf_counter() - started
+            after = cpu_now()
+            rounds.append(({name: after[name] - before[name] for name in after}, created, elapsed))
         statements_after = await statements(http, running)
         echo_ms = await echo_cpu_per_call(args)
+    totals = [sum(cpu.total for cpu in used.values()) * 1000 / args.orders for used, _, _ in rounds]
+    used, created, elapsed = rounds[
+        sorted(range(len(rounds)), key=totals.__getitem__)[len(rounds) // 2]
+    ]
+    cpu_ms = {name: cpu.total * 1000 / args.orders for name, cpu in used.items()}
+    measured = args.orders * args.rounds
     per_order = {
-        name: (statements_after[name] - statements_before.get(name, 0)) / args.orders
+        name: (statements_after[name] - statements_before.get(name, 0)) / measured
         for name in statements_after
     }
     load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
         f"\n{platform.node()} · {platform.machine()} · {os.cpu_count()} cores · "
-        f"{time.strftime('%Y-%m-%d %H:%M')} · {args.database} · {args.orders} orders at "
-        f"{args.concurrency} concurrent · load average {load_average}"
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {args.database} · {args.rounds} rounds of "
+        f"{args.orders} orders at {args.concurrency} concurrent · load average {load_average}"
     )
+    print("total CPU ms per order by round: " + ", ".join(f"{total:.2f}" for total in totals))
+    print("the round with the median total, per process:")
     print(f"{'process':<16} {'CPU ms/order':>12} {'in the kernel':>14} {'statements/order':>17}")
     for name in sorted(cpu_ms, key=lambda n: -cpu_ms[n]):
         counted = f"{per_order[name]:17.1f}" if name in per_order else f"{'-':>17}"
@@ -326,13 +346,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (median shown)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--broker", choices=("private", "shared"), default="private")
     parser.add_argument("--within", type=float, default=300.0, help="s to wait for CONFIRMED")
     args = parser.parse_args()
-    if args.orders < 1 or args.concurrency < 1 or args.warmup < 0:
-        parser.error("--orders and --concurrency must be at least 1, --warmup at least 0")
+    if args.orders < 1 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--orders, --concurrency and --rounds must be at least 1, --warmup >= 0")
     asyncio.run(run(args))
 
 
