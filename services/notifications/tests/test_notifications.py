@@ -21,8 +21,10 @@ from libs.messaging.envelope import Outgoing, event
 from libs.messaging.publisher import Publisher
 from libs.testing.databases import sqlite_url
 from libs.testing.rpc import serving
+from services.notifications.adapters.maildir import MaildirChannel
 from services.notifications.app import Notifications, wire
 from services.notifications.config import NotificationsSettings
+from services.notifications.domain.model import Notification
 
 ORDERS_TOPOLOGY = fleet_contract().topology("orders")
 
@@ -162,3 +164,19 @@ async def test_smtp_channel_hands_the_message_to_a_mail_server(
     sent = email.message_from_bytes(sink.messages[0], policy=email.policy.default)
     assert sent["Subject"] == "We received your order o9"
     assert sent["Message-ID"] == f"<{key}@emporium.local>"
+
+
+async def test_maildir_keeps_one_message_per_key_after_a_reader_moved_it(tmp_path: Path) -> None:
+    """A mail reader moves what it has seen from new/ to cur/ (`<name>:2,S`): a redelivery
+    of the same event then finds it there and writes nothing."""
+    channel = MaildirChannel(tmp_path / "mail", "shop@emporium.local")
+    notice = Notification("evt-1", "ann@emporium.local", "Your order o1 is confirmed", "Hi\n")
+    await channel.deliver(notice)
+    [written] = channel.delivered()
+    assert _read(written)["Subject"] == "Your order o1 is confirmed"
+    written.rename(tmp_path / "mail" / "cur" / f"{written.name}:2,S")
+    await channel.deliver(notice)
+    assert channel.delivered() == []
+    assert len(list((tmp_path / "mail" / "cur").iterdir())) == 1
+    await channel.deliver(Notification("evt-2", "ann@emporium.local", "Another", "Hi\n"))
+    assert len(channel.delivered()) == 1
