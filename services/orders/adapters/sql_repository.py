@@ -54,6 +54,9 @@ orders = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=True),
     sa.Index("ix_orders_state_deadline", "state", "deadline_us"),
     sa.Index("ix_orders_state_update", "state", "update_us"),
+    # The sweeper's uncaptured CONFIRMED orders: without payment_state in the key it read every
+    # confirmed order each sweep (a million orders, a million rows every 5 s).
+    sa.Index("ix_orders_state_payment_update", "state", "payment_state", "update_us"),
     sa.Index("ux_orders_request_id", "request_id", unique=True),
 )
 # Every version of every order, so WatchOrder shows each state even when it looked too late.
@@ -183,6 +186,15 @@ async def _request_ids_on_orders(connection: AsyncConnection) -> None:
     )
 
 
+async def _sweeper_index(connection: AsyncConnection) -> None:
+    await connection.execute(
+        sa.text(
+            "CREATE INDEX IF NOT EXISTS ix_orders_state_payment_update"
+            " ON orders (state, payment_state, update_us)"
+        )
+    )
+
+
 async def _columns_of(connection: AsyncConnection, table: str) -> set[str]:
     return await connection.run_sync(
         lambda sync: {c["name"] for c in sa.inspect(sync).get_columns(table)}
@@ -198,6 +210,7 @@ MIGRATIONS = (
     Migration(5, "orders: every version of an order", _add_versions),
     Migration(6, "orders: a payment deadline for orders taken before deadlines", _old_deadlines),
     Migration(7, "orders: the request id on the order's row", _request_ids_on_orders),
+    Migration(8, "orders: an index for the sweeper's uncaptured orders", _sweeper_index),
 )
 
 

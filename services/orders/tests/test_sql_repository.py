@@ -220,7 +220,7 @@ async def test_request_ids_move_onto_the_orders_of_an_older_database(database_ur
         await old.migrate(
             [Migration(v, "before 7", before_7 if v == 1 else nothing) for v in range(1, 7)]
         )
-        assert await old.migrate(MIGRATIONS) == [7]
+        assert await old.migrate(MIGRATIONS) == [7, 8]
         repository = SqlOrderRepository(old, OrderMessages(order_message), inbox=INBOX)
         found = await repository.by_request_id("request-1")
         assert found is not None
