@@ -329,7 +329,7 @@ async def test_the_probe_measures_a_blocked_loop() -> None:
             if delay > 0:
                 measured.set()
 
-    probe = Recorded(target=0.02, interval=0.1)
+    probe = Recorded(target=0.02, interval=0.1, period=0.01)
     probe.touch(time.monotonic())  # the first timer is due 10 ms from now
     time.sleep(0.1)  # noqa: ASYNC251 — the point: the loop is blocked, so the timer runs late
     await measured.wait()
