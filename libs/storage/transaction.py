@@ -116,6 +116,24 @@ class SqliteTransaction:
         return rows[0] if rows else None
 
 
+async def fetch_page(
+    tx: Transaction,
+    rows: str,
+    total: str,
+    arguments: Sequence[Any],
+    *,
+    limit: int,
+    offset: int,
+) -> tuple[list[Row], int]:
+    """One page of a list: `rows` (ordered, without LIMIT/OFFSET, which come after
+    `arguments`) and the `total` the same `arguments` count, in one transaction."""
+    n = len(arguments)
+    page = await tx.fetch(f"{rows} LIMIT ${n + 1} OFFSET ${n + 2}", *arguments, limit, offset)
+    counted = await tx.fetchrow(total, *arguments)
+    assert counted is not None
+    return page, int(counted[0])
+
+
 def sqlite_connect(path: str) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row

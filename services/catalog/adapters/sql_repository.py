@@ -50,7 +50,7 @@ from libs.money import Money
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
 from libs.storage.database import Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
-from libs.storage.transaction import Row, Transaction
+from libs.storage.transaction import Row, Transaction, fetch_page
 from services.catalog.domain.model import (
     ChangeType,
     Horizon,
@@ -153,18 +153,21 @@ class SqlProductRepository:
                 f" AND product_labels.value = {arg(value)})"
             )
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        count_sql, count_args = f"SELECT count(*) FROM products{where}", list(args)
         ordering = "".join(
             f"{_ORDER_COLUMNS[name]} {'DESC' if descending else 'ASC'}, "
             for name, descending in query.order
         )
-        select = f"{_PRODUCT}{where} ORDER BY {ordering}id LIMIT {arg(limit)} OFFSET {arg(offset)}"
 
         async def page(tx: Transaction) -> tuple[list[Product], int]:
-            rows = await tx.fetch(select, *args)
-            total = await tx.fetchrow(count_sql, *count_args)
-            assert total is not None
-            return [_product(row) for row in rows], int(total[0])
+            rows, total = await fetch_page(
+                tx,
+                f"{_PRODUCT}{where} ORDER BY {ordering}id",
+                f"SELECT count(*) FROM products{where}",
+                args,
+                limit=limit,
+                offset=offset,
+            )
+            return [_product(row) for row in rows], total
 
         return await self._database.transaction(page, write=False)
 

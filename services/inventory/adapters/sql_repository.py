@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from libs.runtime.errors import DomainError, ErrorKind, invalid_field
 from libs.storage.database import UNIQUE_VIOLATIONS, Database, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
-from libs.storage.transaction import Row, Transaction
+from libs.storage.transaction import Row, Transaction, fetch_page
 from services.inventory.domain.model import Line, Reservation, ReservationState, StockLevel
 from services.inventory.domain.ports import ReserveRequest
 
@@ -71,25 +71,29 @@ class SqlInventoryRepository:
 
     async def levels(self, offset: int, limit: int) -> tuple[list[StockLevel], int]:
         async def levels(tx: Transaction) -> tuple[list[StockLevel], int]:
-            rows = await tx.fetch(
-                f"SELECT {_LEVEL} FROM stock ORDER BY item_id LIMIT $1 OFFSET $2", limit, offset
+            rows, total = await fetch_page(
+                tx,
+                f"SELECT {_LEVEL} FROM stock ORDER BY item_id",
+                "SELECT count(*) FROM stock",
+                (),
+                limit=limit,
+                offset=offset,
             )
-            total = await tx.fetchrow("SELECT count(*) FROM stock")
-            assert total is not None
-            return [_level(row) for row in rows], int(total[0])
+            return [_level(row) for row in rows], total
 
         return await self._database.transaction(levels, write=False)
 
     async def reservations(self, offset: int, limit: int) -> tuple[list[Reservation], int]:
         async def page(tx: Transaction) -> tuple[list[Reservation], int]:
-            rows = await tx.fetch(
-                "SELECT id FROM reservations ORDER BY create_us, id LIMIT $1 OFFSET $2",
-                limit,
-                offset,
+            rows, total = await fetch_page(
+                tx,
+                "SELECT id FROM reservations ORDER BY create_us, id",
+                "SELECT count(*) FROM reservations",
+                (),
+                limit=limit,
+                offset=offset,
             )
-            total = await tx.fetchrow("SELECT count(*) FROM reservations")
-            assert total is not None
-            return [await _reservation(tx, row[0]) for row in rows], int(total[0])
+            return [await _reservation(tx, row[0]) for row in rows], total
 
         return await self._database.transaction(page, write=False)
 

@@ -27,7 +27,7 @@ from libs.messaging.schema import messaging_migration
 from libs.money import Money
 from libs.storage.database import Database, Migration, creating_tables
 from libs.storage.timestamps import from_micros, to_micros
-from libs.storage.transaction import Row, Transaction
+from libs.storage.transaction import Row, Transaction, fetch_page
 from services.orders.adapters.order_messages import OrderMessages
 from services.orders.domain.model import Order, OrderLine, OrderMessage, OrderState, PaymentState
 
@@ -335,19 +335,16 @@ class SqlOrderRepository:
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Order], int]:
         where, arguments = ("WHERE customer = $1", (customer,)) if customer else ("", ())
-        n = len(arguments)
 
         async def page(tx: Transaction) -> tuple[list[Row], int]:
-            rows = await tx.fetch(
-                f"SELECT {_ORDER} FROM orders {where} ORDER BY create_us DESC, id"
-                f" LIMIT ${n + 1} OFFSET ${n + 2}",
-                *arguments,
-                limit,
-                offset,
+            return await fetch_page(
+                tx,
+                f"SELECT {_ORDER} FROM orders {where} ORDER BY create_us DESC, id",
+                f"SELECT count(*) FROM orders {where}",
+                arguments,
+                limit=limit,
+                offset=offset,
             )
-            total = await tx.fetchrow(f"SELECT count(*) FROM orders {where}", *arguments)
-            assert total is not None
-            return rows, int(total[0])
 
         rows, total = await self._database.transaction(page, write=False)
         return [_order(row) for row in rows], total

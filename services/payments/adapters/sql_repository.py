@@ -25,7 +25,7 @@ from libs.messaging.schema import messaging_migration
 from libs.money import Money
 from libs.storage.database import Database, Migration, creating_tables
 from libs.storage.timestamps import from_micros, now_micros, to_micros
-from libs.storage.transaction import Row, Transaction
+from libs.storage.transaction import Row, Transaction, fetch_page
 from services.payments.adapters.payment_events import state_event
 from services.payments.domain.model import Payment, PaymentRequest, PaymentState
 
@@ -244,19 +244,17 @@ class SqlPaymentRepository:
 
     async def list(self, customer: str, offset: int, limit: int) -> tuple[list[Payment], int]:
         where, arguments = ("WHERE customer = $1", [customer]) if customer else ("", [])
-        n = len(arguments)
 
         async def page(tx: Transaction) -> tuple[list[Payment], int]:
-            rows = await tx.fetch(
-                f"SELECT {_COLUMNS} FROM payments {where}"
-                f" ORDER BY create_us DESC, id LIMIT ${n + 1} OFFSET ${n + 2}",
-                *arguments,
-                limit,
-                offset,
+            rows, total = await fetch_page(
+                tx,
+                f"SELECT {_COLUMNS} FROM payments {where} ORDER BY create_us DESC, id",
+                f"SELECT count(*) FROM payments {where}",
+                arguments,
+                limit=limit,
+                offset=offset,
             )
-            total = await tx.fetchrow(f"SELECT count(*) FROM payments {where}", *arguments)
-            assert total is not None
-            return [_payment(row) for row in rows], int(total[0])
+            return [_payment(row) for row in rows], total
 
         return await self._database.transaction(page, write=False)
 
