@@ -1,11 +1,45 @@
 """Entry point of every pytest_test target: runs pytest on the files given as arguments."""
 
+from __future__ import annotations
+
+import asyncio
+import faulthandler
 import os
+import signal
 import sys
+import types
 
 import pytest
 
+# Bazel kills a target that outlives its timeout and keeps only what it printed: a hung test
+# left nothing to go on. Shortly before that, print where every thread and every asyncio task
+# is waiting, so the log names the hang.
+DIAGNOSE_BEFORE_TIMEOUT_SECONDS = 20
+# pytest captures fd 2 while a test runs; the diagnosis goes to the log's own stderr.
+_LOG = os.fdopen(os.dup(2), "w")
+
+
+def _print_where_everything_waits(signum: int, frame: types.FrameType | None) -> None:
+    print("\n==== still running near the Bazel timeout: threads ====", file=_LOG, flush=True)
+    faulthandler.dump_traceback(_LOG, all_threads=True)
+    loop = asyncio._get_running_loop()  # the signal runs on the main thread, inside the loop
+    if loop is not None:
+        print("==== asyncio tasks ====", file=_LOG)
+        for task in asyncio.all_tasks(loop):
+            print(f"-- {task!r}", file=_LOG)
+            task.print_stack(file=_LOG)
+    _LOG.flush()
+
+
+def _diagnose_a_hang() -> None:
+    timeout = int(os.environ.get("TEST_TIMEOUT", "0"))
+    if timeout > 2 * DIAGNOSE_BEFORE_TIMEOUT_SECONDS:
+        signal.signal(signal.SIGALRM, _print_where_everything_waits)
+        signal.alarm(timeout - DIAGNOSE_BEFORE_TIMEOUT_SECONDS)
+
+
 if __name__ == "__main__":
+    _diagnose_a_hang()
     options = [
         "-p",
         "libs.testing.fixtures",
