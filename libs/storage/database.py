@@ -261,8 +261,18 @@ class Database:
             await asyncio.to_thread(thread.close)
         self._threads.clear()
         if self.asyncpg_pool is not None:
-            await self.asyncpg_pool.close()
-            self.asyncpg_pool = None
+            pool, self.asyncpg_pool = self.asyncpg_pool, None
+            try:
+                # close() waits for every connection to come back: a transaction stuck on a
+                # lost server would hold the shutdown forever.
+                await asyncio.wait_for(pool.close(), self._connect_timeout)
+            except TimeoutError:
+                log.warning(
+                    "connections still in use after %.0f s; closing them",
+                    self._connect_timeout,
+                    extra={"pool": self.pool_name},
+                )
+                pool.terminate()
 
 
 # A unique key taken by a concurrent write, through either path (SQLAlchemy, Database.transaction).

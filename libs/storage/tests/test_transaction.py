@@ -236,3 +236,23 @@ async def test_a_sqlite_read_never_waits_on_the_loop_for_a_busy_database(
         assert await asyncio.wait_for(reading, 30) != loop_thread
     finally:
         await database.dispose()
+
+
+async def test_dispose_ends_a_transaction_stuck_on_postgresql_instead_of_waiting_for_it(
+    postgres_url: str,
+) -> None:
+    database = Database(postgres_url, connect_timeout=0.5)
+    entered = asyncio.Event()
+
+    async def stuck(tx: Transaction) -> None:
+        await tx.execute("SELECT 1")
+        entered.set()
+        await asyncio.Event().wait()  # a transaction that never ends (a lost server, say)
+
+    holder = asyncio.create_task(database.transaction(stuck))
+    await entered.wait()
+    started = time.monotonic()
+    await asyncio.wait_for(database.dispose(), 10)
+    assert time.monotonic() - started < 5
+    holder.cancel()
+    await asyncio.gather(holder, return_exceptions=True)  # its connection is gone either way
