@@ -40,6 +40,7 @@ from libs.resilience.bulkhead import Bulkhead
 from libs.resilience.clock import Clock, monotonic
 from libs.runtime.deadline import remaining_budget
 from libs.runtime.errors import DomainError, ErrorKind
+from libs.runtime.overload import pushback_ms
 from libs.runtime.rich_status import (
     STATUS_DETAILS_KEY,
     build_status,
@@ -70,7 +71,6 @@ CLIENT_DURATION = meter.create_histogram(
     description="calls made, retries included, by method and final status code",
 )
 
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 DOMAIN = "rpcclient.emporium.dev"
 # Failures of the upstream itself; client errors and cancellations are neutral for the breaker.
 UPSTREAM_FAILURES = frozenset(
@@ -514,14 +514,8 @@ def _breaker_outcome(code: grpc.StatusCode | None) -> bool | None:
 
 def _pushback(error: grpc.aio.AioRpcError) -> float | None:
     """Seconds the server asked us to wait; negative means do not retry; None if not given."""
-    trailers: Any = error.trailing_metadata() or ()
-    for key, value in trailers:
-        if key == PUSHBACK_KEY:
-            try:
-                return int(value) / 1000
-            except (TypeError, ValueError):
-                return -1.0
-    return None
+    milliseconds = pushback_ms(error.trailing_metadata())
+    return None if milliseconds is None else milliseconds / 1000
 
 
 def _service_descriptor(stub_class: Callable[..., Any]) -> Any:

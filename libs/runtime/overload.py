@@ -55,6 +55,17 @@ OVERLOADED = "OVERLOADED"
 log = logging.getLogger("emporium.rpc")
 
 
+def pushback_ms(trailers: object) -> int | None:
+    """The wait a server asked for in its `grpc-retry-pushback-ms` trailer (`trailers`: a call's
+    trailing metadata), in milliseconds; -1 if the value is not a non-negative integer, which
+    by gRPC's retry design means "do not retry"; None if the server sent none."""
+    for key, value in trailers or ():  # type: ignore[attr-defined]
+        if key == PUSHBACK_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return int(text) if text.isdigit() else -1
+    return None
+
+
 class LoopDelay:
     """How late the event loop runs what is ready (CoDel's sojourn time for a loop): a timer
     every `period` s measures it, and `congested` says the delay has stayed at or above

@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2
 from starlette.responses import Response
 
 from libs.runtime.errors import DomainError
-from libs.runtime.overload import PUSHBACK_KEY
+from libs.runtime.overload import pushback_ms
 from libs.runtime.rich_status import details_of, status_from_trailers, status_of
 
 PROBLEM_JSON = "application/problem+json"
@@ -153,7 +153,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> Problem:
     info, bad_request = details_of(status) if status is not None else (None, None)
     headers = {}
     http_status = HTTP_STATUS.get(code, 500)
-    pushback = _pushback_ms(trailers)
+    pushback = pushback_ms(trailers)
+    if pushback is not None and pushback < 0:
+        pushback = None  # not a wait: the server asks not to retry
     shed = code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
         pushback is not None or (info is not None and info.reason in SHED_REASONS)
     )
@@ -187,12 +189,3 @@ def from_domain_error(error: DomainError) -> Problem:
         metadata=dict(error.metadata),
         violations=_violations(bad_request),
     )
-
-
-def _pushback_ms(trailers: object) -> int | None:
-    """The `grpc-retry-pushback-ms` trailer a shedding server sends, if any."""
-    for key, value in trailers or ():  # type: ignore[attr-defined]
-        if key == PUSHBACK_KEY:
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            return int(text) if text.isdigit() else None
-    return None
