@@ -341,7 +341,11 @@ async def in_process_fleet(
     """Serves the services named in `only` in this process, in the fleet's order, each on port 0
     and registered in var/registry.json; `settings` overrides per service by field name. With
     identity among them, the others verify tokens with its keys (as in tools/run). The gateway
-    is no GrpcApp: its tests serve it themselves (services/gateway/tests/fleet.py)."""
+    is no GrpcApp: its tests serve it themselves (services/gateway/tests/fleet.py).
+
+    The services share this process's one event loop, so how late it runs is everyone's delay
+    (the test's own work included), not one server's queue: the loop-delay overload rule is off
+    here (`overload_queue_target_ms` 0) unless `settings` turns it on. The other rules hold."""
     specs = [spec for spec in services(var) if spec.name in only and not spec.edge]
     if unknown := set(only) - {spec.name for spec in specs}:
         raise ValueError(f"not an in-process service of the fleet: {', '.join(sorted(unknown))}")
@@ -351,7 +355,9 @@ async def in_process_fleet(
     async with contextlib.AsyncExitStack() as stack:
         for spec in specs:
             fields = settings_class_of(spec).model_fields
-            overrides: dict[str, Any] = {"amqp_url": amqp_url} if "amqp_url" in fields else {}
+            overrides: dict[str, Any] = {"overload_queue_target_ms": 0}
+            if "amqp_url" in fields:
+                overrides["amqp_url"] = amqp_url
             if "identity" in fleet.apps:
                 overrides["identity_target"] = fleet.apps["identity"].address
             overrides.update((settings or {}).get(spec.name, {}))
