@@ -251,7 +251,9 @@ async def test_open_breaker_fails_fast_and_sends_nothing(
         assert error.code is grpc.StatusCode.UNAVAILABLE
         assert error.info is not None and error.info.reason == "CIRCUIT_OPEN"
     assert script.attempts == seen  # nothing reached the upstream while open
-    assert slowest < 0.005
+    # Fails fast: waits for nothing (not the deadline, not the cooldown). The bound leaves room
+    # for a slow, busy machine (one refusal among 100 took 5.8 ms on one), far below any wait.
+    assert slowest < 0.1
     assert upstream.stats.rejected_open == 100
     assert upstream.stats.state_changes == [("closed", "open")]
     assert metric_sum(metrics_reader, "rpc.client.rejections", OPEN_REJECTIONS) - rejected == 100
@@ -349,7 +351,7 @@ async def test_handler_budget_propagates_to_its_outbound_call(
             await middle.Check(Request(service="x"), timeout=0.5)
         elapsed = time.monotonic() - started
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        assert elapsed < 0.55
+        assert elapsed < 1.0  # at the deadline (plus a busy machine's lag), not at the upstream's
         await asyncio.wait_for(script.cancelled.wait(), 2)
     await upstream.close()
 

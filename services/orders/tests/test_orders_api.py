@@ -219,7 +219,7 @@ async def test_caller_budget_reaches_inventory_and_leaves_no_reservation(shop: S
         blocker.execute("ROLLBACK")
         blocker.close()
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert elapsed < 0.55
+    assert elapsed < 1.0  # at the deadline (plus a busy machine's lag), not when the lock goes
     level = await shop.inventory.GetStockLevel(
         inventory_pb.GetStockLevelRequest(name="inventory/items/mug")
     )
