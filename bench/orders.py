@@ -362,6 +362,10 @@ async def run(args: argparse.Namespace) -> None:
         f"confirmed orders/s {args.orders / elapsed:.1f} · CreateOrder p50 "
         f"{created.percentile(0.5):.1f} ms p99 {created.percentile(0.99):.1f} ms"
     )
+    for name, process in running.items():
+        reports = [line for line in process.log_lines if line.get("message") == "shedding load"]
+        if reports:  # cumulative counts, the last report of the run (at most one a second)
+            print(f"{name} shed load: {reports[-1]['refused']} refused, by rule")
     print(
         f"bare grpc.aio echo: {echo_ms * 1000:.0f} µs CPU per call; an order costs "
         f"{total / echo_ms:.0f} echo calls (target total <= 20 ms: "

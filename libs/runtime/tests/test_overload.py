@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -17,7 +20,7 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Request
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Response
 
 from libs.runtime.config import ServiceSettings
-from libs.runtime.overload import PUSHBACK_KEY, AdaptiveLimit, LoopDelay
+from libs.runtime.overload import PUSHBACK_KEY, AdaptiveLimit, LoopDelay, run_queue_wait
 from libs.runtime.processes import start_service
 from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import rich_error, serving
@@ -329,11 +332,56 @@ async def test_the_probe_measures_a_blocked_loop() -> None:
             if delay > 0:
                 measured.set()
 
-    probe = Recorded(target=0.02, interval=0.1, period=0.01)
+    # (No wait for a CPU is taken off here: the machine's load must not change the reading.)
+    probe = Recorded(target=0.02, interval=0.1, period=0.01, run_queue_wait=lambda: 0.0)
     probe.touch(time.monotonic())  # the first timer is due 10 ms from now
     time.sleep(0.1)  # noqa: ASYNC251 — the point: the loop is blocked, so the timer runs late
     await measured.wait()
     assert probe.delay >= 0.08
+
+
+async def test_the_probe_takes_off_the_time_the_loop_waited_for_a_cpu() -> None:
+    """A loop late only because its thread waited for a CPU (other processes had the cores, or
+    the container's quota ran out) has no queue of its own: it is not congested."""
+    measured = asyncio.Event()
+    waits = iter([0.0, 0.1])  # total wait for a CPU when the timer is set, then at the probe
+
+    class Recorded(LoopDelay):
+        def observe(self, now: float, delay: float) -> None:
+            super().observe(now, delay)
+            measured.set()
+
+    probe = Recorded(target=0.02, interval=0.1, period=0.01, run_queue_wait=lambda: next(waits))
+    probe.touch(time.monotonic())
+    time.sleep(0.1)  # noqa: ASYNC251 — the timer runs 90 ms late; the thread "waited" 100 ms
+    await measured.wait()
+    assert probe.delay < probe.target
+
+
+def test_run_queue_wait_counts_the_time_a_busy_thread_waits_for_its_cpu() -> None:
+    """The reader is Linux's own figure: spinning on one CPU shared with two busy processes,
+    this thread gets about a third of it and waits the rest."""
+    cpu = min(os.sched_getaffinity(0))
+    original = os.sched_getaffinity(0)
+    rivals = [
+        subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile 1: pass"]
+        )
+        for _ in range(2)
+    ]
+    try:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        before = run_queue_wait()
+        spin_until = time.monotonic() + 0.4
+        while time.monotonic() < spin_until:
+            pass
+        waited = run_queue_wait() - before
+    finally:
+        os.sched_setaffinity(0, original)
+        for rival in rivals:
+            rival.kill()
+            rival.wait()
+    assert waited >= 0.1
 
 
 async def test_a_call_without_the_budget_for_the_servers_latency_is_shed_unstarted() -> None:
