@@ -113,7 +113,8 @@ class ServiceSettings(BaseSettings):
     overload_queue_target_ms: float = Field(
         default=20.0,
         ge=0,
-        description="event-loop delay (how late a timer runs) that, held for "
+        description="event-loop delay (how late a timer runs, less the loop thread's wait for "
+        "a CPU) that, held for "
         "overload_queue_interval_ms, means a standing queue: arrivals are shed while it lasts "
         "(0 turns this off)",
     )
