@@ -4,6 +4,7 @@ Used by the dev launcher, the benchmarks and the process tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libs.runtime.stacks import HEADER
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+# Past the default grace period (10 s) and the stop hooks: a service still running is hung.
+STOP_WITHIN_SECONDS = 30.0
+
+
+class StopHung(RuntimeError):
+    """A service did not stop after SIGTERM (the message holds where it waited)."""
 
 
 @dataclass
@@ -41,10 +52,24 @@ class ServiceProcess:
         async with self._new_line:
             self._new_line.notify_all()
 
-    async def terminate(self) -> int:
+    async def terminate(self, within: float = STOP_WITHIN_SECONDS) -> int:
+        """SIGTERM, then its exit code. One still running after `within` seconds is hung: it
+        is asked where it waits (SIGUSR1, printed to its log), killed, and StopHung raised
+        with that printout."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
-        return await self.process.wait()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.process.wait()), within)
+        except TimeoutError:
+            pass
+        printed = len(self.log_lines)
+        self.process.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(TimeoutError):
+            await self.wait_for_log(HEADER, within=5.0)
+            await asyncio.sleep(0.5)  # the rest of the printout, line by line
+        await self.kill()
+        stacks = "\n".join(str(line.get("message", line)) for line in self.log_lines[printed:])
+        raise StopHung(f"still running {within:.0f} s after SIGTERM; where it waited:\n{stacks}")
 
     async def kill(self) -> None:
         if self.process.returncode is None:

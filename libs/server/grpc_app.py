@@ -29,6 +29,7 @@ from libs.runtime.error_handling import ErrorTranslation, ExceptionTranslator
 from libs.runtime.middleware import Behavior, Context, MethodInfo, Middleware, register
 from libs.runtime.overload import AdaptiveLimit, OverloadProtection
 from libs.runtime.reflection import enable_reflection
+from libs.runtime.stacks import print_stacks_on_sigusr1
 from libs.runtime.validation import RequestValidation
 from libs.security.authentication import TokenAuthentication
 from libs.security.credentials import CertificateFiles
@@ -258,6 +259,7 @@ class GrpcApp:
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
+        print_stacks_on_sigusr1()
         await self.start()
         await stop_requested.wait()
         await self.stop()

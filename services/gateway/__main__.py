@@ -9,6 +9,7 @@ import uvicorn
 
 from libs.runtime import event_loop
 from libs.runtime.config import ConfigError, load_settings
+from libs.runtime.stacks import print_stacks_on_sigusr1
 from libs.telemetry.logging import configure_logging
 from libs.telemetry.metrics import configure_metrics
 from libs.telemetry.tracing import configure_tracing
@@ -44,6 +45,7 @@ def main() -> None:
     settings = settings.model_copy(update={"port": listener.getsockname()[1]})
 
     async def serve() -> None:
+        print_stacks_on_sigusr1()
         # Built inside the loop: gRPC's aio channels belong to the loop that creates them.
         gateway = build(settings)
         config = uvicorn.Config(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import faulthandler
 import os
 import signal
 import sys
 import types
 
 import pytest
+
+from libs.runtime.stacks import print_stacks
 
 # Bazel kills a target that outlives its timeout and keeps only what it printed: a hung test
 # left nothing to go on. Shortly before that, print where every thread and every asyncio task
@@ -20,15 +20,9 @@ _LOG = os.fdopen(os.dup(2), "w")
 
 
 def _print_where_everything_waits(signum: int, frame: types.FrameType | None) -> None:
-    print("\n==== still running near the Bazel timeout: threads ====", file=_LOG, flush=True)
-    faulthandler.dump_traceback(_LOG, all_threads=True)
-    loop = asyncio._get_running_loop()  # the signal runs on the main thread, inside the loop
-    if loop is not None:
-        print("==== asyncio tasks ====", file=_LOG)
-        for task in asyncio.all_tasks(loop):
-            print(f"-- {task!r}", file=_LOG)
-            task.print_stack(file=_LOG)
-    _LOG.flush()
+    print("\n==== still running near the Bazel timeout ====", file=_LOG, flush=True)
+    # The signal runs on the main thread, inside the loop: its tasks are the running loop's.
+    print_stacks(_LOG)
 
 
 def _diagnose_a_hang() -> None:

@@ -22,7 +22,7 @@ from libs.messaging.broker import DEFAULT_AMQP_URL, BrokerOptions, BrokerUnreach
 from libs.messaging.local_broker import LocalBroker, LocalBrokerError
 from libs.rpcclient.discovery import LocalRegistry
 from libs.runtime.config import ServiceSettings
-from libs.runtime.processes import ServiceProcess, start_service
+from libs.runtime.processes import ServiceProcess, StopHung, start_service
 from libs.server.grpc_app import GrpcApp
 from libs.testing.rpc import serving
 from tools.commands.certs.authority import ensure
@@ -223,9 +223,7 @@ async def start_fleet(
 
 
 class Stoppable(Protocol):
-    async def terminate(self) -> int: ...
-
-    async def kill(self) -> None: ...
+    async def terminate(self, within: float = ...) -> int: ...
 
 
 # Beyond a service's grace period (<SERVICE>_GRACE_SECONDS, 10 s), time to exit before a kill.
@@ -251,12 +249,11 @@ async def stop_fleet(running: Mapping[str, Stoppable], edge: frozenset[str]) -> 
 
     async def stop(name: str, process: Stoppable) -> None:
         try:
-            await asyncio.wait_for(process.terminate(), grace_of(name))
+            await process.terminate(within=grace_of(name))
         except ProcessLookupError:
             pass
-        except TimeoutError:
-            print(f"{name} did not stop within its grace period; killing it", file=sys.stderr)
-            await process.kill()
+        except StopHung as hung:  # killed; the printout says where it waited
+            print(f"{name} did not stop within its grace period: {hung}", file=sys.stderr)
 
     tiers = [
         {n: p for n, p in running.items() if n in edge},

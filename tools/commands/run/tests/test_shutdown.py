@@ -1,5 +1,6 @@
 """tools/run's shutdown order: the edge stops first and alone, then the rest all at once, and a
-service that outlives its grace period is killed."""
+service that outlives its grace period is killed, saying where it waited (the real process's
+side of that is libs/runtime/tests/test_processes.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.runtime.processes import StopHung
 from tools.commands.run.fleet import edge_of, services, stop_fleet
 
 
@@ -22,18 +24,23 @@ class FakeProcess:
         self.may_exit = asyncio.Event()
         self.killed = False
 
-    async def terminate(self) -> int:
+    async def terminate(self, within: float = 30.0) -> int:
+        """As ServiceProcess's: SIGTERM, and past `within` a kill and StopHung."""
         self.log.append(f"term {self.name}")
         self.asked.set()
+        try:
+            await asyncio.wait_for(self._exit(), within)
+        except TimeoutError:
+            self.killed = True
+            self.log.append(f"kill {self.name}")
+            raise StopHung(f"where {self.name} waited") from None
+        return 0
+
+    async def _exit(self) -> None:
         if not self.exits:
             await asyncio.Event().wait()  # ignores SIGTERM
         await self.may_exit.wait()
         self.log.append(f"exit {self.name}")
-        return 0
-
-    async def kill(self) -> None:
-        self.killed = True
-        self.log.append(f"kill {self.name}")
 
 
 def test_the_gateway_is_the_edge() -> None:
@@ -58,10 +65,15 @@ async def test_the_edge_stops_first_then_the_rest_together() -> None:
     assert log[:2] == ["term gateway", "exit gateway"]
 
 
-async def test_a_service_past_its_grace_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_service_past_its_grace_is_killed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CATALOG_GRACE_SECONDS", "0")
     monkeypatch.setattr("tools.commands.run.fleet.EXIT_MARGIN_SECONDS", 0.0)
     log: list[str] = []
     stuck = FakeProcess("catalog", log, exits=False)
     await stop_fleet({"catalog": stuck}, frozenset())
     assert stuck.killed
+    assert "catalog did not stop within its grace period: where catalog waited" in (
+        capsys.readouterr().err
+    )
