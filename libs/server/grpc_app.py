@@ -337,9 +337,9 @@ def run_service(settings_cls: type[S], build: Callable[[S], Awaitable[GrpcApp]])
 
 def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSettings]) -> int:
     """Starts `settings.workers` copies of this service on one port (the kernel spreads new
-    connections over them), forwards SIGTERM/SIGINT, and returns when all have exited. With a
-    metrics port, each worker serves its own on loopback and this process serves them merged
-    (libs.telemetry.metrics.WorkerMetrics)."""
+    connections over them), forwards SIGTERM/SIGINT/SIGUSR1, and returns when all have exited.
+    With a metrics port, each worker serves its own on loopback and this process serves them
+    merged (libs.telemetry.metrics.WorkerMetrics)."""
     prefix = settings_cls._prefix()
     port = settings.port or free_port(settings.host)
     env = {**os.environ, SHARED_PORT_ENV: "1", f"{prefix}PORT": str(port), f"{prefix}WORKERS": "1"}
@@ -364,6 +364,7 @@ def supervise_workers(settings: ServiceSettings, settings_cls: type[ServiceSetti
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGUSR1, forward)  # each worker prints where it waits
     codes = [worker.wait() for worker in workers]
     return max(codes, key=abs)
 

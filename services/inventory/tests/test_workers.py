@@ -1,7 +1,9 @@
-"""Two inventory processes on one port (INVENTORY_WORKERS=2, SO_REUSEPORT) both serve calls."""
+"""Two inventory processes on one port (INVENTORY_WORKERS=2, SO_REUSEPORT) both serve calls, and
+both answer the supervisor's SIGUSR1 with where they wait."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import grpc
@@ -9,6 +11,7 @@ import grpc
 from emporium.inventory.v1 import inventory_service_pb2 as pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from libs.runtime.processes import start_service
+from libs.runtime.stacks import HEADER
 
 
 async def test_two_workers_on_one_port_both_serve(tmp_path: Path) -> None:
@@ -39,5 +42,10 @@ async def test_two_workers_on_one_port_both_serve(tmp_path: Path) -> None:
             calls += 1
             await service.wait_for_log("rpc started", count=calls)
         assert len(serving_pids()) == 2
+
+        # SIGUSR1 to the supervisor reaches both workers: each prints where it waits.
+        service.process.send_signal(signal.SIGUSR1)
+        await service.wait_for_log(HEADER, count=2)
+        assert service.process.returncode is None
     finally:
         assert await service.terminate() == 0
