@@ -63,11 +63,20 @@ class ServiceProcess:
         except TimeoutError:
             pass
         printed = len(self.log_lines)
-        self.process.send_signal(signal.SIGUSR1)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(ProcessLookupError):  # (it may have exited just now)
+            self.process.send_signal(signal.SIGUSR1)
+        try:
             await self.wait_for_log(HEADER, within=5.0)
-            await asyncio.sleep(0.5)  # the rest of the printout, line by line
+        except TimeoutError:
+            await self.kill()
+            raise StopHung(
+                f"still running {within:.0f} s after SIGTERM, and nothing printed on SIGUSR1:"
+                " its event loop is blocked"
+            ) from None
         await self.kill()
+        if self._reader is not None:  # the rest of the printout: the log is read to its end
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
         stacks = "\n".join(str(line.get("message", line)) for line in self.log_lines[printed:])
         raise StopHung(f"still running {within:.0f} s after SIGTERM; where it waited:\n{stacks}")
 
