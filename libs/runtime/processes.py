@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.runtime.stacks import HEADER
+from libs.runtime.stacks import FOOTER, HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,10 +73,9 @@ class ServiceProcess:
                 f"still running {within:.0f} s after SIGTERM, and nothing printed on SIGUSR1:"
                 " its event loop is blocked"
             ) from None
+        with contextlib.suppress(TimeoutError):  # the whole printout, then the kill
+            await self.wait_for_log(FOOTER, within=5.0)
         await self.kill()
-        if self._reader is not None:  # the rest of the printout: the log is read to its end
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
         stacks = "\n".join(str(line.get("message", line)) for line in self.log_lines[printed:])
         raise StopHung(f"still running {within:.0f} s after SIGTERM; where it waited:\n{stacks}")
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 HEADER = "==== where every thread and task waits ===="
+FOOTER = "==== (end of where every thread and task waits) ===="
 
 
 def print_stacks(file: TextIO, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -27,7 +28,7 @@ def print_stacks(file: TextIO, loop: asyncio.AbstractEventLoop | None = None) ->
             print(f"-- {task.get_name()}, awaiting (innermost last):", file=file)
             for line in awaiting(task.get_coro()):
                 print(f"  {line}", file=file)
-    file.flush()
+    print(FOOTER, file=file, flush=True)
 
 
 def awaiting(coroutine: Any) -> list[str]:
