@@ -171,8 +171,9 @@ def check_alive(running: dict[str, ServiceProcess]) -> None:
     for name, service in running.items():
         code = service.process.returncode
         if code is not None:
-            last = "\n".join(f"  {line}" for line in service.log_lines[-15:])
-            raise SystemExit(f"{name} exited with code {code}; its last log lines:\n{last}")
+            raise SystemExit(
+                f"{name} exited with code {code}; its last log lines:\n{service.last_lines()}"
+            )
 
 
 async def wait_settled(

@@ -38,6 +38,10 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def last_lines(self, count: int = 20) -> str:
+        """Its last `count` log lines, one per line: what it said before it exited."""
+        return "\n".join(str(line) for line in self.log_lines[-count:])
+
     async def wait_for_log(self, message: str, count: int = 1, within: float = 30.0) -> None:
         """Returns once the service has logged `message` `count` times."""
 
@@ -123,10 +127,7 @@ async def start_service(
                 serving.set_result(int(str(line["port"])))
         if not serving.done():
             serving.set_exception(
-                RuntimeError(
-                    f"{module} exited before serving: "
-                    + "\n".join(str(line) for line in service.log_lines[-20:])
-                )
+                RuntimeError(f"{module} exited before serving: " + service.last_lines())
             )
 
     service._reader = asyncio.create_task(read_log())
