@@ -33,10 +33,20 @@ class LocalBrokerError(RuntimeError):
 
 class LocalBroker:
     def __init__(
-        self, directory: Path, *, port: int = 0, name: str = "emporium", cookie: str | None = None
+        self,
+        directory: Path,
+        *,
+        port: int = 0,
+        name: str = "emporium",
+        cookie: str | None = None,
+        schedulers: int = 1,
     ) -> None:
         """`cookie`: the Erlang cookie; nodes of one cluster share it (default: the one in
-        `directory`, made on first start)."""
+        `directory`, made on first start). `schedulers`: the Erlang scheduler threads that run
+        the node's work (`+S`). RabbitMQ's runtime guide sizes them to the CPU the node may use,
+        and a private node shares the machine with the services it serves: with one per core
+        (Erlang's default) on two cores beside the fleet, the node spent about a fifth more CPU
+        per order, its schedulers waking each other (bench/README.md, `orders`)."""
         if not SERVER.exists():
             raise LocalBrokerError(
                 f"{SERVER} not found: install Debian's rabbitmq-server (tools/setup does)"
@@ -45,6 +55,7 @@ class LocalBroker:
         self.port = port or free_port()
         self.node = f"{name}-{self.port}@localhost"
         self._cookie = cookie
+        self._schedulers = schedulers
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +84,7 @@ class LocalBroker:
             "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"+S {self._schedulers}:{self._schedulers}",
         }
 
     async def start(self) -> None:

@@ -1,6 +1,7 @@
 """Acceptance: restart the broker while 20,000 messages go out through the outbox with
 publisher confirms. Every message is consumed (lost = 0) and the duplicates the restart causes
-leave no doubled effect. A private broker node, so the restart disturbs no other test."""
+leave no doubled effect. A private broker node, so the restart disturbs no other test (and it
+runs the one Erlang scheduler a private node gets by default)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ async def broker(tmp_path: Path) -> AsyncIterator[LocalBroker]:
     finally:
         await node.stop()
         node.remove()
+
+
+async def test_a_private_node_runs_one_scheduler_unless_told_otherwise(
+    broker: LocalBroker,
+) -> None:
+    # It shares the machine's cores with the fleet it serves (LocalBroker's docstring).
+    online = await broker.ctl("eval", "erlang:system_info(schedulers_online).")
+    assert online.strip() == "1"
 
 
 async def test_broker_restart_loses_nothing_and_doubles_nothing(
