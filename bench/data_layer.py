@@ -11,6 +11,9 @@ Candidates:
   sqlalchemy-sync    the same Core statements run synchronously inside one hop per transaction:
                      a pysqlite engine on a worker thread (SQLite); `AsyncConnection.run_sync`,
                      one greenlet switch into asyncpg per statement (PostgreSQL)
+  kit                what the services use: `Database.transaction` (libs/storage), the chosen
+                     path with its dialect seam, statement counting, cancellation and (SQLite)
+                     reads on the loop while short
 
 The write transaction is the shape of a repository's: read a row, update it under its version,
 insert an event, insert an outbox row, update a counter. CPU is this process's (all threads:
@@ -40,6 +43,8 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from libs.storage.database import Database
+from libs.storage.transaction import Transaction
 from libs.testing.databases import admin_dsn
 
 T = TypeVar("T")
@@ -343,6 +348,48 @@ class SqlAlchemyRunSyncPostgres(Candidate):
         await self.engine.dispose()
 
 
+# -- (e) the kit, as the services use it ---------------------------------------------------------
+
+
+class KitDatabase(Candidate):
+    name = "kit"
+
+    def __init__(self, url: str) -> None:
+        self.database = Database(url)
+
+    async def write(self, i: int) -> None:
+        key = f"item-{i % ITEMS}"
+
+        async def write(tx: Transaction) -> None:
+            row = await tx.fetchrow("SELECT quantity, version FROM items WHERE id = $1", key)
+            assert row is not None
+            await tx.execute(
+                "UPDATE items SET quantity = $1, version = $2 WHERE id = $3 AND version = $4",
+                row[0] + 1,
+                row[1] + 1,
+                key,
+                row[1],
+            )
+            await tx.execute(
+                "INSERT INTO events (id, item, delta) VALUES ($1, $2, $3)", uuid.uuid4().hex, key, 1
+            )
+            await tx.execute("INSERT INTO outbox (id, body) VALUES ($1, $2)", uuid.uuid4().hex, key)
+            await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "writes")
+
+        await self.database.transaction(write)
+
+    async def read(self, i: int) -> None:
+        async def read(tx: Transaction) -> None:
+            await tx.fetchrow(
+                "SELECT quantity, version FROM items WHERE id = $1", f"item-{i % ITEMS}"
+            )
+
+        await self.database.transaction(read, write=False)
+
+    async def close(self) -> None:
+        await self.database.dispose()
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -438,6 +485,7 @@ async def main(arguments: argparse.Namespace) -> None:
             SqlAlchemyAsync(url),
             SqliteThread(path),
             SqlAlchemySyncSqlite(path),
+            KitDatabase(url),
         )
         for candidate in sqlite_candidates:
             print(f"sqlite: {candidate.name} ...", flush=True)
@@ -459,6 +507,7 @@ async def main(arguments: argparse.Namespace) -> None:
             SqlAlchemyAsync(url),
             AsyncpgDirect(plain),
             SqlAlchemyRunSyncPostgres(url),
+            KitDatabase(url),
         )
         for candidate in postgres_candidates:
             print(f"postgres: {candidate.name} ...", flush=True)

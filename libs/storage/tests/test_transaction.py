@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import ErrorKind
 from libs.storage.database import UNIQUE_VIOLATIONS, Database, Migration, database_errors
-from libs.storage.transaction import Transaction
+from libs.storage.transaction import Transaction, TransactionFunction
 
 
 async def create_table(tx: Transaction) -> None:
@@ -146,6 +146,40 @@ async def test_on_sqlite_a_transaction_whose_caller_gave_up_is_rolled_back(tmp_p
             blocker.close()
         await database.transaction(add_one)  # queued behind the abandoned one on the thread
         assert await value(database) == 1
+    finally:
+        await database.dispose()
+
+
+async def test_on_sqlite_a_transaction_given_up_before_its_turn_never_begins(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.sqlite3"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    begun: list[str] = []
+
+    def adding(name: str) -> TransactionFunction[None]:
+        async def add(tx: Transaction) -> None:
+            begun.append(name)
+            await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "orders")
+
+        return add
+
+    try:
+        await database.transaction(create_table)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the thread's first transaction waits for it
+        first = asyncio.ensure_future(database.transaction(adding("first")))
+        second = asyncio.ensure_future(database.transaction(adding("second")))
+        await asyncio.sleep(0)  # both run up to their hand-over: queued behind the blocker
+        second.cancel()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await database.transaction(adding("third"))  # the thread serves on
+        assert begun == ["first", "third"]
+        assert await value(database) == 2
     finally:
         await database.dispose()
 
