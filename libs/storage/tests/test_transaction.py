@@ -184,6 +184,82 @@ async def test_on_sqlite_a_transaction_given_up_before_its_turn_never_begins(
         await database.dispose()
 
 
+async def queued_behind_a_blocker(
+    path: Path, database: Database, functions: list[TransactionFunction[None]]
+) -> list[BaseException | None]:
+    """Runs `functions` as one group: the writer's first transaction waits for another
+    connection's write lock while the rest queue behind it, then they are taken together."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    first = asyncio.ensure_future(database.transaction(functions[0]))
+    await asyncio.sleep(0)  # the first is handed over (and waits) before the rest queue
+    rest = [asyncio.ensure_future(database.transaction(f)) for f in functions[1:]]
+    await asyncio.sleep(0)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    return [o if isinstance(o, BaseException) else None for o in outcomes]
+
+
+def inserting(name: str, *, then: str = "") -> TransactionFunction[None]:
+    async def insert(tx: Transaction) -> None:
+        await tx.execute("INSERT INTO counters (name, value) VALUES ($1, 1)", name)
+        if then == "fail":
+            raise LookupError(name)
+        if then == "end":  # as SQLite does on a full disk or an I/O error
+            await tx.execute("ROLLBACK")
+
+    return insert
+
+
+async def names(database: Database) -> list[str]:
+    async def read(tx: Transaction) -> list[str]:
+        return [row[0] for row in await tx.fetch("SELECT name FROM counters ORDER BY name")]
+
+    return await database.transaction(read, write=False)
+
+
+async def test_sqlite_commits_waiting_writes_together_and_a_failure_undoes_only_itself(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.sqlite3"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await database.transaction(create_table)
+        functions = [inserting("w0")] + [
+            inserting(f"w{i}", then="fail" if i == 3 else "") for i in range(1, 8)
+        ]
+        outcomes = await queued_behind_a_blocker(path, database, functions)
+        assert [type(o).__name__ if o else None for o in outcomes] == [None] * 3 + [
+            "LookupError"
+        ] + [None] * 4
+        assert await names(database) == ["orders", "w0", "w1", "w2", "w4", "w5", "w6", "w7"]
+    finally:
+        await database.dispose()
+
+
+async def test_sqlite_tells_no_writer_of_a_group_its_transaction_ended_under_that_it_committed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.sqlite3"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await database.transaction(create_table)
+        functions = [
+            inserting("w0"),
+            inserting("w1"),
+            inserting("w2", then="end"),
+            inserting("w3"),
+        ]
+        outcomes = await queued_behind_a_blocker(path, database, functions)
+        assert outcomes[0] is None  # committed alone, before the others were queued
+        assert all(isinstance(o, RuntimeError) for o in outcomes[1:3])
+        assert outcomes[3] is None
+        assert await names(database) == ["orders", "w0", "w3"]
+    finally:
+        await database.dispose()
+
+
 async def test_migrations_apply_once_and_ping_answers(database_url: str) -> None:
     calls: list[int] = []
 

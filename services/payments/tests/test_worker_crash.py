@@ -33,6 +33,10 @@ async def test_killed_worker_loses_no_charge_and_doubles_none(
         "PAYMENTS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'payments.sqlite3'}",
         "PAYMENTS_PROVIDER_LEDGER": str(ledger),
         "PAYMENTS_PROVIDER_LATENCY_SECONDS": "0.4",
+        # Spread over 0.4 to 1.2 s, a worker's charges settle one after another, so when the
+        # first has settled the rest of its batch is still at the provider (committed
+        # together, as the writer's group commit would have them, all would be acked at once).
+        "PAYMENTS_PROVIDER_LATENCY_JITTER_SECONDS": "0.8",
         "PAYMENTS_PREFETCH": "20",
         "PAYMENTS_CONCURRENCY": "20",
         "PAYMENTS_OUTBOX_POLL_SECONDS": "0.2",
