@@ -149,8 +149,8 @@ class Database:
             if thread is None:
                 path = self.url.database or ":memory:"
                 name = f"sqlite-{'writer' if write else 'reader'}"
-                thread = self._threads[write] = SqliteThread(path, name, write=write)
-            result, statements = await thread.run(function)
+                thread = self._threads[write] = SqliteThread(path, name)
+            result, statements = await thread.run(function, write=write)
         else:
             result, statements = await run_postgres(await self._pool(), function, write=write)
         self.statements += statements

@@ -221,99 +221,59 @@ class SqliteThread:
     The hop is a queue the thread waits on and `call_soon_threadsafe` back, not an executor:
     `run_in_executor` (its two futures, their chaining, the executor's bookkeeping) made a
     5-statement write cost 0.239 ms of CPU at 16 concurrent, this 0.206 (`tools/bench
-    data_layer`, the `kit` row; bench/README.md).
+    data_layer`, the `kit` row; bench/README.md)."""
 
-    A writer commits the write transactions waiting for it together (group commit): one
-    BEGIN IMMEDIATE, each transaction in a savepoint of its own (its failure rolls back only
-    itself), one COMMIT and one fsync; every caller hears of its outcome only after that
-    COMMIT. Under load most writes waited behind others (`tools/bench orders`: more than half
-    of a service's writes found five or more queued), and each paid its own commit, fsync and
-    write of the pages they share: at 16 concurrent a 5-statement write cost 0.206 ms of CPU
-    alone, 0.080 committed together, and the writer took 9,800 a second instead of 3,500
-    (`tools/bench data_layer`, the `kit` row)."""
-
-    _GROUP = 64  # write transactions committed together, at most
-
-    def __init__(self, path: str, name: str, *, write: bool) -> None:
+    def __init__(self, path: str, name: str) -> None:
         self._path = path
         self._name = name
-        self._begin = "BEGIN IMMEDIATE" if write else "BEGIN"
-        self._group = self._GROUP if write else 1
         self._queue: queue.SimpleQueue[_Work[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self.busy = False  # a transaction is running (the connections-in-use metric)
 
     def _serve(self) -> None:
-        closing = False
-        while not closing:
-            work = self._queue.get()
-            if work is None:
-                break
-            group = [work]
-            while len(group) < self._group:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                group.append(more)
-            for work, outcome in zip(group, self._commit(group), strict=True):
-                # (RuntimeError: its loop has closed, so nobody waits for it any more.)
-                with contextlib.suppress(RuntimeError):
-                    work.loop.call_soon_threadsafe(work.settle, outcome)
+        while (work := self._queue.get()) is not None:
+            outcome = work.context.run(self._attempt, work)
+            # (RuntimeError: its loop has closed, so nobody waits for it any more.)
+            with contextlib.suppress(RuntimeError):
+                work.loop.call_soon_threadsafe(work.settle, outcome)
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def _commit(self, group: list[_Work[Any]]) -> list[tuple[Any, int] | BaseException]:
-        """Runs the group in one transaction; each work's outcome (an exception included)."""
+    def _run(
+        self, function: TransactionFunction[T], begin: str, cancelled: threading.Event
+    ) -> tuple[T, int]:
         if self._connection is None:
             self._connection = sqlite_connect(self._path)
         connection = self._connection
-        outcomes: list[tuple[Any, int] | BaseException] = []
+        transaction = SqliteTransaction(connection)
         self.busy = True
         try:
-            connection.execute(self._begin)  # may wait for another process's writer
-            for work in group:
-                outcomes.append(work.context.run(self._attempt, connection, work))
-                if not connection.in_transaction:  # ended under the group (disk full, I/O
-                    # error): what the group did so far is gone with it; the rest go on
-                    outcomes = [outcomes[-1]] * len(outcomes)
-                    connection.execute(self._begin)
-            connection.execute("COMMIT")
-        except BaseException as error:
-            if connection.in_transaction:  # (a failed COMMIT leaves it open too)
-                connection.execute("ROLLBACK")
-            return [error] * len(group)
+            connection.execute(begin)  # may wait for another process's writer (busy_timeout)
+            try:
+                result = _complete(function(transaction))
+                if cancelled.is_set():  # its caller gave up (a deadline) while this waited
+                    raise _Cancelled
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:  # (a failed COMMIT leaves it open too)
+                    connection.execute("ROLLBACK")
+                raise
         finally:
             self.busy = False
-        return outcomes
-
-    @staticmethod
-    def _attempt(connection: sqlite3.Connection, work: _Work[T]) -> tuple[T, int] | BaseException:
-        """One transaction of the group, in its savepoint; its result, or what it raised."""
-        if work.cancelled.is_set():  # given up before its turn came: not even begun
-            return _Cancelled()
-        transaction = SqliteTransaction(connection)
-        connection.execute("SAVEPOINT work")
-        try:
-            result = _complete(work.function(transaction))
-            if work.cancelled.is_set():  # its caller gave up (a deadline) while this waited
-                raise _Cancelled
-        except BaseException as error:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK TO work")
-                connection.execute("RELEASE work")
-            return error
-        if not connection.in_transaction:
-            return RuntimeError("a transaction function ended its transaction")
-        connection.execute("RELEASE work")
         return result, transaction.statements
 
-    async def run(self, function: TransactionFunction[T]) -> tuple[T, int]:
+    def _attempt(self, work: _Work[T]) -> tuple[T, int] | BaseException:
+        """The outcome, an exception included (raised on the loop)."""
+        if work.cancelled.is_set():  # given up before its turn came: not even begun
+            return _Cancelled()
+        try:
+            return self._run(work.function, work.begin, work.cancelled)
+        except BaseException as error:
+            return error
+
+    async def run(self, function: TransactionFunction[T], *, write: bool) -> tuple[T, int]:
         if self._thread is None:
             # A daemon: a process that exits without closing its Database must not hang on
             # it; a transaction cut off there was never committed, so it never happened.
@@ -322,7 +282,13 @@ class SqliteThread:
         loop = asyncio.get_running_loop()
         # The caller's context goes along (as asyncio.to_thread does): the outbox reads the
         # trace context of the request that writes.
-        work = _Work(function, contextvars.copy_context(), loop, loop.create_future())
+        work = _Work(
+            function,
+            "BEGIN IMMEDIATE" if write else "BEGIN",
+            contextvars.copy_context(),
+            loop,
+            loop.create_future(),
+        )
         self._queue.put(work)
         try:
             return await work.done
@@ -344,11 +310,13 @@ class _Work(Generic[T]):
     def __init__(
         self,
         function: TransactionFunction[T],
+        begin: str,
         context: contextvars.Context,
         loop: asyncio.AbstractEventLoop,
         done: asyncio.Future[tuple[T, int]],
     ) -> None:
         self.function = function
+        self.begin = begin
         self.context = context
         self.loop = loop
         self.done = done

@@ -34,8 +34,8 @@ async def test_killed_worker_loses_no_charge_and_doubles_none(
         "PAYMENTS_PROVIDER_LEDGER": str(ledger),
         "PAYMENTS_PROVIDER_LATENCY_SECONDS": "0.4",
         # Spread over 0.4 to 1.2 s, a worker's charges settle one after another, so when the
-        # first has settled the rest of its batch is still at the provider (committed
-        # together, as the writer's group commit would have them, all would be acked at once).
+        # first has settled the rest of its batch is still at the provider: with one latency
+        # for all, a batch could settle and be acked at once, before the kill.
         "PAYMENTS_PROVIDER_LATENCY_JITTER_SECONDS": "0.8",
         "PAYMENTS_PREFETCH": "20",
         "PAYMENTS_CONCURRENCY": "20",
