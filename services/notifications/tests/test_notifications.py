@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,6 +165,21 @@ async def test_smtp_channel_hands_the_message_to_a_mail_server(
     sent = email.message_from_bytes(sink.messages[0], policy=email.policy.default)
     assert sent["Subject"] == "We received your order o9"
     assert sent["Message-ID"] == f"<{key}@emporium.local>"
+
+
+async def test_maildir_sees_a_move_to_cur_that_left_its_mtime_as_it_was(tmp_path: Path) -> None:
+    """A reader's move within the same tick of the file system's clock as the channel's last
+    look at cur/ leaves cur/'s mtime unchanged; the channel still finds the mail there."""
+    channel = MaildirChannel(tmp_path / "mail", "shop@emporium.local")
+    notice = Notification("evt-1", "ann@emporium.local", "Your order o1 is confirmed", "Hi\n")
+    await channel.deliver(notice)  # looks at cur/ (empty) first
+    cur = tmp_path / "mail" / "cur"
+    looked = cur.stat()
+    [written] = channel.delivered()
+    written.rename(cur / f"{written.name}:2,S")
+    os.utime(cur, ns=(looked.st_atime_ns, looked.st_mtime_ns))  # the same tick, as it were
+    await channel.deliver(notice)
+    assert channel.delivered() == []
 
 
 async def test_maildir_keeps_one_message_per_key_after_a_reader_moved_it(tmp_path: Path) -> None:
