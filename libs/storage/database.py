@@ -33,6 +33,7 @@ from sqlalchemy.pool import NullPool
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.storage.transaction import (
     LoopReader,
+    Row,
     SqliteThread,
     Transaction,
     TransactionFunction,
@@ -155,6 +156,23 @@ class Database:
             result, statements = await run_postgres(await self._pool(), function, write=write)
         self.statements += statements
         return result
+
+    async def fetchrow(self, query: str, *args: Any) -> Row | None:
+        """The first row of one query, or None. A single statement needs no transaction around
+        it (it sees one snapshot and changes nothing): on PostgreSQL it goes to a pooled
+        connection as it is, one round trip where a read transaction takes three (BEGIN READ
+        ONLY, the query, COMMIT); on SQLite it is a read like any other. A read of several
+        statements that must agree uses `transaction(..., write=False)`."""
+        if self.is_sqlite:
+
+            async def read(tx: Transaction) -> Row | None:
+                return await tx.fetchrow(query, *args)
+
+            return await self.transaction(read, write=False)
+        async with (await self._pool()).acquire() as connection:
+            row: Row | None = await connection.fetchrow(query, *args)
+        self.statements += 1
+        return row
 
     async def _pool(self) -> asyncpg.Pool:
         async with self._pool_opening:

@@ -109,6 +109,14 @@ async def test_statements_are_counted(database: Database) -> None:
     assert database.statements == before + 2
 
 
+async def test_a_one_statement_query_answers_its_first_row_or_none(database: Database) -> None:
+    before = database.statements
+    row = await database.fetchrow("SELECT name, value FROM counters WHERE name = $1", "orders")
+    assert row is not None and (row["name"], row[1]) == ("orders", 0)
+    assert await database.fetchrow("SELECT value FROM counters WHERE name = $1", "none") is None
+    assert database.statements == before + 2
+
+
 async def test_on_sqlite_a_transaction_function_may_await_only_its_transaction(
     tmp_path: Path,
 ) -> None:

@@ -130,11 +130,8 @@ class SqlProductRepository:
         self._database = database
 
     async def get(self, product_id: str) -> Product | None:
-        async def get(tx: Transaction) -> Product | None:
-            row = await tx.fetchrow(f"{_PRODUCT} WHERE id = $1", product_id)
-            return _product(row) if row else None
-
-        return await self._database.transaction(get, write=False)
+        row = await self._database.fetchrow(f"{_PRODUCT} WHERE id = $1", product_id)
+        return _product(row) if row else None
 
     async def list(self, query: ProductQuery, offset: int, limit: int) -> tuple[list[Product], int]:
         args: list[Any] = []

@@ -63,11 +63,9 @@ class SqlInventoryRepository:
         self._database = database
 
     async def level(self, item_id: str) -> StockLevel | None:
-        async def level(tx: Transaction) -> StockLevel | None:
-            row = await tx.fetchrow(f"SELECT {_LEVEL} FROM stock WHERE item_id = $1", item_id)
-            return _level(row) if row else None
-
-        return await self._database.transaction(level, write=False)
+        query = f"SELECT {_LEVEL} FROM stock WHERE item_id = $1"
+        row = await self._database.fetchrow(query, item_id)
+        return _level(row) if row else None
 
     async def levels(self, offset: int, limit: int) -> tuple[list[StockLevel], int]:
         async def levels(tx: Transaction) -> tuple[list[StockLevel], int]:

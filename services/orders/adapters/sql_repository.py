@@ -233,18 +233,12 @@ class SqlOrderRepository:
         self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, order_id: str) -> Order | None:
-        async def get(tx: Transaction) -> Order | None:
-            row = await tx.fetchrow(f"SELECT {_ORDER} FROM orders WHERE id = $1", order_id)
-            return _order(row) if row else None
-
-        return await self._database.transaction(get, write=False)
+        row = await self._database.fetchrow(f"SELECT {_ORDER} FROM orders WHERE id = $1", order_id)
+        return _order(row) if row else None
 
     async def by_request_id(self, request_id: str) -> tuple[Order, str] | None:
-        async def by_request_id(tx: Transaction) -> tuple[Order, str] | None:
-            row = await tx.fetchrow(_BY_REQUEST_ID, request_id)
-            return (_order(row), row["fingerprint"]) if row else None
-
-        return await self._database.transaction(by_request_id, write=False)
+        row = await self._database.fetchrow(_BY_REQUEST_ID, request_id)
+        return (_order(row), row["fingerprint"]) if row else None
 
     async def create(
         self, order: Order, request_id: str, fingerprint: str, messages: Sequence[OrderMessage]

@@ -113,10 +113,8 @@ class SqlPaymentRepository:
         self._on_commit = on_commit  # wakes the outbox relay
 
     async def get(self, payment_id: str) -> Payment | None:
-        async def get(tx: Transaction) -> Payment | None:
-            return await _get(tx, payment_id)
-
-        return await self._database.transaction(get, write=False)
+        row = await self._database.fetchrow(_GET, payment_id)
+        return None if row is None else _payment(row)
 
     async def open(
         self, request: PaymentRequest, state: PaymentState, *, attempted: bool = False
