@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
@@ -304,23 +305,16 @@ class SqliteThread:
             self._thread = None
 
 
+@dataclass
 class _Work(Generic[T]):
     """One transaction on its way to a SqliteThread and its outcome on the way back."""
 
-    def __init__(
-        self,
-        function: TransactionFunction[T],
-        begin: str,
-        context: contextvars.Context,
-        loop: asyncio.AbstractEventLoop,
-        done: asyncio.Future[tuple[T, int]],
-    ) -> None:
-        self.function = function
-        self.begin = begin
-        self.context = context
-        self.loop = loop
-        self.done = done
-        self.cancelled = threading.Event()
+    function: TransactionFunction[T]
+    begin: str
+    context: contextvars.Context
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[tuple[T, int]]
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     def settle(self, outcome: tuple[T, int] | BaseException) -> None:
         """On the loop: hands the outcome to the caller, unless it stopped waiting."""
