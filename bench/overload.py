@@ -24,7 +24,10 @@ fraction of capacity; admitted calls' p50/p99 against the deadline; shed calls
 (RESOURCE_EXHAUSTED or 503) and how many carried a retry hint (`grpc-retry-pushback-ms`,
 `Retry-After`), with how fast they reached the client; DEADLINE_EXCEEDED (and client timeouts)
 and UNAVAILABLE; recovery (from the drop to half capacity, the end of the first half second in
-which >= 99% of calls succeeded); CPU of the servers and of the generator.
+which >= 99% of calls succeeded); CPU of the servers and of the generator, and the machine's idle
+CPU, in the overload and in the capacity phase, with the orders (calls) served per server core in
+the overload against the capacity phase's: near 1, a goodput short of capacity is cores the
+servers did not get (the generator shares the machine), not work the protection wasted.
 
     tools/bench overload [--target orders|catalog|both] [--seconds 30] [--factor 3]
                          [--processes 3] [--deadline S (orders 2, catalog 1)]
@@ -144,18 +147,26 @@ async def order_path(protection: bool, scratch: Path, deadline: float) -> AsyncI
         yield Servers(target, running)
 
 
+def idle_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent idle so far, all cores (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
+
+
 class CpuMeter:
-    """The servers' CPU at each phase boundary (/proc), and how many log lines each had logged
-    by then, for generator.run's `at_phase`."""
+    """The servers' CPU at each phase boundary (/proc), the machine's idle CPU, and how many log
+    lines each server had logged by then, for generator.run's `at_phase`."""
 
     def __init__(self, processes: dict[str, ServiceProcess]) -> None:
         self.processes = processes
         self.pids = {name: process.process.pid for name, process in processes.items()}
         self.readings: list[dict[str, float]] = []
+        self.idle: list[float] = []
         self.log_lines: list[dict[str, int]] = []
 
     async def __call__(self, phase: int) -> None:
         self.readings.append({name: generator.cpu_seconds(pid) for name, pid in self.pids.items()})
+        self.idle.append(idle_cpu_seconds())
         self.log_lines.append({name: len(p.log_lines) for name, p in self.processes.items()})
 
     def refused(self, phase: int) -> dict[str, dict[str, int]]:
@@ -179,6 +190,9 @@ class CpuMeter:
     def used(self, phase: int) -> dict[str, float]:
         before, after = self.readings[phase], self.readings[phase + 1]
         return {name: after[name] - before[name] for name in before}
+
+    def idle_during(self, phase: int) -> float:
+        return self.idle[phase + 1] - self.idle[phase]
 
 
 async def settle(processes: dict[str, ServiceProcess], within: float = 120.0) -> None:
@@ -223,14 +237,21 @@ async def side(
         warm_and_capacity = [Phase("warm-up", 2.0, concurrency=args.concurrency[0])] + [
             Phase(f"capacity {n}", args.capacity_seconds, concurrency=n) for n in args.concurrency
         ]
+        capacity_meter = CpuMeter(servers.processes)
         measured = await generator.run(
-            servers.target, warm_and_capacity, deadline=10 * deadline, processes=args.processes
+            servers.target,
+            warm_and_capacity,
+            deadline=10 * deadline,
+            processes=args.processes,
+            at_phase=capacity_meter,
         )
         rates = {
             n: sum(1 for row in measured.calls.rows(i + 1) if ok(row[3])) / args.capacity_seconds
             for i, n in enumerate(args.concurrency)
         }
         capacity = max(rates.values())
+        best = 1 + list(rates.values()).index(capacity)  # the capacity phase's index
+        capacity_cpu = sum(capacity_meter.used(best).values()) / args.capacity_seconds
         if capacity <= 0:
             raise SystemExit(f"{target_name} {label}: no call succeeded while measuring capacity")
         # What the capacity phase left queued behind it (the saga's payments and mails) is
@@ -282,6 +303,10 @@ async def side(
         "codes": {code_name(code): n for code, n in codes.most_common()},
         "recovery_s": recovered,
         "server_cpu": sum(server_cpu.values()) / seconds,
+        "capacity_server_cpu": capacity_cpu,
+        "capacity_generator_cpu": measured.generator_cpu[best] / args.capacity_seconds,
+        "capacity_idle": capacity_meter.idle_during(best) / args.capacity_seconds,
+        "idle": meter.idle_during(0) / seconds,
         "server_cpu_by_process": {n: round(v / seconds, 2) for n, v in server_cpu.items()},
         "generator_cpu": run.generator_cpu[0] / seconds,
         "generator_us_per_call": run.generator_cpu[0] / max(1, len(overload)) * 1e6,
@@ -299,6 +324,10 @@ def report(r: dict[str, object]) -> str:
     goodput = float(r["goodput"])  # type: ignore[arg-type]
     p99 = float(r["admitted_p99"])  # type: ignore[arg-type]
     recovered = r["recovery_s"]
+    # Goodput per core the servers used, against the capacity phase's: below 1, protection (or
+    # the work admitted) cost the servers more per good answer; a shortfall of goodput with this
+    # near 1 is cores the servers did not get (the generator, the broker, other work).
+    efficiency = goodput * float(r["capacity_server_cpu"]) / max(1e-9, float(r["server_cpu"]))  # type: ignore[arg-type]
     by_process = ", ".join(
         f"{name} {share:.2f}"
         for name, share in sorted(
@@ -326,7 +355,10 @@ def report(r: dict[str, object]) -> str:
         + (f"{recovered:.1f} s" if recovered is not None else "not within the phase")
         + f"\n  CPU (cores): servers {f('server_cpu', '.2f')} ({by_process}); generator "
         f"{f('generator_cpu', '.2f')} ({f('generator_us_per_call')} µs per call), sending "
-        f"p99 {f('generator_lag_p99', '.1f')} ms after due\n"
+        f"p99 {f('generator_lag_p99', '.1f')} ms after due; the machine idle {f('idle', '.2f')}\n"
+        f"  at capacity (closed loop): servers {f('capacity_server_cpu', '.2f')}, generator "
+        f"{f('capacity_generator_cpu', '.2f')}, the machine idle {f('capacity_idle', '.2f')}; "
+        f"orders per server core in the overload: {efficiency:.2f} of capacity's\n"
         "  refused by the servers, by rule: "
         + (
             "; ".join(
