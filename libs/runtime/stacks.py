@@ -11,6 +11,7 @@ import asyncio
 import faulthandler
 import signal
 import sys
+import tempfile
 from typing import Any, TextIO
 
 HEADER = "==== where every thread and task waits ===="
@@ -18,17 +19,22 @@ FOOTER = "==== (end of where every thread and task waits) ===="
 
 
 def print_stacks(file: TextIO, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Prints every thread's stack, then every task's of `loop` (by default the running one)."""
-    print(HEADER, file=file, flush=True)
-    faulthandler.dump_traceback(file, all_threads=True)
+    """Prints every thread's stack, then every task's of `loop` (by default the running one),
+    in one write: the workers of a service share its stderr and print theirs at the same
+    moment, and faulthandler's own output, a few bytes per write, interleaved mid-line."""
+    with tempfile.TemporaryFile("w+") as threads:
+        faulthandler.dump_traceback(threads, all_threads=True)
+        threads.seek(0)
+        lines = [HEADER, threads.read().rstrip("\n")]
     loop = loop or asyncio._get_running_loop()
     if loop is not None:
-        print("==== asyncio tasks ====", file=file)
+        lines.append("==== asyncio tasks ====")
         for task in asyncio.all_tasks(loop):
-            print(f"-- {task.get_name()}, awaiting (innermost last):", file=file)
-            for line in awaiting(task.get_coro()):
-                print(f"  {line}", file=file)
-    print(FOOTER, file=file, flush=True)
+            lines.append(f"-- {task.get_name()}, awaiting (innermost last):")
+            lines.extend(f"  {line}" for line in awaiting(task.get_coro()))
+    lines.append(FOOTER)
+    file.write("\n".join(lines) + "\n")
+    file.flush()
 
 
 def awaiting(coroutine: Any) -> list[str]:
