@@ -9,11 +9,12 @@ uvicorn all run on it.
 The GIL's switch interval is shortened from CPython's 5 ms: SQLite's writes run on a thread of
 their own, and the `sqlite3` module lets go of the GIL around every statement; taking it back
 waits until the loop's thread lets go, which a thread running Python does only once per switch
-interval. With the default, a 4-statement write beside a loop 70 to 90% busy took 45 to 180 ms
-(p99 up to a second) where it takes 0.3 ms alone, and seconds beside a loop that never idles:
-under load the writes, not the cores, set the pace. At 0.2 ms it takes 4 to 5 ms (p99 under
-20 ms) for about 5% of the loop's work at 90% busy (bench/gil_handoff.py). The interval bounds
-that wait; a thread that has the GIL and wants to keep it is asked to give it up sooner."""
+interval. With the default, a write transaction (read, update, insert) beside a loop 90% busy
+took 0.2 to 1.6 s (p99 1 to 3 s) where it takes 0.3 ms alone, and up to 10 s beside a loop that
+never idles: under load the writes, not the cores, set the pace. At 0.2 ms it took 5 to 7 ms
+(p99 17 to 42 ms), and the loop got as much of its own work done (0.93 to 1.05 times; bench/
+gil_handoff.py). The interval bounds that wait; a thread that has the GIL and wants to keep it
+is asked to give it up sooner."""
 
 from __future__ import annotations
 
