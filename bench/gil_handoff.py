@@ -35,6 +35,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench import host_speed
 from libs.runtime.event_loop import SWITCH_INTERVAL
 from libs.storage.database import Database
 from libs.storage.transaction import Transaction
@@ -111,11 +112,7 @@ ITERATIONS_PER_US = 1.0  # calibrated at start
 def calibrate() -> float:
     """Loop iterations of `total += i` per µs on this machine."""
     n = 2_000_000
-    started = time.perf_counter()
-    total = 0
-    for i in range(n):
-        total += i
-    return n / ((time.perf_counter() - started) * 1e6)
+    return n / (host_speed.loop_seconds(n) * 1e6)
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -4,9 +4,10 @@ notification delivered, and report per process the CPU spent per confirmed order
 (/proc/<pid>/stat utime + stime deltas; RabbitMQ's too, from a private node), the SQL
 statements per order (each service's `db.client.statements`, scraped from its metrics
 endpoint), orders/s and the CreateOrder p50/p99; plus a bare grpc.aio echo's CPU per call,
-measured in the same run, as the yardstick. The fleet is the one `tools/run` starts
-(plaintext, free ports, payments' provider latency 0, the gateway's limits and cache off), on
-SQLite (the default) or PostgreSQL.
+measured in the same run, as the yardstick, and the host's speed before and after the rounds
+(bench/host_speed.py: on a shared virtual machine it moves, and every figure with it). The
+fleet is the one `tools/run` starts (plaintext, free ports, payments' provider latency 0, the
+gateway's limits and cache off), on SQLite (the default) or PostgreSQL.
 
     tools/bench orders [--orders 300] [--rounds 3] [--concurrency 16]
                        [--database sqlite|postgres] [--broker private|shared]
@@ -37,6 +38,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench import host_speed
 from bench.load import Result, closed_loop
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
@@ -313,6 +315,7 @@ async def run(args: argparse.Namespace) -> None:
         # one round differ from the next by up to a quarter; the round with the median total
         # is reported, with every round's total beside it.
         rounds: list[tuple[dict[str, Cpu], Result, float]] = []
+        speed_before = host_speed.loop_seconds()  # the fleet is idle: warmed up, settled
         statements_before = await statements(http, running)
         placed = args.warmup
         for round_number in range(1, args.rounds + 1):
@@ -330,6 +333,7 @@ async def run(args: argparse.Namespace) -> None:
             after = cpu_now()
             rounds.append(({name: after[name] - before[name] for name in after}, created, elapsed))
         statements_after = await statements(http, running)
+        speed_after = host_speed.loop_seconds()
         echo_ms = await echo_cpu_per_call(args)
     totals = [sum(cpu.total for cpu in used.values()) * 1000 / args.orders for used, _, _ in rounds]
     used, created, elapsed = rounds[
@@ -347,6 +351,7 @@ async def run(args: argparse.Namespace) -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')} · {args.database} · {args.rounds} rounds of "
         f"{args.orders} orders at {args.concurrency} concurrent · load average {load_average}"
     )
+    print(host_speed.line(("before the rounds", speed_before), ("after them", speed_after)))
     print("total CPU ms per order by round: " + ", ".join(f"{total:.2f}" for total in totals))
     print("the round with the median total, per process:")
     print(f"{'process':<16} {'CPU ms/order':>12} {'in the kernel':>14} {'statements/order':>17}")

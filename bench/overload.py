@@ -27,7 +27,9 @@ and UNAVAILABLE; recovery (from the drop to half capacity, the end of the first 
 which >= 99% of calls succeeded); CPU of the servers and of the generator, and the machine's idle
 CPU, in the overload and in the capacity phase, with the orders (calls) served per server core in
 the overload against the capacity phase's: near 1, a goodput short of capacity is cores the
-servers did not get (the generator shares the machine), not work the protection wasted.
+servers did not get (the generator shares the machine), not work the protection wasted; and the
+host's speed before the capacity phase and before the overload (bench/host_speed.py): when it
+moved between them, so did the goodput's denominator.
 
     tools/bench overload [--target orders|catalog|both] [--seconds 30] [--factor 3]
                          [--processes 3] [--deadline S (orders 2, catalog 1)]
@@ -52,7 +54,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from bench import generator
+from bench import generator, host_speed
 from bench.generator import CLIENT_TIMEOUT, HTTP, Phase, Target, code_name, ok
 from bench.get_product import seed
 from bench.orders import PRODUCT, UNLIMITED, stock_up, token
@@ -231,6 +233,7 @@ async def side(
         else catalog(protection, directory, args.method)
     )
     async with servers_of as servers:
+        speed_at_capacity = host_speed.loop_seconds()  # the servers are idle: just started
         print(f"{target_name} {label}: capacity at {args.concurrency} callers ...", flush=True)
         # Closed loop at each concurrency in turn; the capacity is the best of them (the order
         # path serves more with more in flight: SQLite commits and the outbox relay batch).
@@ -257,6 +260,7 @@ async def side(
         # What the capacity phase left queued behind it (the saga's payments and mails) is
         # done before the overload starts, so that the overload does not pay for it.
         await settle(servers.processes)
+        speed_at_overload = host_speed.loop_seconds()
         offered = args.factor * capacity
         print(
             f"{target_name} {label}: capacity {capacity:.0f}/s; offering {offered:.0f}/s for "
@@ -307,6 +311,10 @@ async def side(
         "capacity_generator_cpu": measured.generator_cpu[best] / args.capacity_seconds,
         "capacity_idle": capacity_meter.idle_during(best) / args.capacity_seconds,
         "idle": meter.idle_during(0) / seconds,
+        "host_speed": host_speed.line(
+            ("before the capacity phase", speed_at_capacity),
+            ("before the overload", speed_at_overload),
+        ),
         "server_cpu_by_process": {n: round(v / seconds, 2) for n, v in server_cpu.items()},
         "generator_cpu": run.generator_cpu[0] / seconds,
         "generator_us_per_call": run.generator_cpu[0] / max(1, len(overload)) * 1e6,
@@ -359,6 +367,7 @@ def report(r: dict[str, object]) -> str:
         f"  at capacity (closed loop): servers {f('capacity_server_cpu', '.2f')}, generator "
         f"{f('capacity_generator_cpu', '.2f')}, the machine idle {f('capacity_idle', '.2f')}; "
         f"orders per server core in the overload: {efficiency:.2f} of capacity's\n"
+        f"  {r['host_speed']}\n"
         "  refused by the servers, by rule: "
         + (
             "; ".join(
