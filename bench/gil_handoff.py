@@ -43,8 +43,6 @@ from libs.storage.transaction import Transaction
 DEFAULT = 0.005  # CPython's
 SERVICES = "  <- the services' (libs/runtime/event_loop.py)"
 INTERVALS = sorted({DEFAULT, 0.001, 0.0005, SWITCH_INTERVAL, 0.0001}, reverse=True)
-
-
 ITEMS = 64
 
 
@@ -68,11 +66,13 @@ async def write(tx: Transaction, item: int) -> None:
     await tx.execute("INSERT INTO events (item, delta) VALUES ($1, 1)", item)
 
 
-async def measure(db: Database, args: argparse.Namespace, interval: float) -> Sample:
+async def measure(
+    db: Database, args: argparse.Namespace, interval: float, iterations_per_us: float
+) -> Sample:
     sys.setswitchinterval(interval)
     sample = Sample()
     loop = asyncio.get_running_loop()
-    work_iterations = max(1, int(args.work_us * ITERATIONS_PER_US))
+    work_iterations = max(1, int(args.work_us * iterations_per_us))
     # Each task: work, then a pause, so that `busy` of them keep the loop `load` busy.
     pause = args.work_us / 1e6 * (args.busy / args.load - 1)
     end = loop.time() + args.seconds
@@ -106,18 +106,9 @@ async def measure(db: Database, args: argparse.Namespace, interval: float) -> Sa
     return sample
 
 
-ITERATIONS_PER_US = 1.0  # calibrated at start
-
-
-def calibrate() -> float:
-    """Loop iterations of `total += i` per µs on this machine."""
-    n = 2_000_000
-    return n / (host_speed.loop_seconds(n) * 1e6)
-
-
 async def run(args: argparse.Namespace) -> None:
-    global ITERATIONS_PER_US
-    ITERATIONS_PER_US = calibrate()
+    # Loop iterations of `total += i` per µs here, so that a task's step takes --work-us.
+    iterations_per_us = 2_000_000 / (host_speed.loop_seconds(2_000_000) * 1e6)
     with tempfile.TemporaryDirectory() as scratch:
         db = Database(f"sqlite+aiosqlite:///{Path(scratch) / 'bench.db'}")
 
@@ -136,7 +127,7 @@ async def run(args: argparse.Namespace) -> None:
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds} ...", flush=True)
             for interval in INTERVALS:
-                samples[interval].append(await measure(db, args, interval))
+                samples[interval].append(await measure(db, args, interval, iterations_per_us))
         await db.dispose()
     print(
         f"\n{platform.node()} · {platform.machine()} · {time.strftime('%Y-%m-%d %H:%M')} · "
