@@ -1,8 +1,10 @@
-"""SQLite writes beside a busy event loop, by the interpreter's GIL switch interval.
+"""SQLite writes beside a busy event loop: on the loop's own thread, or handed to the
+database's writer thread, by the interpreter's GIL switch interval.
 
-A service's SQLite writes run on the database's own thread (libs/storage/transaction.py), and
-the `sqlite3` module lets go of the GIL around each statement. Taking it back waits until the
-thread holding it lets go, which a thread running Python does only every *switch interval*
+A service's SQLite write runs on the event loop's thread when it can begin at once, and else on
+the database's writer thread (libs/storage/transaction.py). On the thread, the `sqlite3` module
+lets go of the GIL around each statement, and taking it back waits until the thread holding it
+lets go, which a thread running Python does only every *switch interval*
 (`sys.setswitchinterval`, 5 ms by default): while the event loop is busy, each statement of a
 write can wait up to 5 ms for the loop, and a write transaction of four statements 20 ms, where
 it takes 0.3 ms alone. The writes then queue behind one another, and the requests waiting on
@@ -10,12 +12,17 @@ them hold their deadlines; the CPU is not the limit, the hand-over is.
 
 This bench keeps a uvloop loop busy with request-like tasks (`--busy` of them, each running
 Python for `--work-us` µs and then sleeping, paced to keep the loop `--load` busy), while writes
-arrive at `--rate` a second, each a task writing through `Database.transaction` (read a row,
-update it, insert an event: BEGIN IMMEDIATE … COMMIT). For each switch interval in turn (the
-rounds interleave them, so that the machine's drift falls on all alike) it prints the writes'
-latency (p50, p99), the writes and the loop's work done per second (equal when both keep up),
-and the process's CPU per write (the loop's work included, so equal work costs the same).
-Ratios are against CPython's default interval (5 ms) in the same run.
+arrive at `--rate` a second, each a task writing one transaction (read a row, update it, insert
+an event: BEGIN IMMEDIATE … COMMIT). Each way of running the writes in turn (the rounds
+interleave them, so that the machine's drift falls on all alike):
+- `thread, 5 ms`: on the writer thread, CPython's interval throughout;
+- `thread, 0.2 ms`: on the writer thread, 0.2 ms throughout (the services until 2026-12-02);
+- `thread, quick`: on the writer thread, 0.2 ms only while it has work (`QuickHandover`: the
+  kit's way when a write cannot begin on the loop);
+- `loop`: `Database.transaction`, on the loop's thread (the kit's way).
+It prints the writes' latency (p50, p99), the writes and the loop's work done per second
+(equal when both keep up), and the process's CPU per write (the loop's work included, so equal
+work costs the same), with ratios against `thread, 5 ms` in the same run.
 
     tools/bench gil_handoff [--seconds 3] [--rounds 3] [--rate 300] [--busy 8] [--work-us 300]
                             [--load 0.7]
@@ -32,18 +39,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import uvloop
 
 from bench import host_speed
-from libs.runtime.event_loop import SWITCH_INTERVAL
 from libs.storage.database import Database
-from libs.storage.transaction import Transaction
+from libs.storage.transaction import QUICK_HANDOVER, SqliteThread, Transaction
 
 DEFAULT = 0.005  # CPython's
-SERVICES = "  <- the services' (libs/runtime/event_loop.py)"
-INTERVALS = sorted({DEFAULT, 0.001, 0.0005, SWITCH_INTERVAL, 0.0001}, reverse=True)
+QUICK = QUICK_HANDOVER.INTERVAL
 ITEMS = 64
+
+
+class Way(NamedTuple):
+    name: str
+    on_loop: bool
+    interval: float  # the process's switch interval while the round runs
+    handover: float  # the interval QuickHandover sets while the thread has work
+
+
+WAYS = (
+    Way("thread, 5 ms", False, DEFAULT, DEFAULT),
+    Way("thread, 0.2 ms", False, QUICK, QUICK),
+    Way("thread, quick", False, DEFAULT, QUICK),
+    Way("loop", True, DEFAULT, QUICK),
+)
+KIT = "  <- the kit's"
 
 
 @dataclass
@@ -67,12 +89,13 @@ async def write(tx: Transaction, item: int) -> None:
 
 
 async def measure(
-    db: Database, args: argparse.Namespace, interval: float, iterations_per_us: float
+    db: Database, thread: SqliteThread, way: Way, args: argparse.Namespace, per_us: float
 ) -> Sample:
-    sys.setswitchinterval(interval)
+    sys.setswitchinterval(way.interval)
+    QUICK_HANDOVER.INTERVAL = way.handover
     sample = Sample()
     loop = asyncio.get_running_loop()
-    work_iterations = max(1, int(args.work_us * iterations_per_us))
+    work_iterations = max(1, int(args.work_us * per_us))
     # Each task: work, then a pause, so that `busy` of them keep the loop `load` busy.
     pause = args.work_us / 1e6 * (args.busy / args.load - 1)
     end = loop.time() + args.seconds
@@ -86,7 +109,10 @@ async def measure(
             await asyncio.sleep(pause)
 
     async def one_write(number: int, due: float) -> None:
-        await db.transaction(lambda tx: write(tx, number % ITEMS))
+        if way.on_loop:
+            await db.transaction(lambda tx: write(tx, number % ITEMS))
+        else:
+            await thread.run(lambda tx: write(tx, number % ITEMS), write=True)
         sample.latencies.append(time.perf_counter() - due)
 
     async def arrivals() -> None:
@@ -103,14 +129,16 @@ async def measure(
     sample.seconds = time.perf_counter() - wall
     sample.cpu = time.process_time() - cpu
     sys.setswitchinterval(DEFAULT)
+    QUICK_HANDOVER.INTERVAL = QUICK
     return sample
 
 
 async def run(args: argparse.Namespace) -> None:
     # Loop iterations of `total += i` per µs here, so that a task's step takes --work-us.
-    iterations_per_us = 2_000_000 / (host_speed.loop_seconds(2_000_000) * 1e6)
+    per_us = 2_000_000 / (host_speed.loop_seconds(2_000_000) * 1e6)
     with tempfile.TemporaryDirectory() as scratch:
         db = Database(f"sqlite+aiosqlite:///{Path(scratch) / 'bench.db'}")
+        thread = SqliteThread(str(Path(scratch) / "bench.db"), "bench-writer")
 
         async def schema(tx: Transaction) -> None:
             await tx.execute(
@@ -123,29 +151,30 @@ async def run(args: argparse.Namespace) -> None:
                 await tx.execute("INSERT INTO items VALUES ($1, 0, 0)", item)
 
         await db.transaction(schema)
-        samples: dict[float, list[Sample]] = {interval: [] for interval in INTERVALS}
+        samples: dict[Way, list[Sample]] = {way: [] for way in WAYS}
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds} ...", flush=True)
-            for interval in INTERVALS:
-                samples[interval].append(await measure(db, args, interval, iterations_per_us))
+            for way in WAYS:
+                samples[way].append(await measure(db, thread, way, args, per_us))
         await db.dispose()
+        await asyncio.to_thread(thread.close)
     print(
         f"\n{platform.node()} · {platform.machine()} · {time.strftime('%Y-%m-%d %H:%M')} · "
         f"{args.rate:g} writes/s beside {args.busy} tasks of {args.work_us} µs keeping the loop "
         f"{args.load:.0%} busy, "
-        f"{args.rounds} rounds of {args.seconds:g} s per interval"
+        f"{args.rounds} rounds of {args.seconds:g} s per way"
     )
     print(
-        f"{'switch interval':>16} {'write p50':>10} {'write p99':>10} {'writes/s':>9} "
-        f"{'vs 5 ms':>8} {'loop work/s':>12} {'vs 5 ms':>8} {'CPU µs/write':>13}"
+        f"{'writes run':>16} {'write p50':>10} {'write p99':>10} {'writes/s':>9} "
+        f"{'vs 5 ms':>8} {'loop work/s':>12} {'vs 5 ms':>8} {'CPU µs/write':>13} {'vs 5 ms':>8}"
     )
-    baseline = summary(samples[DEFAULT])
-    for interval in INTERVALS:
-        p50, p99, rate, work, cpu = summary(samples[interval])
+    baseline = summary(samples[WAYS[0]])
+    for way in WAYS:
+        p50, p99, rate, work, cpu = summary(samples[way])
         print(
-            f"{interval * 1000:>13g} ms {p50 * 1000:>8.2f}ms {p99 * 1000:>8.2f}ms {rate:>9.0f} "
+            f"{way.name:>16} {p50 * 1000:>8.2f}ms {p99 * 1000:>8.2f}ms {rate:>9.0f} "
             f"{rate / baseline[2]:>7.1f}x {work:>12.0f} {work / baseline[3]:>7.2f}x "
-            f"{cpu * 1e6:>13.0f}{SERVICES if interval == SWITCH_INTERVAL else ''}"
+            f"{cpu * 1e6:>13.0f} {cpu / baseline[4]:>7.2f}x{KIT if way.on_loop else ''}"
         )
 
 

@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import queue
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -27,6 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import asyncpg
 
 T = TypeVar("T")
+log = logging.getLogger("emporium.storage")
 
 
 class Row(Protocol):
@@ -163,27 +166,42 @@ class _Cancelled(Exception):
 _SQLITE_BUSY, _SQLITE_INTERRUPT = 5, 9
 
 
-class LoopReader:
-    """Reads on the event loop's own thread while they are short: a keyed read takes tens of
-    µs there, where the hop to the reader thread costs about 100 µs of CPU more (GetProduct:
-    bench/get_product.py). A read still running after `budget` seconds is interrupted (SQLite's
-    progress handler) and so is one that finds the database busy (the loop never waits in
-    SQLite's busy handler): `run` returns None and the caller hands it to the reader thread —
-    a read changes nothing, so running it again is safe. The loop is held `budget` at most."""
+class LoopConnection:
+    """Transactions on the event loop's own thread, where the hop to a SqliteThread and back
+    (two thread wake-ups, and the GIL handed over after every statement) costs more than a
+    short transaction does: a keyed read takes tens of µs here, a write of three statements
+    about 70 µs of CPU with its COMMIT's fsync, against about 100 through the writer thread
+    (16 concurrent; its wall time, 0.2 ms here, holds the loop). `run` returns None for a
+    transaction that belongs on the thread, which the caller then hands there:
+    - a read still running after `budget` seconds is interrupted (SQLite's progress handler),
+      and so is one that finds the database busy: a read changes nothing, so it may run again;
+    - a write begins (BEGIN IMMEDIATE) only if it needs no wait: while another connection holds
+      the write lock (this process's writer thread, or another process) it goes to the writer
+      thread, which waits its turn. Once begun it runs to its end, never interrupted, so a
+      write function runs once. WAL checkpoints (copying about 1,000 pages into the database
+      file) are left to the writer thread: `checkpoint_due` says when to ask for one.
+    The loop never waits in SQLite's busy handler."""
 
-    def __init__(self, path: str, *, budget: float = 0.002) -> None:
+    def __init__(self, path: str, *, write: bool, budget: float = 0.002) -> None:
         self._path = path
+        self._write = write
         self._budget = budget
         self._connection: sqlite3.Connection | None = None
         self._owner = threading.get_ident()
         self._deadline = 0.0
+        self._uncheckpointed = 0
 
     def _open(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA query_only=ON")
-        # Checked every 1,000 virtual machine steps (a few µs): past the budget, interrupt.
-        connection.set_progress_handler(lambda: time.perf_counter() > self._deadline, 1000)
+        if self._write:
+            connection = sqlite_connect(self._path)
+            connection.execute("PRAGMA busy_timeout=0")
+            connection.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread's work
+        else:
+            connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA query_only=ON")
+            # Checked every 1,000 virtual machine steps (a few µs): past the budget, interrupt.
+            connection.set_progress_handler(lambda: time.perf_counter() > self._deadline, 1000)
         return connection
 
     def run(self, function: TransactionFunction[T]) -> tuple[T, int] | None:
@@ -195,25 +213,78 @@ class LoopReader:
         transaction = SqliteTransaction(connection)
         self._deadline = time.perf_counter() + self._budget
         try:
-            connection.execute("BEGIN")
+            connection.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", None) == _SQLITE_BUSY:
+                return None
+            raise
+        try:
             result = _complete(function(transaction))
             connection.execute("COMMIT")
         except sqlite3.OperationalError as error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            if getattr(error, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_INTERRUPT):
+            if not self._write and error.sqlite_errorcode in (_SQLITE_BUSY, _SQLITE_INTERRUPT):
                 return None
             raise
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+        self._uncheckpointed += self._write
         return result, transaction.statements
+
+    def checkpoint_due(self) -> bool:
+        """True once every CHECKPOINT_EVERY writes committed here (SQLite's own default, 1,000
+        WAL pages, is about that many of the services' writes)."""
+        if self._uncheckpointed < CHECKPOINT_EVERY:
+            return False
+        self._uncheckpointed = 0
+        return True
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+CHECKPOINT_EVERY = 150
+
+
+class QuickHandover:
+    """While a SqliteThread has work, the loop's thread hands it the GIL every 0.2 ms.
+
+    The `sqlite3` module lets go of the GIL around each statement, and taking it back waits
+    until the thread holding it lets go, which a thread running Python does only every switch
+    interval (`sys.setswitchinterval`, 5 ms by default): beside a busy event loop each
+    statement waited up to 5 ms and a write took seconds (bench/gil_handoff.py). The interval
+    is short only while a thread waits for such work: the rest of the time a thread that asks
+    for the GIL (gRPC's, the telemetry exporters') gains nothing from forcing the loop's hand
+    every 0.2 ms, and each forced hand-over costs both threads a wake-up."""
+
+    INTERVAL = 0.0002  # seconds; CPython's default is 0.005
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._previous = 0.0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._waiting == 0:
+                self._previous = sys.getswitchinterval()
+                sys.setswitchinterval(self.INTERVAL)
+            self._waiting += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._waiting -= 1
+            if self._waiting == 0:
+                sys.setswitchinterval(self._previous)
+
+
+QUICK_HANDOVER = QuickHandover()
+_CHECKPOINT = "checkpoint"
 
 
 class SqliteThread:
@@ -227,13 +298,18 @@ class SqliteThread:
     def __init__(self, path: str, name: str) -> None:
         self._path = path
         self._name = name
-        self._queue: queue.SimpleQueue[_Work[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Work[Any] | str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self.busy = False  # a transaction is running (the connections-in-use metric)
+        self.pending = 0  # transactions handed over and not yet answered
 
     def _serve(self) -> None:
         while (work := self._queue.get()) is not None:
+            if work == _CHECKPOINT:
+                self._checkpoint()
+                continue
+            assert isinstance(work, _Work)
             outcome = work.context.run(self._attempt, work)
             # (RuntimeError: its loop has closed, so nobody waits for it any more.)
             with contextlib.suppress(RuntimeError):
@@ -241,6 +317,28 @@ class SqliteThread:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    def _checkpoint(self) -> None:
+        """Copies the WAL's committed pages into the database file, waiting for nobody (a
+        reader still using some leaves those for the next one)."""
+        if self._connection is None:
+            self._connection = sqlite_connect(self._path)
+        try:
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as error:
+            log.warning("WAL checkpoint failed", extra={"path": self._path, "error": str(error)})
+
+    def checkpoint_soon(self) -> None:
+        """Asks the thread for a WAL checkpoint; the caller does not wait for it."""
+        self._start()
+        self._queue.put(_CHECKPOINT)
+
+    def _start(self) -> None:
+        if self._thread is None:
+            # A daemon: a process that exits without closing its Database must not hang on
+            # it; a transaction cut off there was never committed, so it never happened.
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
 
     def _run(
         self, function: TransactionFunction[T], begin: str, cancelled: threading.Event
@@ -275,11 +373,7 @@ class SqliteThread:
             return error
 
     async def run(self, function: TransactionFunction[T], *, write: bool) -> tuple[T, int]:
-        if self._thread is None:
-            # A daemon: a process that exits without closing its Database must not hang on
-            # it; a transaction cut off there was never committed, so it never happened.
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-            self._thread.start()
+        self._start()
         loop = asyncio.get_running_loop()
         # The caller's context goes along (as asyncio.to_thread does): the outbox reads the
         # trace context of the request that writes.
@@ -291,12 +385,16 @@ class SqliteThread:
             loop.create_future(),
         )
         self._queue.put(work)
+        self.pending += 1
         try:
-            return await work.done
+            with QUICK_HANDOVER:
+                return await work.done
         except asyncio.CancelledError:
             # The thread cannot be stopped mid-statement, but what it does then is rolled back.
             work.cancelled.set()
             raise
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         if self._thread is not None:

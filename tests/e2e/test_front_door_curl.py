@@ -6,10 +6,13 @@ watch it over Server-Sent Events until CONFIRMED, and read it with `?view=FULL`.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from tools.commands.run.fleet import running_processes
 from tools.commands.run.walkthrough import curl_walkthrough
+
+SAGA = ["ORDER_STATE_PENDING_PAYMENT", "ORDER_STATE_AUTHORIZED", "ORDER_STATE_CONFIRMED"]
 
 
 async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:
@@ -32,6 +35,14 @@ async def test_curl_walkthrough(tmp_path: Path, amqp_url: str) -> None:
     assert 'rel="next"' in output  # products, page by page
     events = [line for line in output.splitlines() if line.startswith("event: ")]
     assert events[-1] == "event: end"
-    assert "ORDER_STATE_PENDING_PAYMENT" in output and "ORDER_STATE_CONFIRMED" in output
+    # The watch starts from the order as it is then (PENDING_PAYMENT, or further on if the saga
+    # was quicker than curl) and follows it, never backwards, until CONFIRMED.
+    states = [
+        json.loads(line.removeprefix("data: "))["state"]
+        for line in output.splitlines()
+        if line.startswith("data: ") and '"state"' in line
+    ]
+    assert states[-1] == "ORDER_STATE_CONFIRMED"
+    assert states == sorted(states, key=SAGA.index), states
     full = output.strip().splitlines()[-1]
     assert '"productDetails"' in full and '"products/mug-01"' in full

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import ErrorKind
 from libs.storage.database import UNIQUE_VIOLATIONS, Database, Migration, database_errors
-from libs.storage.transaction import Transaction, TransactionFunction
+from libs.storage.transaction import (
+    CHECKPOINT_EVERY,
+    QuickHandover,
+    SqliteThread,
+    Transaction,
+    TransactionFunction,
+)
 
 
 async def create_table(tx: Transaction) -> None:
@@ -278,6 +285,110 @@ async def test_a_sqlite_read_never_waits_on_the_loop_for_a_busy_database(
         assert await asyncio.wait_for(reading, 30) != loop_thread
     finally:
         await database.dispose()
+
+
+async def test_a_sqlite_write_runs_on_the_loop_unless_another_connection_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """No hop for a write that can begin at once; while another connection (here, another
+    process's writer) holds the write lock, the write waits on the writer thread instead, the
+    loop stays free, and the write commits once the lock is let go."""
+    path = tmp_path / "t.sqlite3"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    loop_thread = threading.get_ident()
+
+    async def add_one(tx: Transaction) -> int:
+        await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "orders")
+        return threading.get_ident()
+
+    try:
+        await database.transaction(create_table)
+        assert await database.transaction(add_one) == loop_thread
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        writing = asyncio.create_task(database.transaction(add_one))
+        ticks = 0
+        while not writing.done() and ticks < 5:  # the loop keeps running while it waits
+            await asyncio.sleep(0)
+            ticks += 1
+        assert ticks == 5
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert await asyncio.wait_for(writing, 30) != loop_thread
+        assert await value(database) == 2
+    finally:
+        await database.dispose()
+
+
+async def test_writes_on_the_loop_leave_the_wal_checkpoints_to_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    """The loop's connection never checkpoints (a checkpoint copies about 1,000 pages); every
+    CHECKPOINT_EVERY writes it asks the writer thread, and the database file then holds them."""
+    path = tmp_path / "t.sqlite3"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+
+    async def insert(tx: Transaction) -> None:
+        name = "x" * 2000 + str(time.time_ns())
+        await tx.execute("INSERT INTO counters (name, value) VALUES ($1, $2)", name, 1)
+
+    async def nothing(tx: Transaction) -> None:
+        return None
+
+    try:
+        await database.transaction(create_table)
+        writer = database._threads[True]
+        await writer.run(nothing, write=True)  # its own commit checkpoints: a clean start
+        size = path.stat().st_size
+        for _ in range(CHECKPOINT_EVERY - 1):
+            await database.transaction(insert)
+        assert path.stat().st_size == size  # every page is still in the WAL
+        await database.transaction(insert)
+        await writer.run(nothing, write=False)  # queued behind the checkpoint
+        assert path.stat().st_size > size + (CHECKPOINT_EVERY - 1) * 2000
+    finally:
+        await database.dispose()
+
+
+async def busy_steps_until(write: asyncio.Future[object]) -> int:
+    """How many steps of 1 ms of Python the loop runs, never idle, until `write` is done."""
+    steps = 0
+    while not write.done():
+        deadline = time.perf_counter() + 0.001
+        while time.perf_counter() < deadline:
+            pass
+        steps += 1
+        await asyncio.sleep(0)
+    await write
+    return steps
+
+
+async def test_a_write_on_the_writer_thread_commits_while_the_loop_is_busy(
+    tmp_path: Path,
+) -> None:
+    # The thread takes the GIL back after each statement; with CPython's default switch
+    # interval (5 ms) a loop that never idles made it wait 5 ms each time, 24 to 10,916 steps
+    # in all (bench/gil_handoff.py). The interval is short only while the thread has work.
+    thread = SqliteThread(str(tmp_path / "notes.sqlite3"), "writer")
+    intervals: list[float] = []
+
+    async def create(tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+
+    async def write(tx: Transaction) -> None:
+        intervals.append(sys.getswitchinterval())
+        for n in range(3):
+            await tx.execute("INSERT INTO notes (body) VALUES ($1)", f"note {n}")
+
+    default = sys.getswitchinterval()
+    try:
+        await thread.run(create, write=True)  # the thread and its connection are ready
+        steps = await busy_steps_until(asyncio.ensure_future(thread.run(write, write=True)))
+        assert steps <= 20, f"the loop ran {steps} ms of Python before the write committed"
+        assert intervals == [pytest.approx(QuickHandover.INTERVAL)]
+        assert sys.getswitchinterval() == default
+    finally:
+        await asyncio.to_thread(thread.close)
 
 
 async def test_dispose_ends_a_transaction_stuck_on_postgresql_instead_of_waiting_for_it(

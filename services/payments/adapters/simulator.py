@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from libs.money import Money
+from libs.storage.transaction import QUICK_HANDOVER
 from services.payments.domain.model import ProviderRecord, ProviderStatus
 from services.payments.domain.ports import ProviderRefused, ProviderUnavailable
 
@@ -121,7 +122,8 @@ class SimulatedProvider:
     async def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         loop = asyncio.get_running_loop()
         transaction = self._write if write else self._read
-        return await loop.run_in_executor(self._thread, transaction, operation)
+        with QUICK_HANDOVER:  # the ledger's thread takes the GIL back after each statement
+            return await loop.run_in_executor(self._thread, transaction, operation)
 
     def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         fcntl.flock(self._turns, fcntl.LOCK_EX)  # this process's turn among the writers
