@@ -32,6 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.storage.transaction import (
+    CHECKPOINT_EVERY,
     LoopConnection,
     Row,
     SqliteThread,
@@ -122,6 +123,7 @@ class Database:
         self._pool_opening = asyncio.Lock()
         self._threads: dict[bool, SqliteThread] = {}
         self._loop_connections: dict[bool, LoopConnection] = {}  # SQLite's, on the loop
+        self._writes = 0  # SQLite's, for the WAL checkpoints
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         _open.add(self)
@@ -154,8 +156,10 @@ class Database:
         done = on_loop.run(function) if thread.pending == 0 or not write else None
         if done is None:
             done = await thread.run(function, write=write)
-        elif on_loop.checkpoint_due():
-            thread.checkpoint_soon()
+        if write:
+            self._writes += 1
+            if self._writes % CHECKPOINT_EVERY == 0:  # the loop's connection never checkpoints
+                thread.checkpoint_soon()
         self.statements += done[1]
         return done[0]
 

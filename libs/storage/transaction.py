@@ -178,8 +178,9 @@ class LoopConnection:
     - a write begins (BEGIN IMMEDIATE) only if it needs no wait: while another connection holds
       the write lock (this process's writer thread, or another process) it goes to the writer
       thread, which waits its turn. Once begun it runs to its end, never interrupted, so a
-      write function runs once. WAL checkpoints (copying about 1,000 pages into the database
-      file) are left to the writer thread: `checkpoint_due` says when to ask for one.
+      write function runs once; one that held the loop past `budget` (a long write, or a disk
+      whose fsync is slow) sends the next second's writes to the thread. WAL checkpoints
+      (copying about 1,000 pages into the database file) are left to the writer thread.
     The loop never waits in SQLite's busy handler."""
 
     def __init__(self, path: str, *, write: bool, budget: float = 0.002) -> None:
@@ -189,7 +190,7 @@ class LoopConnection:
         self._connection: sqlite3.Connection | None = None
         self._owner = threading.get_ident()
         self._deadline = 0.0
-        self._uncheckpointed = 0
+        self._writes_on_thread_until = 0.0  # after a write that held the loop too long
 
     def _open(self) -> sqlite3.Connection:
         if self._write:
@@ -207,6 +208,8 @@ class LoopConnection:
     def run(self, function: TransactionFunction[T]) -> tuple[T, int] | None:
         if threading.get_ident() != self._owner:
             return None  # the connection belongs to the loop's thread
+        if self._write and time.perf_counter() < self._writes_on_thread_until:
+            return None
         if self._connection is None:
             self._connection = self._open()
         connection = self._connection
@@ -231,16 +234,9 @@ class LoopConnection:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        self._uncheckpointed += self._write
+        if self._write and time.perf_counter() > self._deadline:
+            self._writes_on_thread_until = time.perf_counter() + 1.0
         return result, transaction.statements
-
-    def checkpoint_due(self) -> bool:
-        """True once every CHECKPOINT_EVERY writes committed here (SQLite's own default, 1,000
-        WAL pages, is about that many of the services' writes)."""
-        if self._uncheckpointed < CHECKPOINT_EVERY:
-            return False
-        self._uncheckpointed = 0
-        return True
 
     def close(self) -> None:
         if self._connection is not None:
@@ -248,6 +244,8 @@ class LoopConnection:
             self._connection = None
 
 
+# Writes between WAL checkpoints: SQLite's own default, 1,000 WAL pages, is about that many of
+# the services' writes.
 CHECKPOINT_EVERY = 150
 
 

@@ -5,6 +5,7 @@ concurrent read-modify-write without lost updates, unique keys, statements count
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -287,6 +288,20 @@ async def test_a_sqlite_read_never_waits_on_the_loop_for_a_busy_database(
         await database.dispose()
 
 
+def counters_table(path: Path) -> None:
+    """The table, made outside the Database: its first write is then the one under test (a
+    write that held the loop past its budget sends the next second's to the thread)."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)")
+        connection.execute("INSERT INTO counters (name, value) VALUES ('orders', 0)")
+
+
+async def add_one(tx: Transaction) -> int:
+    await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "orders")
+    return threading.get_ident()
+
+
 async def test_a_sqlite_write_runs_on_the_loop_unless_another_connection_holds_the_lock(
     tmp_path: Path,
 ) -> None:
@@ -294,15 +309,11 @@ async def test_a_sqlite_write_runs_on_the_loop_unless_another_connection_holds_t
     process's writer) holds the write lock, the write waits on the writer thread instead, the
     loop stays free, and the write commits once the lock is let go."""
     path = tmp_path / "t.sqlite3"
+    counters_table(path)
     database = Database(f"sqlite+aiosqlite:///{path}")
     loop_thread = threading.get_ident()
 
-    async def add_one(tx: Transaction) -> int:
-        await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "orders")
-        return threading.get_ident()
-
     try:
-        await database.transaction(create_table)
         assert await database.transaction(add_one) == loop_thread
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
@@ -320,12 +331,43 @@ async def test_a_sqlite_write_runs_on_the_loop_unless_another_connection_holds_t
         await database.dispose()
 
 
+async def test_a_sqlite_write_that_held_the_loop_too_long_sends_the_next_ones_to_the_thread(
+    tmp_path: Path,
+) -> None:
+    """A write on the loop runs to its end; past the loop's budget (2 ms: a long write, or a
+    slow disk's fsync) the writes of the next second wait on the writer thread instead."""
+    path = tmp_path / "t.sqlite3"
+    counters_table(path)
+    database = Database(f"sqlite+aiosqlite:///{path}")
+
+    async def long(tx: Transaction) -> int:
+        await tx.execute(
+            "INSERT INTO counters (name, value) SELECT 'n' || i, i FROM (WITH RECURSIVE"
+            " n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) SELECT i FROM n)",
+            200_000,
+        )
+        return threading.get_ident()
+
+    try:
+        loop_thread = threading.get_ident()
+        started = time.perf_counter()
+        assert await database.transaction(long) == loop_thread  # begun there, ended there
+        assert time.perf_counter() - started > 0.002
+        assert await database.transaction(add_one) != loop_thread
+        assert await value(database) == 1
+    finally:
+        await database.dispose()
+
+
 async def test_writes_on_the_loop_leave_the_wal_checkpoints_to_the_writer_thread(
     tmp_path: Path,
 ) -> None:
     """The loop's connection never checkpoints (a checkpoint copies about 1,000 pages); every
-    CHECKPOINT_EVERY writes it asks the writer thread, and the database file then holds them."""
+    CHECKPOINT_EVERY writes the Database asks the writer thread, and the database file then
+    holds them."""
     path = tmp_path / "t.sqlite3"
+    counters_table(path)  # (its connection checkpointed as it closed: the file holds it all)
+    size = path.stat().st_size
     database = Database(f"sqlite+aiosqlite:///{path}")
 
     async def insert(tx: Transaction) -> None:
@@ -336,15 +378,11 @@ async def test_writes_on_the_loop_leave_the_wal_checkpoints_to_the_writer_thread
         return None
 
     try:
-        await database.transaction(create_table)
-        writer = database._threads[True]
-        await writer.run(nothing, write=True)  # its own commit checkpoints: a clean start
-        size = path.stat().st_size
         for _ in range(CHECKPOINT_EVERY - 1):
             await database.transaction(insert)
         assert path.stat().st_size == size  # every page is still in the WAL
         await database.transaction(insert)
-        await writer.run(nothing, write=False)  # queued behind the checkpoint
+        await database._threads[True].run(nothing, write=False)  # queued behind the checkpoint
         assert path.stat().st_size > size + (CHECKPOINT_EVERY - 1) * 2000
     finally:
         await database.dispose()
