@@ -1,10 +1,8 @@
-"""SQLite writes beside a busy event loop: on the loop's own thread, or handed to the
-database's writer thread, by the interpreter's GIL switch interval.
+"""SQLite writes beside a busy event loop, by the interpreter's GIL switch interval.
 
-A service's SQLite write runs on the event loop's thread when it can begin at once, and else on
-the database's writer thread (libs/storage/transaction.py). On the thread, the `sqlite3` module
-lets go of the GIL around each statement, and taking it back waits until the thread holding it
-lets go, which a thread running Python does only every *switch interval*
+A service's SQLite writes run on the database's own thread (libs/storage/transaction.py), and
+the `sqlite3` module lets go of the GIL around each statement. Taking it back waits until the
+thread holding it lets go, which a thread running Python does only every *switch interval*
 (`sys.setswitchinterval`, 5 ms by default): while the event loop is busy, each statement of a
 write can wait up to 5 ms for the loop, and a write transaction of four statements 20 ms, where
 it takes 0.3 ms alone. The writes then queue behind one another, and the requests waiting on
@@ -12,17 +10,13 @@ them hold their deadlines; the CPU is not the limit, the hand-over is.
 
 This bench keeps a uvloop loop busy with request-like tasks (`--busy` of them, each running
 Python for `--work-us` µs and then sleeping, paced to keep the loop `--load` busy), while writes
-arrive at `--rate` a second, each a task writing one transaction (read a row, update it, insert
-an event: BEGIN IMMEDIATE … COMMIT). Each way of running the writes in turn (the rounds
-interleave them, so that the machine's drift falls on all alike):
-- `thread, 5 ms`: on the writer thread, CPython's interval throughout;
-- `thread, 0.2 ms`: on the writer thread, 0.2 ms throughout (the services until 2026-12-02);
-- `thread, quick`: on the writer thread, 0.2 ms only while it has work (`QuickHandover`: the
-  kit's way when a write cannot begin on the loop);
-- `loop`: `Database.transaction`, on the loop's thread (the kit's way).
-It prints the writes' latency (p50, p99), the writes and the loop's work done per second
-(equal when both keep up), and the process's CPU per write (the loop's work included, so equal
-work costs the same), with ratios against `thread, 5 ms` in the same run.
+arrive at `--rate` a second, each a task writing through `Database.transaction` (read a row,
+update it, insert an event: BEGIN IMMEDIATE … COMMIT). Each interval policy in turn (the rounds
+interleave them, so that the machine's drift falls on all alike): CPython's 5 ms throughout,
+0.2 ms throughout (the services until 2026-12-02), and 0.2 ms only while the database's thread
+has work (`QuickHandover`, the kit's). It prints the writes' latency (p50, p99), the writes and
+the loop's work done per second (equal when both keep up), and the process's CPU per write (the
+loop's work included, so equal work costs the same), with ratios against 5 ms in the same run.
 
     tools/bench gil_handoff [--seconds 3] [--rounds 3] [--rate 300] [--busy 8] [--work-us 300]
                             [--load 0.7]
@@ -45,7 +39,7 @@ import uvloop
 
 from bench import host_speed
 from libs.storage.database import Database
-from libs.storage.transaction import QUICK_HANDOVER, SqliteThread, Transaction
+from libs.storage.transaction import QUICK_HANDOVER, Transaction
 
 DEFAULT = 0.005  # CPython's
 QUICK = QUICK_HANDOVER.INTERVAL
@@ -54,18 +48,17 @@ ITEMS = 64
 
 class Way(NamedTuple):
     name: str
-    on_loop: bool
     interval: float  # the process's switch interval while the round runs
     handover: float  # the interval QuickHandover sets while the thread has work
 
 
 WAYS = (
-    Way("thread, 5 ms", False, DEFAULT, DEFAULT),
-    Way("thread, 0.2 ms", False, QUICK, QUICK),
-    Way("thread, quick", False, DEFAULT, QUICK),
-    Way("loop", True, DEFAULT, QUICK),
+    Way("5 ms", DEFAULT, DEFAULT),
+    Way("0.2 ms", QUICK, QUICK),
+    Way("0.2 ms with work", DEFAULT, QUICK),
 )
-KIT = "  <- the kit's"
+KIT = WAYS[-1]
+MARK = "  <- the kit's (libs/storage/transaction.py)"
 
 
 @dataclass
@@ -88,9 +81,7 @@ async def write(tx: Transaction, item: int) -> None:
     await tx.execute("INSERT INTO events (item, delta) VALUES ($1, 1)", item)
 
 
-async def measure(
-    db: Database, thread: SqliteThread, way: Way, args: argparse.Namespace, per_us: float
-) -> Sample:
+async def measure(db: Database, way: Way, args: argparse.Namespace, per_us: float) -> Sample:
     sys.setswitchinterval(way.interval)
     QUICK_HANDOVER.INTERVAL = way.handover
     sample = Sample()
@@ -109,10 +100,7 @@ async def measure(
             await asyncio.sleep(pause)
 
     async def one_write(number: int, due: float) -> None:
-        if way.on_loop:
-            await db.transaction(lambda tx: write(tx, number % ITEMS))
-        else:
-            await thread.run(lambda tx: write(tx, number % ITEMS), write=True)
+        await db.transaction(lambda tx: write(tx, number % ITEMS))
         sample.latencies.append(time.perf_counter() - due)
 
     async def arrivals() -> None:
@@ -138,7 +126,6 @@ async def run(args: argparse.Namespace) -> None:
     per_us = 2_000_000 / (host_speed.loop_seconds(2_000_000) * 1e6)
     with tempfile.TemporaryDirectory() as scratch:
         db = Database(f"sqlite+aiosqlite:///{Path(scratch) / 'bench.db'}")
-        thread = SqliteThread(str(Path(scratch) / "bench.db"), "bench-writer")
 
         async def schema(tx: Transaction) -> None:
             await tx.execute(
@@ -155,17 +142,16 @@ async def run(args: argparse.Namespace) -> None:
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds} ...", flush=True)
             for way in WAYS:
-                samples[way].append(await measure(db, thread, way, args, per_us))
+                samples[way].append(await measure(db, way, args, per_us))
         await db.dispose()
-        await asyncio.to_thread(thread.close)
     print(
         f"\n{platform.node()} · {platform.machine()} · {time.strftime('%Y-%m-%d %H:%M')} · "
         f"{args.rate:g} writes/s beside {args.busy} tasks of {args.work_us} µs keeping the loop "
         f"{args.load:.0%} busy, "
-        f"{args.rounds} rounds of {args.seconds:g} s per way"
+        f"{args.rounds} rounds of {args.seconds:g} s per interval policy"
     )
     print(
-        f"{'writes run':>16} {'write p50':>10} {'write p99':>10} {'writes/s':>9} "
+        f"{'switch interval':>16} {'write p50':>10} {'write p99':>10} {'writes/s':>9} "
         f"{'vs 5 ms':>8} {'loop work/s':>12} {'vs 5 ms':>8} {'CPU µs/write':>13} {'vs 5 ms':>8}"
     )
     baseline = summary(samples[WAYS[0]])
@@ -174,7 +160,7 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"{way.name:>16} {p50 * 1000:>8.2f}ms {p99 * 1000:>8.2f}ms {rate:>9.0f} "
             f"{rate / baseline[2]:>7.1f}x {work:>12.0f} {work / baseline[3]:>7.2f}x "
-            f"{cpu * 1e6:>13.0f} {cpu / baseline[4]:>7.2f}x{KIT if way.on_loop else ''}"
+            f"{cpu * 1e6:>13.0f} {cpu / baseline[4]:>7.2f}x{MARK if way == KIT else ''}"
         )
 
 

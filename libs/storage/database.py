@@ -32,8 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from libs.runtime.errors import DomainError, ErrorKind
 from libs.storage.transaction import (
-    CHECKPOINT_EVERY,
-    LoopConnection,
+    LoopReader,
     Row,
     SqliteThread,
     Transaction,
@@ -122,46 +121,41 @@ class Database:
         self._connect_timeout = connect_timeout
         self._pool_opening = asyncio.Lock()
         self._threads: dict[bool, SqliteThread] = {}
-        self._loop_connections: dict[bool, LoopConnection] = {}  # SQLite's, on the loop
-        self._writes = 0  # SQLite's, for the WAL checkpoints
+        self._loop_reader: LoopReader | None = None  # SQLite's short reads, on the loop
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         _open.add(self)
 
     async def transaction(self, function: TransactionFunction[T], *, write: bool = True) -> T:
         """Runs `function` as one transaction, handed to the driver whole (libs/storage/
-        transaction.py). On SQLite it runs on the event loop's own thread (`LoopConnection`):
-        a read while it takes under 2 ms, a write (BEGIN IMMEDIATE) when no other connection
-        holds the write lock; else on the database's reader or writer thread, whose one
-        connection keeps this process's writers out of SQLite's busy handler, which polls
-        with sleeps. On PostgreSQL it runs on an asyncpg connection, concurrent calls
-        concurrently; correctness comes from the database (conditional UPDATEs, unique keys,
+        transaction.py): on SQLite the database's writer thread (BEGIN IMMEDIATE), or for a
+        read the event loop's own thread while it takes under 2 ms (`LoopReader`) and else the
+        reader thread; on PostgreSQL an asyncpg connection. SQLite admits one writer per file:
+        the one writer connection per process keeps this process's writers out of SQLite's
+        busy handler, which polls with sleeps. Concurrent calls run concurrently on
+        PostgreSQL; correctness comes from the database (conditional UPDATEs, unique keys,
         `FOR UPDATE` row locks), never an application lock. An IntegrityError reaches the
         caller as it is (a repository may turn it into its own error); one nobody handles
-        becomes ALREADY_EXISTS at the RPC edge (`database_errors`)."""
-        if not self.is_sqlite:
+        becomes ALREADY_EXISTS at the RPC
+        edge (`database_errors`)."""
+        if self.is_sqlite:
+            if not write:
+                if self._loop_reader is None:
+                    self._loop_reader = LoopReader(self.url.database or ":memory:")
+                done = self._loop_reader.run(function)
+                if done is not None:
+                    self.statements += done[1]
+                    return done[0]
+            thread = self._threads.get(write)
+            if thread is None:
+                path = self.url.database or ":memory:"
+                name = f"sqlite-{'writer' if write else 'reader'}"
+                thread = self._threads[write] = SqliteThread(path, name)
+            result, statements = await thread.run(function, write=write)
+        else:
             result, statements = await run_postgres(await self._pool(), function, write=write)
-            self.statements += statements
-            return result
-        path = self.url.database or ":memory:"
-        on_loop = self._loop_connections.get(write)
-        if on_loop is None:
-            on_loop = self._loop_connections[write] = LoopConnection(path, write=write)
-        thread = self._threads.get(write)
-        if thread is None:
-            name = f"sqlite-{'writer' if write else 'reader'}"
-            thread = self._threads[write] = SqliteThread(path, name)
-        # While the writer thread has writes, new ones queue behind them (in their order, and
-        # out of the way of its connection: two would meet in SQLite's busy handler).
-        done = on_loop.run(function) if thread.pending == 0 or not write else None
-        if done is None:
-            done = await thread.run(function, write=write)
-        if write:
-            self._writes += 1
-            if self._writes % CHECKPOINT_EVERY == 0:  # the loop's connection never checkpoints
-                thread.checkpoint_soon()
-        self.statements += done[1]
-        return done[0]
+        self.statements += statements
+        return result
 
     async def fetchrow(self, query: str, *args: Any) -> Row | None:
         """The first row of one query, or None. A single statement needs no transaction around
@@ -278,9 +272,9 @@ class Database:
             lock_file.close()  # closing releases the lock
 
     async def dispose(self) -> None:
-        for connection in self._loop_connections.values():
-            connection.close()
-        self._loop_connections.clear()
+        if self._loop_reader is not None:
+            self._loop_reader.close()
+            self._loop_reader = None
         for thread in self._threads.values():
             await asyncio.to_thread(thread.close)
         self._threads.clear()

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import logging
 import queue
 import re
 import sqlite3
@@ -29,7 +28,6 @@ from typing import Any, Generic, Protocol, TypeVar
 import asyncpg
 
 T = TypeVar("T")
-log = logging.getLogger("emporium.storage")
 
 
 class Row(Protocol):
@@ -166,87 +164,57 @@ class _Cancelled(Exception):
 _SQLITE_BUSY, _SQLITE_INTERRUPT = 5, 9
 
 
-class LoopConnection:
-    """Transactions on the event loop's own thread, where the hop to a SqliteThread and back
-    (two thread wake-ups, and the GIL handed over after every statement) costs more than a
-    short transaction does: a keyed read takes tens of µs here, a write of three statements
-    about 70 µs of CPU with its COMMIT's fsync, against about 100 through the writer thread
-    (16 concurrent; its wall time, 0.2 ms here, holds the loop). `run` returns None for a
-    transaction that belongs on the thread, which the caller then hands there:
-    - a read still running after `budget` seconds is interrupted (SQLite's progress handler),
-      and so is one that finds the database busy: a read changes nothing, so it may run again;
-    - a write begins (BEGIN IMMEDIATE) only if it needs no wait: while another connection holds
-      the write lock (this process's writer thread, or another process) it goes to the writer
-      thread, which waits its turn. Once begun it runs to its end, never interrupted, so a
-      write function runs once; one that held the loop past `budget` (a long write, or a disk
-      whose fsync is slow) sends the next second's writes to the thread. WAL checkpoints
-      (copying about 1,000 pages into the database file) are left to the writer thread.
-    The loop never waits in SQLite's busy handler."""
+class LoopReader:
+    """Reads on the event loop's own thread while they are short: a keyed read takes tens of
+    µs there, where the hop to the reader thread costs about 100 µs of CPU more (GetProduct:
+    bench/get_product.py). A read still running after `budget` seconds is interrupted (SQLite's
+    progress handler) and so is one that finds the database busy (the loop never waits in
+    SQLite's busy handler): `run` returns None and the caller hands it to the reader thread —
+    a read changes nothing, so running it again is safe. The loop is held `budget` at most."""
 
-    def __init__(self, path: str, *, write: bool, budget: float = 0.002) -> None:
+    def __init__(self, path: str, *, budget: float = 0.002) -> None:
         self._path = path
-        self._write = write
         self._budget = budget
         self._connection: sqlite3.Connection | None = None
         self._owner = threading.get_ident()
         self._deadline = 0.0
-        self._writes_on_thread_until = 0.0  # after a write that held the loop too long
 
     def _open(self) -> sqlite3.Connection:
-        if self._write:
-            connection = sqlite_connect(self._path)
-            connection.execute("PRAGMA busy_timeout=0")
-            connection.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread's work
-        else:
-            connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA query_only=ON")
-            # Checked every 1,000 virtual machine steps (a few µs): past the budget, interrupt.
-            connection.set_progress_handler(lambda: time.perf_counter() > self._deadline, 1000)
+        connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA query_only=ON")
+        # Checked every 1,000 virtual machine steps (a few µs): past the budget, interrupt.
+        connection.set_progress_handler(lambda: time.perf_counter() > self._deadline, 1000)
         return connection
 
     def run(self, function: TransactionFunction[T]) -> tuple[T, int] | None:
         if threading.get_ident() != self._owner:
             return None  # the connection belongs to the loop's thread
-        if self._write and time.perf_counter() < self._writes_on_thread_until:
-            return None
         if self._connection is None:
             self._connection = self._open()
         connection = self._connection
         transaction = SqliteTransaction(connection)
         self._deadline = time.perf_counter() + self._budget
         try:
-            connection.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
-        except sqlite3.OperationalError as error:
-            if getattr(error, "sqlite_errorcode", None) == _SQLITE_BUSY:
-                return None
-            raise
-        try:
+            connection.execute("BEGIN")
             result = _complete(function(transaction))
             connection.execute("COMMIT")
         except sqlite3.OperationalError as error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            if not self._write and error.sqlite_errorcode in (_SQLITE_BUSY, _SQLITE_INTERRUPT):
+            if getattr(error, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_INTERRUPT):
                 return None
             raise
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        if self._write and time.perf_counter() > self._deadline:
-            self._writes_on_thread_until = time.perf_counter() + 1.0
         return result, transaction.statements
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-
-# Writes between WAL checkpoints: SQLite's own default, 1,000 WAL pages, is about that many of
-# the services' writes.
-CHECKPOINT_EVERY = 150
 
 
 class QuickHandover:
@@ -282,7 +250,6 @@ class QuickHandover:
 
 
 QUICK_HANDOVER = QuickHandover()
-_CHECKPOINT = "checkpoint"
 
 
 class SqliteThread:
@@ -296,18 +263,13 @@ class SqliteThread:
     def __init__(self, path: str, name: str) -> None:
         self._path = path
         self._name = name
-        self._queue: queue.SimpleQueue[_Work[Any] | str | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Work[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
         self.busy = False  # a transaction is running (the connections-in-use metric)
-        self.pending = 0  # transactions handed over and not yet answered
 
     def _serve(self) -> None:
         while (work := self._queue.get()) is not None:
-            if work == _CHECKPOINT:
-                self._checkpoint()
-                continue
-            assert isinstance(work, _Work)
             outcome = work.context.run(self._attempt, work)
             # (RuntimeError: its loop has closed, so nobody waits for it any more.)
             with contextlib.suppress(RuntimeError):
@@ -315,28 +277,6 @@ class SqliteThread:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-    def _checkpoint(self) -> None:
-        """Copies the WAL's committed pages into the database file, waiting for nobody (a
-        reader still using some leaves those for the next one)."""
-        if self._connection is None:
-            self._connection = sqlite_connect(self._path)
-        try:
-            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as error:
-            log.warning("WAL checkpoint failed", extra={"path": self._path, "error": str(error)})
-
-    def checkpoint_soon(self) -> None:
-        """Asks the thread for a WAL checkpoint; the caller does not wait for it."""
-        self._start()
-        self._queue.put(_CHECKPOINT)
-
-    def _start(self) -> None:
-        if self._thread is None:
-            # A daemon: a process that exits without closing its Database must not hang on
-            # it; a transaction cut off there was never committed, so it never happened.
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-            self._thread.start()
 
     def _run(
         self, function: TransactionFunction[T], begin: str, cancelled: threading.Event
@@ -371,7 +311,11 @@ class SqliteThread:
             return error
 
     async def run(self, function: TransactionFunction[T], *, write: bool) -> tuple[T, int]:
-        self._start()
+        if self._thread is None:
+            # A daemon: a process that exits without closing its Database must not hang on
+            # it; a transaction cut off there was never committed, so it never happened.
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
         loop = asyncio.get_running_loop()
         # The caller's context goes along (as asyncio.to_thread does): the outbox reads the
         # trace context of the request that writes.
@@ -383,7 +327,6 @@ class SqliteThread:
             loop.create_future(),
         )
         self._queue.put(work)
-        self.pending += 1
         try:
             with QUICK_HANDOVER:
                 return await work.done
@@ -391,8 +334,6 @@ class SqliteThread:
             # The thread cannot be stopped mid-statement, but what it does then is rolled back.
             work.cancelled.set()
             raise
-        finally:
-            self.pending -= 1
 
     def close(self) -> None:
         if self._thread is not None:

@@ -5,7 +5,6 @@ concurrent read-modify-write without lost updates, unique keys, statements count
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import sys
 import threading
@@ -19,13 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.runtime.errors import ErrorKind
 from libs.storage.database import UNIQUE_VIOLATIONS, Database, Migration, database_errors
-from libs.storage.transaction import (
-    CHECKPOINT_EVERY,
-    QuickHandover,
-    SqliteThread,
-    Transaction,
-    TransactionFunction,
-)
+from libs.storage.transaction import QuickHandover, Transaction, TransactionFunction
 
 
 async def create_table(tx: Transaction) -> None:
@@ -288,126 +281,11 @@ async def test_a_sqlite_read_never_waits_on_the_loop_for_a_busy_database(
         await database.dispose()
 
 
-def counters_table(path: Path) -> None:
-    """The table, made outside the Database: its first write is then the one under test (a
-    write that held the loop past its budget sends the next second's to the thread)."""
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)")
-        connection.execute("INSERT INTO counters (name, value) VALUES ('orders', 0)")
-
-
-async def add_one(tx: Transaction) -> int:
-    await tx.execute("UPDATE counters SET value = value + 1 WHERE name = $1", "orders")
-    return threading.get_ident()
-
-
-async def test_a_sqlite_write_runs_on_the_loop_unless_another_connection_holds_the_lock(
-    tmp_path: Path,
-) -> None:
-    """No hop for a write that can begin at once; while another connection (here, another
-    process's writer) holds the write lock, the write waits on the writer thread instead, the
-    loop stays free, and the write commits once the lock is let go."""
-    path = tmp_path / "t.sqlite3"
-    counters_table(path)
-    database = Database(f"sqlite+aiosqlite:///{path}")
-    loop_thread = threading.get_ident()
-
-    try:
-        assert await database.transaction(add_one) == loop_thread
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        writing = asyncio.create_task(database.transaction(add_one))
-        ticks = 0
-        while not writing.done() and ticks < 5:  # the loop keeps running while it waits
-            await asyncio.sleep(0)
-            ticks += 1
-        assert ticks == 5
-        blocker.execute("COMMIT")
-        blocker.close()
-        assert await asyncio.wait_for(writing, 30) != loop_thread
-        assert await value(database) == 2
-    finally:
-        await database.dispose()
-
-
-async def test_a_sqlite_write_that_held_the_loop_too_long_sends_the_next_ones_to_the_thread(
-    tmp_path: Path,
-) -> None:
-    """A write on the loop runs to its end; past the loop's budget (2 ms: a long write, or a
-    slow disk's fsync) the writes of the next second wait on the writer thread instead."""
-    path = tmp_path / "t.sqlite3"
-    counters_table(path)
-    database = Database(f"sqlite+aiosqlite:///{path}")
-
-    async def long(tx: Transaction) -> int:
-        await tx.execute(
-            "INSERT INTO counters (name, value) SELECT 'n' || i, i FROM (WITH RECURSIVE"
-            " n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) SELECT i FROM n)",
-            200_000,
-        )
-        return threading.get_ident()
-
-    try:
-        loop_thread = threading.get_ident()
-        started = time.perf_counter()
-        assert await database.transaction(long) == loop_thread  # begun there, ended there
-        assert time.perf_counter() - started > 0.002
-        assert await database.transaction(add_one) != loop_thread
-        assert await value(database) == 1
-    finally:
-        await database.dispose()
-
-
-async def test_writes_on_the_loop_leave_the_wal_checkpoints_to_the_writer_thread(
-    tmp_path: Path,
-) -> None:
-    """The loop's connection never checkpoints (a checkpoint copies about 1,000 pages); every
-    CHECKPOINT_EVERY writes the Database asks the writer thread, and the database file then
-    holds them."""
-    path = tmp_path / "t.sqlite3"
-    counters_table(path)  # (its connection checkpointed as it closed: the file holds it all)
-    size = path.stat().st_size
-    database = Database(f"sqlite+aiosqlite:///{path}")
-
-    async def insert(tx: Transaction) -> None:
-        name = "x" * 2000 + str(time.time_ns())
-        await tx.execute("INSERT INTO counters (name, value) VALUES ($1, $2)", name, 1)
-
-    async def nothing(tx: Transaction) -> None:
-        return None
-
-    try:
-        for _ in range(CHECKPOINT_EVERY - 1):
-            await database.transaction(insert)
-        assert path.stat().st_size == size  # every page is still in the WAL
-        await database.transaction(insert)
-        await database._threads[True].run(nothing, write=False)  # queued behind the checkpoint
-        assert path.stat().st_size > size + (CHECKPOINT_EVERY - 1) * 2000
-    finally:
-        await database.dispose()
-
-
-async def busy_steps_until(write: asyncio.Future[object]) -> int:
-    """How many steps of 1 ms of Python the loop runs, never idle, until `write` is done."""
-    steps = 0
-    while not write.done():
-        deadline = time.perf_counter() + 0.001
-        while time.perf_counter() < deadline:
-            pass
-        steps += 1
-        await asyncio.sleep(0)
-    await write
-    return steps
-
-
-async def test_a_write_on_the_writer_thread_commits_while_the_loop_is_busy(
-    tmp_path: Path,
-) -> None:
-    # The thread takes the GIL back after each statement; with CPython's default switch
-    # interval (5 ms) a loop that never idles made it wait 5 ms each time, 24 to 10,916 steps
-    # in all (bench/gil_handoff.py). The interval is short only while the thread has work.
-    thread = SqliteThread(str(tmp_path / "notes.sqlite3"), "writer")
+async def test_a_sqlite_write_commits_while_the_loop_is_busy(tmp_path: Path) -> None:
+    """The writer thread takes the GIL back after each statement; with CPython's default switch
+    interval (5 ms) a loop that never idles made it wait 5 ms each time, 24 to 10,916 steps of
+    1 ms in all (bench/gil_handoff.py). The interval is 0.2 ms only while the thread has work."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'notes.sqlite3'}")
     intervals: list[float] = []
 
     async def create(tx: Transaction) -> None:
@@ -420,13 +298,21 @@ async def test_a_write_on_the_writer_thread_commits_while_the_loop_is_busy(
 
     default = sys.getswitchinterval()
     try:
-        await thread.run(create, write=True)  # the thread and its connection are ready
-        steps = await busy_steps_until(asyncio.ensure_future(thread.run(write, write=True)))
+        await database.transaction(create)  # the writer thread and its connection are ready
+        writing = asyncio.ensure_future(database.transaction(write))
+        steps = 0
+        while not writing.done():  # 1 ms of Python a step, never idle
+            deadline = time.perf_counter() + 0.001
+            while time.perf_counter() < deadline:
+                pass
+            steps += 1
+            await asyncio.sleep(0)
+        await writing
         assert steps <= 20, f"the loop ran {steps} ms of Python before the write committed"
         assert intervals == [pytest.approx(QuickHandover.INTERVAL)]
         assert sys.getswitchinterval() == default
     finally:
-        await asyncio.to_thread(thread.close)
+        await database.dispose()
 
 
 async def test_dispose_ends_a_transaction_stuck_on_postgresql_instead_of_waiting_for_it(
