@@ -8,11 +8,12 @@
   threshold, or within a second of the last call it refused), a
   call beyond that many in flight is refused; a fixed `max_in_flight` caps in-flight calls
   whatever the load.
-- The budget: a call whose remaining deadline is less than `budget_factor` x the latency the
-  server gives its calls now (a moving average of the last ones) would most likely be answered
-  too late, or just in time for a caller who then has no time left to use it: it is refused
-  before any work is spent on it. In equilibrium this keeps admitted calls' latency near
-  1/budget_factor of their deadline.
+- The budget: a call whose remaining deadline is less than `budget_factor` x the latency a
+  call started now can expect (Little's law: the calls in flight over the recent completion
+  rate, at least the window's best mean latency) would most likely be answered too late, or
+  just in time for a caller who then has no time left to use it: it is refused before any work
+  is spent on it. In equilibrium this keeps admitted calls' latency near 1/budget_factor of
+  their deadline.
 - The event loop's delay (CoDel's sojourn time): in a one-threaded asyncio server the loop is
   the queue in front of every handler, invisible to the in-flight count. `LoopDelay` measures
   how late a timer runs (a probe every 25 ms, only while calls come in), less the time the
@@ -40,6 +41,7 @@ they live long, and their length says nothing about the server's speed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -168,9 +170,12 @@ class AdaptiveLimit:
     # deadline is in danger.
     TOLERANCE = 2.0
     QUEUE_SECONDS = 0.05
-    # Weight of each finished call in the moving average of latency the budget rule compares
-    # deadlines with (about the last 20 calls).
+    # Weight of each finished call in the moving average of latency (about the last 20 calls),
+    # the budget rule's estimate before a completion rate is measured.
     LATENCY_WEIGHT = 0.05
+    # The completion rate "now", for the budget rule: over the last this many buckets (a tenth
+    # of the window: half a second by default).
+    RECENT_BUCKETS = 5
     # While shedding, one log line ("shedding load") per this many seconds at most.
     REPORT_SECONDS = 1.0
 
@@ -232,6 +237,20 @@ class AdaptiveLimit:
         min_latency = min(latency for rate, latency in self._history if rate)
         return max(1.0, max_rate * max(self.TOLERANCE * min_latency, self.QUEUE_SECONDS))
 
+    def expected_latency(self) -> float:
+        """What a call started now should take: the calls in flight over the recent completion
+        rate (Little's law), and at least the window's best mean latency (a call's own work).
+        It follows the queue as it fills and drains, where the moving average of finished calls
+        lags by as long as they took: after a burst it went on refusing while the admitted calls
+        drained, the machine idle (bench/README.md, overload). Before a rate is measured, the
+        moving average."""
+        recent = list(itertools.islice(reversed(self._history), self.RECENT_BUCKETS))
+        rate = sum(rate for rate, _ in recent) / len(recent) if recent else 0.0
+        if rate <= 0:
+            return self.latency
+        best = min((latency for rate, latency in self._history if rate), default=0.0)
+        return max(best, self.in_flight / rate)
+
     def admit(self, remaining: float | None = None) -> bool:
         """Takes a slot (give it back with `release`) or says the call must be shed;
         `remaining` is the call's deadline in seconds from now, if it has one."""
@@ -248,7 +267,7 @@ class AdaptiveLimit:
                 return self._refuse(now, "queue")
         if (
             remaining is not None
-            and remaining < self.budget_factor * self.latency
+            and remaining < self.budget_factor * self.expected_latency()
             # A stale estimate must not refuse forever: once nothing has finished for as long
             # as a call takes (and a second), calls are let in to measure again.
             and now - self._last_release < max(self.latency, self.COOL_DOWN_SECONDS)
@@ -276,6 +295,7 @@ class AdaptiveLimit:
                 "refused": dict(self.refused),  # since the start, by rule
                 "in_flight": self.in_flight,
                 "latency_ms": round(self.latency * 1000, 1),
+                "expected_latency_ms": round(self.expected_latency() * 1000, 1),
                 "loop_delay_ms": round(delay * 1000, 1),
                 "cpu": round(self.cpu, 2),
             }

@@ -284,6 +284,26 @@ def test_a_stale_latency_estimate_does_not_refuse_forever(clocks: Clocks) -> Non
     assert limit.admit(remaining=1.0) is True
 
 
+def test_the_budget_follows_the_queue_as_it_fills_and_drains(clocks: Clocks) -> None:
+    """The latency a call can expect is the calls in flight over the recent completion rate
+    (Little's law): a full queue refuses at once, and a drained one admits at once, though the
+    calls that just finished took long (their moving average would refuse for a while yet)."""
+    limit = limit_with(clocks, budget_factor=2.0)
+    for _ in range(50):  # 0.1 s a call, 10 a second
+        finish_one(limit, clocks, 0.1)
+    assert limit.admit(remaining=1.0) is True
+    limit.release(clocks.wall)
+    assert fill(limit, 40) == [True] * 40  # no deadline: admitted whatever the queue
+    started = clocks.wall
+    assert limit.admit(remaining=1.0) is False  # 40 ahead at 10 a second: 4 s
+    clocks.advance(1.5, 0.5)
+    for _ in range(40):
+        limit.release(started)
+    assert limit.latency > 0.5  # the moving average still says 2 x it is more than 1 s
+    assert limit.admit(remaining=1.0) is True  # nobody ahead: its own 0.1 s
+    assert limit.refused["budget"] == 1
+
+
 def test_the_budget_rule_is_off_at_factor_zero(clocks: Clocks) -> None:
     limit = limit_with(clocks, budget_factor=0.0)
     for _ in range(50):
