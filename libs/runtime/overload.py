@@ -160,7 +160,7 @@ class LoopDelay:
 
 class AdaptiveLimit:
     """Whether a call may start now: BBR's in-flight limit while busy, the call's budget against
-    the server's current latency, and the event loop's delay (module docstring)."""
+    the latency a call started now can expect, and the event loop's delay (module docstring)."""
 
     BUCKETS = 50
     COOL_DOWN_SECONDS = 1.0
