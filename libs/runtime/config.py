@@ -108,8 +108,9 @@ class ServiceSettings(BaseSettings):
         default=2.0,
         ge=0,
         description="a unary call whose remaining deadline is less than this many times the "
-        "latency a call started now can expect (calls in flight over the recent completion "
-        "rate) is shed before it starts (0 turns this off)",
+        "latency a call started now can expect (the lesser of finished calls' moving average "
+        "and the calls in flight over the recent completion rate) is shed before it starts "
+        "(0 turns this off)",
     )
     overload_queue_target_ms: float = Field(
         default=20.0,

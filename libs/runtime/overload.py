@@ -9,11 +9,11 @@
   call beyond that many in flight is refused; a fixed `max_in_flight` caps in-flight calls
   whatever the load.
 - The budget: a call whose remaining deadline is less than `budget_factor` x the latency a
-  call started now can expect (Little's law: the calls in flight over the recent completion
-  rate, at least the window's best mean latency) would most likely be answered too late, or
-  just in time for a caller who then has no time left to use it: it is refused before any work
-  is spent on it. In equilibrium this keeps admitted calls' latency near 1/budget_factor of
-  their deadline.
+  call started now can expect (the lesser of the moving average of finished calls and Little's
+  law: the calls in flight over the recent completion rate, at least the window's best mean
+  latency) would most likely be answered too late, or just in time for a caller who then has no
+  time left to use it: it is refused before any work is spent on it. In equilibrium this keeps
+  admitted calls' latency near 1/budget_factor of their deadline.
 - The event loop's delay (CoDel's sojourn time): in a one-threaded asyncio server the loop is
   the queue in front of every handler, invisible to the in-flight count. `LoopDelay` measures
   how late a timer runs (a probe every 25 ms, only while calls come in), less the time the
@@ -238,18 +238,19 @@ class AdaptiveLimit:
         return max(1.0, max_rate * max(self.TOLERANCE * min_latency, self.QUEUE_SECONDS))
 
     def expected_latency(self) -> float:
-        """What a call started now should take: the calls in flight over the recent completion
-        rate (Little's law), and at least the window's best mean latency (a call's own work).
-        It follows the queue as it fills and drains, where the moving average of finished calls
-        lags by as long as they took: after a burst it went on refusing while the admitted calls
-        drained, the machine idle (bench/README.md, overload). Before a rate is measured, the
-        moving average."""
+        """What a call started now should take: the lesser of two estimates, each wrong one way.
+        The moving average of finished calls lags by as long as they took: after a burst it
+        went on refusing while the admitted calls drained, the machine idle (bench/README.md,
+        overload). The calls in flight over the recent completion rate (Little's law, at least
+        the window's best mean latency) follows the queue as it drains, but on a server that
+        was quiet the rate is the quiet one's, and a burst it would serve in milliseconds looks
+        like seconds of queue."""
         recent = list(itertools.islice(reversed(self._history), self.RECENT_BUCKETS))
         rate = sum(rate for rate, _ in recent) / len(recent) if recent else 0.0
         if rate <= 0:
             return self.latency
         best = min((latency for rate, latency in self._history if rate), default=0.0)
-        return max(best, self.in_flight / rate)
+        return min(self.latency, max(best, self.in_flight / rate))
 
     def admit(self, remaining: float | None = None) -> bool:
         """Takes a slot (give it back with `release`) or says the call must be shed;

@@ -4,7 +4,8 @@ front of the API routes. A request beyond it is answered at once with 503 proble
 limit, when the event loop (uvicorn's queue of parsed requests) is congested, or when the
 request's budget (`GATEWAY_REQUEST_TIMEOUT_SECONDS`, less the time it has just waited in the
 loop) is shorter than `GATEWAY_OVERLOAD_BUDGET_FACTOR` x the latency a request started now
-can expect (its requests in flight over their recent completion rate)."""
+can expect (the lesser of finished requests' moving average and the requests in flight over
+their recent completion rate)."""
 
 from __future__ import annotations
 

@@ -284,24 +284,31 @@ def test_a_stale_latency_estimate_does_not_refuse_forever(clocks: Clocks) -> Non
     assert limit.admit(remaining=1.0) is True
 
 
-def test_the_budget_follows_the_queue_as_it_fills_and_drains(clocks: Clocks) -> None:
-    """The latency a call can expect is the calls in flight over the recent completion rate
-    (Little's law): a full queue refuses at once, and a drained one admits at once, though the
-    calls that just finished took long (their moving average would refuse for a while yet)."""
+def test_the_budget_admits_again_as_soon_as_the_queue_has_drained(clocks: Clocks) -> None:
+    """After a burst, the calls that just finished took long, and their moving average would
+    refuse for a while yet; the calls in flight over the recent completion rate (Little's law)
+    say nobody is ahead any more, and the lesser estimate admits at once."""
     limit = limit_with(clocks, budget_factor=2.0)
     for _ in range(50):  # 0.1 s a call, 10 a second
         finish_one(limit, clocks, 0.1)
-    assert limit.admit(remaining=1.0) is True
-    limit.release(clocks.wall)
-    assert fill(limit, 40) == [True] * 40  # no deadline: admitted whatever the queue
+    assert fill(limit, 40) == [True] * 40  # a burst (no deadlines: admitted whatever the queue)
     started = clocks.wall
-    assert limit.admit(remaining=1.0) is False  # 40 ahead at 10 a second: 4 s
     clocks.advance(1.5, 0.5)
     for _ in range(40):
         limit.release(started)
-    assert limit.latency > 0.5  # the moving average still says 2 x it is more than 1 s
+    assert limit.latency > 0.5  # twice the moving average is more than a second
     assert limit.admit(remaining=1.0) is True  # nobody ahead: its own 0.1 s
-    assert limit.refused["budget"] == 1
+    assert limit.refused["budget"] == 0
+
+
+def test_a_burst_on_a_quiet_server_is_not_refused_for_its_quiet_rate(clocks: Clocks) -> None:
+    """A server that finished one call a second has a completion rate of one a second; fifty
+    arrivals at once are not fifty seconds of queue when each takes 10 ms."""
+    limit = limit_with(clocks, budget_factor=2.0)
+    for _ in range(10):
+        finish_one(limit, clocks, 0.01)
+        clocks.advance(0.99, 0.0)
+    assert [limit.admit(remaining=2.0) for _ in range(50)] == [True] * 50
 
 
 def test_the_budget_rule_is_off_at_factor_zero(clocks: Clocks) -> None:
