@@ -268,6 +268,8 @@ class AdaptiveLimit:
                 return self._refuse(now, "queue")
         if (
             remaining is not None
+            # (The estimate is never above the moving average: most calls stop at the first.)
+            and remaining < self.budget_factor * self.latency
             and remaining < self.budget_factor * self.expected_latency()
             # A stale estimate must not refuse forever: once nothing has finished for as long
             # as a call takes (and a second), calls are let in to measure again.
