@@ -46,18 +46,18 @@ QUICK = QUICK_HANDOVER.INTERVAL
 ITEMS = 64
 
 
-class Way(NamedTuple):
+class Policy(NamedTuple):
     name: str
     interval: float  # the process's switch interval while the round runs
     handover: float  # the interval QuickHandover sets while the thread has work
 
 
-WAYS = (
-    Way("5 ms", DEFAULT, DEFAULT),
-    Way("0.2 ms", QUICK, QUICK),
-    Way("0.2 ms with work", DEFAULT, QUICK),
+POLICIES = (
+    Policy("5 ms", DEFAULT, DEFAULT),
+    Policy("0.2 ms", QUICK, QUICK),
+    Policy("0.2 ms with work", DEFAULT, QUICK),
 )
-KIT = WAYS[-1]
+KIT = POLICIES[-1]
 MARK = "  <- the kit's (libs/storage/transaction.py)"
 
 
@@ -81,9 +81,9 @@ async def write(tx: Transaction, item: int) -> None:
     await tx.execute("INSERT INTO events (item, delta) VALUES ($1, 1)", item)
 
 
-async def measure(db: Database, way: Way, args: argparse.Namespace, per_us: float) -> Sample:
-    sys.setswitchinterval(way.interval)
-    QUICK_HANDOVER.INTERVAL = way.handover
+async def measure(db: Database, policy: Policy, args: argparse.Namespace, per_us: float) -> Sample:
+    sys.setswitchinterval(policy.interval)
+    QUICK_HANDOVER.INTERVAL = policy.handover
     sample = Sample()
     loop = asyncio.get_running_loop()
     work_iterations = max(1, int(args.work_us * per_us))
@@ -138,11 +138,11 @@ async def run(args: argparse.Namespace) -> None:
                 await tx.execute("INSERT INTO items VALUES ($1, 0, 0)", item)
 
         await db.transaction(schema)
-        samples: dict[Way, list[Sample]] = {way: [] for way in WAYS}
+        samples: dict[Policy, list[Sample]] = {policy: [] for policy in POLICIES}
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds} ...", flush=True)
-            for way in WAYS:
-                samples[way].append(await measure(db, way, args, per_us))
+            for policy in POLICIES:
+                samples[policy].append(await measure(db, policy, args, per_us))
         await db.dispose()
     print(
         f"\n{platform.node()} · {platform.machine()} · {time.strftime('%Y-%m-%d %H:%M')} · "
@@ -154,13 +154,13 @@ async def run(args: argparse.Namespace) -> None:
         f"{'switch interval':>16} {'write p50':>10} {'write p99':>10} {'writes/s':>9} "
         f"{'vs 5 ms':>8} {'loop work/s':>12} {'vs 5 ms':>8} {'CPU µs/write':>13} {'vs 5 ms':>8}"
     )
-    baseline = summary(samples[WAYS[0]])
-    for way in WAYS:
-        p50, p99, rate, work, cpu = summary(samples[way])
+    baseline = summary(samples[POLICIES[0]])
+    for policy in POLICIES:
+        p50, p99, rate, work, cpu = summary(samples[policy])
         print(
-            f"{way.name:>16} {p50 * 1000:>8.2f}ms {p99 * 1000:>8.2f}ms {rate:>9.0f} "
+            f"{policy.name:>16} {p50 * 1000:>8.2f}ms {p99 * 1000:>8.2f}ms {rate:>9.0f} "
             f"{rate / baseline[2]:>7.1f}x {work:>12.0f} {work / baseline[3]:>7.2f}x "
-            f"{cpu * 1e6:>13.0f} {cpu / baseline[4]:>7.2f}x{MARK if way == KIT else ''}"
+            f"{cpu * 1e6:>13.0f} {cpu / baseline[4]:>7.2f}x{MARK if policy == KIT else ''}"
         )
 
 
