@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import uvicorn
 from google.protobuf import descriptor, descriptor_pb2
 from graphql import GraphQLSchema, graphql
@@ -37,6 +36,7 @@ from emporium.payments.v1 import payments_service_pb2_grpc as payments_grpc
 from libs.messaging.contract import fleet_contract
 from libs.resilience.backoff import Backoff
 from libs.resilience.breaker import BreakerPolicy
+from libs.rpcclient.change_feed import FEED_BACKOFF, follow
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy
 from libs.runtime.deadline import budget
 from libs.runtime.reasons import SharedReason
@@ -118,45 +118,20 @@ def _upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
     return {name: Upstream(name, channels.channel(name), policy) for name in sorted(names)}
 
 
-# The catalog feed retries for the gateway's lifetime: slower than a request's retries.
-FEED_BACKOFF = Backoff(initial=0.5, maximum=10.0)
-
-
 async def _watch_catalog(
     upstream: Upstream, cache: ResponseCache, backoff: Backoff = FEED_BACKOFF
 ) -> None:
     """Empties the response cache at every catalog change; keeps it off while disconnected.
-
-    A plain stub on the upstream's channel, not the client kit: this is a feed the gateway
-    keeps open for its lifetime (reconnecting with backoff), and catalog sends the stream's
-    headers once the watcher is subscribed, which is when the cache may turn on. A call that
-    fails also "returns" its (empty) headers, so headers count only while the call is open."""
+    A plain stub on the upstream's channel, not the client kit: a feed open for the gateway's
+    lifetime, reconnecting with backoff."""
     stub = catalog_grpc.CatalogServiceStub(upstream.channel)
-    attempt = 0
-    while True:
-        call = stub.WatchProducts(catalog_pb.WatchProductsRequest())
-        code = grpc.StatusCode.UNKNOWN
-        try:
-            await call.initial_metadata()
-            if not call.done():
-                cache.invalidate(enabled=True)
-                attempt = 0
-                log.info("catalog change feed up; cache on")
-                async for _change in call:
-                    cache.invalidate()
-            code = await call.code()
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-        finally:
-            call.cancel()
-        cache.invalidate(enabled=False)
-        attempt += 1
-        delay = backoff.delay(attempt)
-        log.info(
-            "catalog change feed down; cache off",
-            extra={"code": code.name, "attempt": attempt, "retry_in_seconds": round(delay, 3)},
-        )
-        await asyncio.sleep(delay)
+    await follow(
+        "catalog change feed",
+        lambda: stub.WatchProducts(catalog_pb.WatchProductsRequest()),
+        cache,
+        log,
+        backoff,
+    )
 
 
 def build(settings: GatewaySettings) -> Gateway:

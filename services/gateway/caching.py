@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 def etag_of(body: bytes) -> str:
@@ -68,6 +69,16 @@ class ResponseCache:
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
         self._entries[key] = CachedResponse(body, etag, headers, self._clock() + self.ttl)
+
+    # The catalog change feed's follower (libs.rpcclient.change_feed).
+    def up(self) -> None:
+        self.invalidate(enabled=True)
+
+    def changed(self, change: Any) -> None:  # any change empties it
+        self.invalidate()
+
+    def down(self) -> None:
+        self.invalidate(enabled=False)
 
     def invalidate(self, *, enabled: bool = True) -> None:
         self._entries.clear()

@@ -10,6 +10,7 @@ from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
 from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
+from libs.runtime.background import BackgroundTask
 from libs.runtime.periodic import Periodic
 from libs.security.identity_tokens import identity_tokens
 from libs.security.service_channels import service_channels
@@ -18,7 +19,11 @@ from libs.storage.database import Database, database_errors
 from services.orders.adapters.order_messages import OrderMessages
 from services.orders.adapters.payment_results import PaymentResults
 from services.orders.adapters.sql_repository import MIGRATIONS, SqlOrderRepository
-from services.orders.adapters.upstreams import GrpcProductCatalog, GrpcStockReservations
+from services.orders.adapters.upstreams import (
+    CachedProductCatalog,
+    GrpcProductCatalog,
+    GrpcStockReservations,
+)
 from services.orders.api.mapping import order_message
 from services.orders.api.policy import POLICY
 from services.orders.api.servicer import DOMAIN, OrdersServicer
@@ -43,6 +48,7 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         settings.broker(), topology, database, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     feed = OrderFeed()
+    products = CachedProductCatalog(GrpcProductCatalog(catalog))
     orders = Orders(
         SqlOrderRepository(
             database,
@@ -50,7 +56,7 @@ async def build(settings: OrdersSettings) -> GrpcApp:
             inbox=results_queue.name,
             on_commit=messaging.outbox_written,
         ),
-        GrpcProductCatalog(catalog),
+        products,
         GrpcStockReservations(inventory),
         feed,
         times=SagaTimes(
@@ -87,6 +93,9 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     messaging.attach(app)
     sweeper.attach(app)
     app.add_health_check("database", database.ping)
+    BackgroundTask("catalog-change-feed", lambda: products.follow_changes(catalog.channel)).attach(
+        app
+    )
     app.on_shutdown(close_feed)
     app.on_stop(catalog.close)
     app.on_stop(inventory.close)

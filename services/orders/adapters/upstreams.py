@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -11,14 +12,23 @@ from google.protobuf import duration_pb2
 
 from emporium.catalog.v1 import catalog_service_pb2 as catalog_pb
 from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
+from emporium.catalog.v1 import product_pb2
 from emporium.inventory.v1 import inventory_service_pb2 as inventory_pb
 from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from libs.money import Money
+from libs.rpcclient.change_feed import follow
 from libs.rpcclient.upstream import Upstream, upstream_errors
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation
 from services.orders.domain.model import ProductInfo
-from services.orders.domain.ports import HoldLapsed
+from services.orders.domain.ports import HoldLapsed, ProductCatalog
 from services.orders.domain.reasons import Reason
+
+log = logging.getLogger("emporium.orders")
+
+
+def product_info(product: product_pb2.Product) -> ProductInfo:
+    price = Money(product.price.currency_code, product.price.units, product.price.nanos)
+    return ProductInfo(product.name.removeprefix("products/"), product.title, price)
 
 
 class GrpcProductCatalog:
@@ -50,8 +60,7 @@ class GrpcProductCatalog:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                price = Money(result.price.currency_code, result.price.units, result.price.nanos)
-                found[pid] = ProductInfo(pid, result.title, price)
+                found[pid] = product_info(result)
         if missing:
             raise DomainError(
                 ErrorKind.FAILED_PRECONDITION,
@@ -60,6 +69,65 @@ class GrpcProductCatalog:
                 violations=missing,
             )
         return found
+
+
+class CachedProductCatalog:
+    """The catalog's products as orders last read them, kept current by catalog's change feed
+    (WatchProducts, followed by `follow` from libs.rpcclient.change_feed): an order of products
+    read before costs no call to catalog. It answers only while the feed is up, so an entry is
+    never older than the feed's latest change: a price changed in catalog applies to the
+    orders placed once the change has reached orders (milliseconds; on PostgreSQL, once the
+    change is below catalog's committed watermark), as a call placed a moment earlier would
+    have read the old one. While the feed is down, every order asks catalog."""
+
+    def __init__(self, catalog: ProductCatalog, max_entries: int = 10_000) -> None:
+        self._catalog = catalog
+        self._max_entries = max_entries
+        self._products: dict[str, ProductInfo] = {}
+        self.enabled = False
+        # Bumped by every change: a product read before a change is never stored after it.
+        self._generation = 0
+
+    async def products(self, product_ids: Sequence[str]) -> dict[str, ProductInfo]:
+        cached = self._products
+        if self.enabled and all(pid in cached for pid in product_ids):
+            return {pid: cached[pid] for pid in product_ids}
+        generation = self._generation
+        found = await self._catalog.products(product_ids)  # all of them: its errors name lines
+        if self.enabled and generation == self._generation:
+            if len(cached) + len(found) > self._max_entries:
+                cached.clear()
+            cached.update(found)
+        return found
+
+    def up(self) -> None:
+        self._reset(enabled=True)
+
+    def changed(self, change: catalog_pb.WatchProductsResponse) -> None:
+        self._generation += 1
+        product_id = change.product.name.removeprefix("products/")
+        if change.change_type == catalog_pb.CHANGE_TYPE_DELETED:
+            self._products.pop(product_id, None)
+        elif product_id in self._products:
+            self._products[product_id] = product_info(change.product)
+
+    def down(self) -> None:
+        self._reset(enabled=False)
+
+    def _reset(self, *, enabled: bool) -> None:
+        self._products.clear()
+        self._generation += 1
+        self.enabled = enabled
+
+    async def follow_changes(self, channel: grpc.aio.Channel) -> None:
+        """Follows catalog's change feed on `channel` until cancelled."""
+        stub = catalog_grpc.CatalogServiceStub(channel)
+        await follow(
+            "catalog change feed",
+            lambda: stub.WatchProducts(catalog_pb.WatchProductsRequest()),
+            self,
+            log,
+        )
 
 
 class GrpcStockReservations:
