@@ -14,6 +14,7 @@ import grpc
 
 from libs.resilience.backoff import Backoff
 from libs.rpcclient.upstream import Upstream
+from libs.runtime.background import BackgroundTask
 from libs.testing.databases import sqlite_url
 from libs.testing.rpc import serving
 from services.catalog.app import build as build_catalog
@@ -62,13 +63,14 @@ def feed_log(cache: ResponseCache) -> Iterator[FeedLog]:
 @contextlib.asynccontextmanager
 async def watching(target: str, cache: ResponseCache) -> AsyncIterator[None]:
     channel = grpc.aio.insecure_channel(target)
-    task = asyncio.create_task(_watch_catalog(Upstream("catalog", channel), cache, FAST))
+    feed = BackgroundTask(
+        "catalog-change-feed", lambda: _watch_catalog(Upstream("catalog", channel), cache, FAST)
+    )
+    await feed.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await feed.stop()
         await channel.close(None)
 
 

@@ -17,6 +17,7 @@ from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from emporium.catalog.v1 import product_pb2
 from libs.money import Money
 from libs.rpcclient.upstream import Upstream
+from libs.runtime.background import BackgroundTask
 from libs.runtime.errors import DomainError
 from libs.testing.rpc import serving
 from services.catalog.app import build as build_catalog
@@ -61,13 +62,21 @@ def usd(units: int) -> money_pb2.Money:
 
 @contextlib.asynccontextmanager
 async def following(cache: CachedProductCatalog, channel: grpc.aio.Channel) -> AsyncIterator[None]:
-    task = asyncio.create_task(cache.follow_changes(channel))
+    feed = BackgroundTask("catalog-change-feed", lambda: cache.follow_changes(channel))
+    await feed.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await feed.stop()
+
+
+async def create_mug(channel: grpc.aio.Channel) -> product_pb2.Product:
+    staff = catalog_grpc.CatalogServiceStub(channel)
+    return await staff.CreateProduct(
+        catalog_pb.CreateProductRequest(
+            product=product_pb2.Product(sku="MUG-1", title="Mug", price=usd(8)), product_id="mug"
+        )
+    )
 
 
 async def test_a_product_is_read_once_and_kept_current_by_the_change_feed(
@@ -76,12 +85,7 @@ async def test_a_product_is_read_once_and_kept_current_by_the_change_feed(
     settings = CatalogSettings(database_url=database_url, feed_poll_interval_seconds=0.2)
     async with serving(await build_catalog(settings)) as channel:
         staff = catalog_grpc.CatalogServiceStub(channel)
-        created = await staff.CreateProduct(
-            catalog_pb.CreateProductRequest(
-                product=product_pb2.Product(sku="MUG-1", title="Mug", price=usd(8)),
-                product_id="mug",
-            )
-        )
+        created = await create_mug(channel)
         catalog = CountingCatalog(Upstream("catalog", channel))
         cache = ObservedCache(catalog)
         async with following(cache, channel):
@@ -114,13 +118,7 @@ async def test_with_the_feed_down_every_order_asks_catalog(database_url: str) ->
     settings = CatalogSettings(database_url=database_url, grace_seconds=0.5)
     app = await build_catalog(settings)
     async with serving(app) as channel:
-        staff = catalog_grpc.CatalogServiceStub(channel)
-        await staff.CreateProduct(
-            catalog_pb.CreateProductRequest(
-                product=product_pb2.Product(sku="MUG-1", title="Mug", price=usd(8)),
-                product_id="mug",
-            )
-        )
+        await create_mug(channel)
         catalog = CountingCatalog(Upstream("catalog", channel))
         cache = ObservedCache(catalog)
         async with following(cache, channel):
