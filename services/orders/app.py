@@ -10,7 +10,6 @@ from libs.messaging.contract import fleet_contract
 from libs.messaging.service import ServiceMessaging
 from libs.resilience.breaker import BreakerPolicy
 from libs.rpcclient.upstream import Upstream, UpstreamPolicy, upstream_errors
-from libs.runtime.background import BackgroundTask
 from libs.runtime.periodic import Periodic
 from libs.security.identity_tokens import identity_tokens
 from libs.security.service_channels import service_channels
@@ -30,6 +29,7 @@ from services.orders.api.servicer import DOMAIN, OrdersServicer
 from services.orders.config import OrdersSettings
 from services.orders.domain.order_feed import OrderFeed
 from services.orders.domain.orders import Orders, SagaTimes
+from services.orders.domain.ports import ProductCatalog
 
 
 async def build(settings: OrdersSettings) -> GrpcApp:
@@ -48,7 +48,9 @@ async def build(settings: OrdersSettings) -> GrpcApp:
         settings.broker(), topology, database, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     feed = OrderFeed()
-    products = CachedProductCatalog(GrpcProductCatalog(catalog))
+    products: ProductCatalog = GrpcProductCatalog(catalog)
+    if settings.product_cache:
+        products = CachedProductCatalog(products)
     orders = Orders(
         SqlOrderRepository(
             database,
@@ -93,9 +95,8 @@ async def build(settings: OrdersSettings) -> GrpcApp:
     messaging.attach(app)
     sweeper.attach(app)
     app.add_health_check("database", database.ping)
-    BackgroundTask("catalog-change-feed", lambda: products.follow_changes(catalog.channel)).attach(
-        app
-    )
+    if isinstance(products, CachedProductCatalog):
+        products.follow(catalog.channel).attach(app)
     app.on_shutdown(close_feed)
     app.on_stop(catalog.close)
     app.on_stop(inventory.close)

@@ -26,6 +26,12 @@ class OrdersSettings(MessagingSettings):
     upstream_timeout_seconds: float = Field(default=2.0, gt=0)
     upstream_breaker_cooldown_seconds: float = Field(default=5.0, gt=0)
     watch_poll_seconds: float = Field(default=1.0, gt=0)
+    product_cache: bool = Field(
+        default=True,
+        description="keep the products read, current by catalog's change feed (WatchProducts);"
+        " false: ask catalog for every order (a price change applies from its commit, not from"
+        " when the feed brings it)",
+    )
     reservation_ttl_seconds: float = Field(
         default=900.0, gt=0, le=86400, description="how long an order's stock is held"
     )

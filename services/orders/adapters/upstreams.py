@@ -18,6 +18,7 @@ from emporium.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from libs.money import Money
 from libs.rpcclient.change_feed import follow
 from libs.rpcclient.upstream import Upstream, upstream_errors
+from libs.runtime.background import BackgroundTask
 from libs.runtime.errors import DomainError, ErrorKind, FieldViolation
 from services.orders.domain.model import ProductInfo
 from services.orders.domain.ports import HoldLapsed, ProductCatalog
@@ -119,14 +120,17 @@ class CachedProductCatalog:
         self._generation += 1
         self.enabled = enabled
 
-    async def follow_changes(self, channel: grpc.aio.Channel) -> None:
-        """Follows catalog's change feed on `channel` until cancelled."""
+    def follow(self, channel: grpc.aio.Channel) -> BackgroundTask:
+        """Catalog's change feed on `channel`, followed in the background (attach it to the app)."""
         stub = catalog_grpc.CatalogServiceStub(channel)
-        await follow(
-            "catalog change feed",
-            lambda: stub.WatchProducts(catalog_pb.WatchProductsRequest()),
-            self,
-            log,
+        return BackgroundTask(
+            "catalog-change-feed",
+            lambda: follow(
+                "catalog change feed",
+                lambda: stub.WatchProducts(catalog_pb.WatchProductsRequest()),
+                self,
+                log,
+            ),
         )
 
 

@@ -17,7 +17,6 @@ from emporium.catalog.v1 import catalog_service_pb2_grpc as catalog_grpc
 from emporium.catalog.v1 import product_pb2
 from libs.money import Money
 from libs.rpcclient.upstream import Upstream
-from libs.runtime.background import BackgroundTask
 from libs.runtime.errors import DomainError
 from libs.testing.rpc import serving
 from services.catalog.app import build as build_catalog
@@ -62,7 +61,7 @@ def usd(units: int) -> money_pb2.Money:
 
 @contextlib.asynccontextmanager
 async def following(cache: CachedProductCatalog, channel: grpc.aio.Channel) -> AsyncIterator[None]:
-    feed = BackgroundTask("catalog-change-feed", lambda: cache.follow_changes(channel))
+    feed = cache.follow(channel)
     await feed.start()
     try:
         yield
