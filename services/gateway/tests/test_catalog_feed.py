@@ -64,7 +64,7 @@ def feed_log(cache: ResponseCache) -> Iterator[FeedLog]:
 async def watching(target: str, cache: ResponseCache) -> AsyncIterator[None]:
     channel = grpc.aio.insecure_channel(target)
     feed = BackgroundTask(
-        "catalog-change-feed", lambda: _watch_catalog(Upstream("catalog", channel), cache, FAST)
+        "response-cache-feed", lambda: _watch_catalog(Upstream("catalog", channel), cache, FAST)
     )
     await feed.start()
     try:

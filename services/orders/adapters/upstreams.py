@@ -124,7 +124,7 @@ class CachedProductCatalog:
         """Catalog's change feed on `channel`, followed in the background (attach it to the app)."""
         stub = catalog_grpc.CatalogServiceStub(channel)
         return BackgroundTask(
-            "catalog-change-feed",
+            "product-cache-feed",  # (catalog's own poller is "catalog-change-feed")
             lambda: follow(
                 "catalog change feed",
                 lambda: stub.WatchProducts(catalog_pb.WatchProductsRequest()),
