@@ -25,17 +25,18 @@ class GrpcOrderBook:
     def __init__(self, connect: Callable[[], Upstream]) -> None:
         self._connect = connect
         self._upstream: Upstream | None = None
+        self._orders: orders_grpc.OrdersServiceAsyncStub | None = None
 
     async def close(self) -> None:
         if self._upstream is not None:
             await self._upstream.close()
 
     async def payable(self, request: PaymentRequest) -> bool:
-        if self._upstream is None:
+        if self._orders is None:  # a stub wraps every method: made once, not per payment
             self._upstream = self._connect()
-        stub = self._upstream.stub(orders_grpc.OrdersServiceStub)
+            self._orders = self._upstream.stub(orders_grpc.OrdersServiceStub)
         try:
-            order = await stub.GetOrder(orders_pb.GetOrderRequest(name=request.order))
+            order = await self._orders.GetOrder(orders_pb.GetOrderRequest(name=request.order))
         except grpc.aio.AioRpcError as error:
             translated = upstream_errors(error)
             assert translated is not None
