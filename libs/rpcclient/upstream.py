@@ -143,6 +143,7 @@ class Upstream:
         self.budget = RetryBudget(self.policy.budget)
         self.bulkhead = Bulkhead(self.policy.max_concurrent)
         self._attributes = {"upstream": name}
+        self._stubs: dict[object, Any] = {}
         # Exported at 0 from the start, so alerts and dashboards have a series to rate().
         BREAKER_STATE.add(0, self._attributes)
         BUDGET_EXHAUSTED.add(0, self._attributes)
@@ -153,7 +154,15 @@ class Upstream:
         self.tracer = trace.get_tracer("emporium.rpc.client")
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
-        """A generated stub whose every method goes through this upstream's protections."""
+        """A generated stub whose every method goes through this upstream's protections; made
+        once per class (wrapping every method is work a caller asking per request would
+        repeat)."""
+        known: T | None = self._stubs.get(stub_class)
+        if known is None:
+            known = self._stubs[stub_class] = self._wrapped(stub_class)
+        return known
+
+    def _wrapped(self, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
         stub = stub_class(self.channel)
         service = _service_descriptor(stub_class)
         for method in service.methods:

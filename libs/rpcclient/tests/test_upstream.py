@@ -156,6 +156,20 @@ async def test_unavailable_three_times_then_success_on_attempt_four(
     await upstream.close()
 
 
+async def test_a_stub_is_made_once_per_class_and_upstream(
+    upstream_server: tuple[str, Script],
+) -> None:
+    """Callers may ask for the stub per request (payments does, per payment): they get the
+    one already wrapped, whose calls count in the same upstream."""
+    address, script = upstream_server
+    upstream, stub = make(address)
+    again = upstream.stub(health_pb2_grpc.HealthStub)
+    assert again is stub
+    assert (await again.Check(Request())).status == Response.SERVING
+    assert upstream.stats.attempts == script.attempts == 1
+    await upstream.close()
+
+
 async def test_client_errors_and_non_idempotent_methods_are_tried_once(
     upstream_server: tuple[str, Script],
 ) -> None:

@@ -25,18 +25,17 @@ class GrpcOrderBook:
     def __init__(self, connect: Callable[[], Upstream]) -> None:
         self._connect = connect
         self._upstream: Upstream | None = None
-        self._orders: orders_grpc.OrdersServiceAsyncStub | None = None
 
     async def close(self) -> None:
         if self._upstream is not None:
             await self._upstream.close()
 
     async def payable(self, request: PaymentRequest) -> bool:
-        if self._orders is None:  # a stub wraps every method: made once, not per payment
+        if self._upstream is None:
             self._upstream = self._connect()
-            self._orders = self._upstream.stub(orders_grpc.OrdersServiceStub)
+        stub = self._upstream.stub(orders_grpc.OrdersServiceStub)
         try:
-            order = await self._orders.GetOrder(orders_pb.GetOrderRequest(name=request.order))
+            order = await stub.GetOrder(orders_pb.GetOrderRequest(name=request.order))
         except grpc.aio.AioRpcError as error:
             translated = upstream_errors(error)
             assert translated is not None
