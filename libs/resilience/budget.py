@@ -29,15 +29,13 @@ class RetryBudget:
         now = self._clock()
         if self._first_call is None:
             self._first_call = now
+        self._forget_before(now - self.policy.window)  # bounded even when nothing retries
         self._calls.append(now)
 
     def try_spend(self) -> bool:
         """Takes one retry from the budget if there is one."""
         now = self._clock()
-        horizon = now - self.policy.window
-        for times in (self._calls, self._retries):
-            while times and times[0] < horizon:
-                times.popleft()
+        self._forget_before(now - self.policy.window)
         # The floor accrues from the first call on (a second's worth at once), so a burst at
         # start-up cannot spend a whole window's floor.
         elapsed = now - (self._first_call if self._first_call is not None else now)
@@ -46,3 +44,8 @@ class RetryBudget:
             return False
         self._retries.append(now)
         return True
+
+    def _forget_before(self, horizon: float) -> None:
+        for times in (self._calls, self._retries):
+            while times and times[0] < horizon:
+                times.popleft()

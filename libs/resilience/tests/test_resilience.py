@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 
@@ -107,6 +108,24 @@ def test_budget_bounds_retries_to_ratio_plus_floor() -> None:
         clock.now += 0.1
     assert retries <= 0.2 * calls + 10 * 10
     assert retries >= 0.2 * calls  # and the budget is really spent, not just refused
+
+
+def test_budget_keeps_only_its_window_of_calls_when_nothing_retries() -> None:
+    """A healthy upstream never asks for a retry; its calls must still leave the budget's
+    memory (they were kept until the first retry: a day at 50 calls/s is 4 million)."""
+    clock = FakeClock()
+    budget = RetryBudget(BudgetPolicy(ratio=0.2, min_per_second=0, window=10), clock=clock)
+    tracemalloc.start()
+    try:
+        for _ in range(20_000):  # 20,000 s at 10 calls/s
+            for _ in range(10):
+                budget.record_call()
+            clock.now += 1
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 64 * 1024  # about a window's calls, not 200,000 of them (some 2 MB)
+    assert sum(budget.try_spend() for _ in range(30)) == 20  # a fifth of the window's calls
 
 
 def test_bulkhead_refuses_beyond_its_cap() -> None:
