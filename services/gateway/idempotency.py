@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+
+from libs.resilience.clock import Clock, monotonic
 
 
 @dataclass(frozen=True)
@@ -66,23 +67,34 @@ def _decode(raw: str | bytes, fingerprint: str) -> Begun:
 
 
 class LocalIdempotencyStore:
-    def __init__(self, ttl_seconds: float, lock_seconds: float) -> None:
+    SWEEP_ABOVE = 100_000  # entries; expired ones are dropped once the store holds more
+
+    def __init__(self, ttl_seconds: float, lock_seconds: float, clock: Clock = monotonic) -> None:
         self._ttl = ttl_seconds
         self._lock_ttl = lock_seconds
+        self._clock = clock
         self._entries: dict[str, tuple[float, str]] = {}  # key -> (expires, encoded)
+        self._sweep_above = self.SWEEP_ABOVE
+
+    def __len__(self) -> int:
+        """The keys held, the expired among them until a sweep drops them."""
+        return len(self._entries)
 
     async def begin(self, key: str, fingerprint: str) -> Begun:
-        now = time.monotonic()
+        now = self._clock()
         entry = self._entries.get(key)
         if entry is not None and entry[0] > now:
             return _decode(entry[1], fingerprint)
-        if len(self._entries) > 100_000:
+        if len(self._entries) > self._sweep_above:
             self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            # Live keys stay for their ttl: the next sweep waits until the store has doubled,
+            # or every request would copy a store that no longer shrinks.
+            self._sweep_above = max(self.SWEEP_ABOVE, 2 * len(self._entries))
         self._entries[key] = (now + self._lock_ttl, _encode(fingerprint, None))
         return Begun(Outcome.STARTED)
 
     async def finish(self, key: str, fingerprint: str, response: StoredResponse) -> None:
-        self._entries[key] = (time.monotonic() + self._ttl, _encode(fingerprint, response))
+        self._entries[key] = (self._clock() + self._ttl, _encode(fingerprint, response))
 
     async def abandon(self, key: str) -> None:
         self._entries.pop(key, None)
