@@ -11,25 +11,36 @@ gateway's limits and cache off), on SQLite (the default) or PostgreSQL.
 
     tools/bench orders [--orders 300] [--rounds 3] [--concurrency 16]
                        [--database sqlite|postgres] [--broker private|shared]
+                       [--against COMMIT]
 
 The broker is a private RabbitMQ node started for the run (its CPU is counted, all of its
 processes); `--broker shared` uses a fresh vhost on the machine's broker instead, whose CPU
 other work shares, so it is not counted.
+
+`--against COMMIT` measures that commit's fleet first, the same way (its tree in a git
+worktree, set up by its own tools/bench, measured by this very script copied in, on a broker
+node of this run's making), then this tree's, and prints both and the ratio per process: how
+much a change saved, on one machine, by one script. The two sides run one after the other, so
+the host's speed is printed for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -105,9 +116,12 @@ def group_cpu_seconds(group: int) -> Cpu:
 
 
 @asynccontextmanager
-async def broker(kind: str, scratch: Path) -> AsyncIterator[tuple[str, int | None]]:
+async def broker(args: argparse.Namespace, scratch: Path) -> AsyncIterator[tuple[str, int | None]]:
     """An AMQP URL, and the process group whose CPU to count (None: shared, not counted)."""
-    if kind == "shared":
+    if args.broker_url:  # started by the run that asked for this one (--against)
+        yield args.broker_url, args.broker_group
+        return
+    if args.broker == "shared":
         async with fresh_vhost() as url:
             yield url, None
         return
@@ -269,10 +283,35 @@ async def stock_up(inventory: str) -> None:
         await adjust.done_writing()
 
 
-async def run(args: argparse.Namespace) -> None:
+@dataclass
+class Measurement:
+    """One run's figures: every round's total and the median round's detail (CPU ms per
+    confirmed order by process), as printed and as `--report` writes them for `--against`."""
+
+    database: str
+    orders: int
+    concurrency: int
+    totals: list[float]
+    cpu_ms: dict[str, float]
+    kernel_share: dict[str, float]
+    statements: dict[str, float]
+    orders_per_second: float
+    p50_ms: float
+    p99_ms: float
+    echo_ms: float
+    speed_before: float
+    speed_after: float
+    shed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.cpu_ms.values())
+
+
+async def run(args: argparse.Namespace) -> Measurement:
     async with AsyncExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        amqp_url, broker_group = await stack.enter_async_context(broker(args.broker, scratch))
+        amqp_url, broker_group = await stack.enter_async_context(broker(args, scratch))
         urls = await stack.enter_async_context(database_urls(args.database, scratch))
         overrides: dict[str, dict[str, str]] = {
             name: {f"{name.upper()}_DATABASE_URL": url} for name, url in urls.items()
@@ -341,42 +380,153 @@ async def run(args: argparse.Namespace) -> None:
     ]
     cpu_ms = {name: cpu.total * 1000 / args.orders for name, cpu in used.items()}
     measured = args.orders * args.rounds
-    per_order = {
-        name: (statements_after[name] - statements_before.get(name, 0)) / measured
-        for name in statements_after
-    }
+    return Measurement(
+        database=args.database,
+        orders=args.orders,
+        concurrency=args.concurrency,
+        totals=totals,
+        cpu_ms=cpu_ms,
+        kernel_share={name: cpu.system / max(cpu.total, 1e-9) for name, cpu in used.items()},
+        statements={
+            name: (statements_after[name] - statements_before.get(name, 0)) / measured
+            for name in statements_after
+        },
+        orders_per_second=args.orders / elapsed,
+        p50_ms=created.percentile(0.5),
+        p99_ms=created.percentile(0.99),
+        echo_ms=echo_ms,
+        speed_before=speed_before,
+        speed_after=speed_after,
+        shed={
+            name: str(reports[-1]["refused"])
+            for name, process in running.items()
+            # cumulative counts: the last report of the run (at most one a second)
+            if (reports := [r for r in process.log_lines if r.get("message") == "shedding load"])
+        },
+    )
+
+
+def report(m: Measurement, title: str = "") -> None:
     load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
-        f"\n{platform.node()} · {platform.machine()} · {os.cpu_count()} cores · "
-        f"{time.strftime('%Y-%m-%d %H:%M')} · {args.database} · {args.rounds} rounds of "
-        f"{args.orders} orders at {args.concurrency} concurrent · load average {load_average}"
+        f"\n{title}{platform.node()} · {platform.machine()} · {os.cpu_count()} cores · "
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {m.database} · {len(m.totals)} rounds of "
+        f"{m.orders} orders at {m.concurrency} concurrent · load average {load_average}"
     )
-    print(host_speed.line(("before the rounds", speed_before), ("after them", speed_after)))
-    print("total CPU ms per order by round: " + ", ".join(f"{total:.2f}" for total in totals))
+    print(host_speed.line(("before the rounds", m.speed_before), ("after them", m.speed_after)))
+    print("total CPU ms per order by round: " + ", ".join(f"{total:.2f}" for total in m.totals))
     print("the round with the median total, per process:")
     print(f"{'process':<16} {'CPU ms/order':>12} {'in the kernel':>14} {'statements/order':>17}")
-    for name in sorted(cpu_ms, key=lambda n: -cpu_ms[n]):
-        counted = f"{per_order[name]:17.1f}" if name in per_order else f"{'-':>17}"
-        kernel = used[name].system / max(used[name].total, 1e-9)
-        print(f"{name:<16} {cpu_ms[name]:12.2f} {kernel:14.0%} {counted}")
-    total = sum(cpu_ms.values())
-    kernel = sum(cpu.system for cpu in used.values()) / max(
-        sum(c.total for c in used.values()), 1e-9
-    )
-    print(f"{'total':<16} {total:12.2f} {kernel:14.0%} {sum(per_order.values()):17.1f}")
+    for name in sorted(m.cpu_ms, key=lambda n: -m.cpu_ms[n]):
+        counted = f"{m.statements[name]:17.1f}" if name in m.statements else f"{'-':>17}"
+        print(f"{name:<16} {m.cpu_ms[name]:12.2f} {m.kernel_share[name]:14.0%} {counted}")
+    kernel = sum(m.kernel_share[n] * m.cpu_ms[n] for n in m.cpu_ms) / max(m.total, 1e-9)
+    print(f"{'total':<16} {m.total:12.2f} {kernel:14.0%} {sum(m.statements.values()):17.1f}")
     print(
-        f"confirmed orders/s {args.orders / elapsed:.1f} · CreateOrder p50 "
-        f"{created.percentile(0.5):.1f} ms p99 {created.percentile(0.99):.1f} ms"
+        f"confirmed orders/s {m.orders_per_second:.1f} · CreateOrder p50 "
+        f"{m.p50_ms:.1f} ms p99 {m.p99_ms:.1f} ms"
     )
-    for name, process in running.items():
-        reports = [line for line in process.log_lines if line.get("message") == "shedding load"]
-        if reports:  # cumulative counts, the last report of the run (at most one a second)
-            print(f"{name} shed load: {reports[-1]['refused']} refused, by rule")
+    for name, refused in m.shed.items():
+        print(f"{name} shed load: {refused} refused, by rule")
     print(
-        f"bare grpc.aio echo: {echo_ms * 1000:.0f} µs CPU per call; an order costs "
-        f"{total / echo_ms:.0f} echo calls (target total <= 20 ms: "
-        f"{'met' if total <= 20 else 'NOT met'})"
+        f"bare grpc.aio echo: {m.echo_ms * 1000:.0f} µs CPU per call; an order costs "
+        f"{m.total / m.echo_ms:.0f} echo calls (target total <= 20 ms: "
+        f"{'met' if m.total <= 20 else 'NOT met'})"
     )
+
+
+# What --against copies into the other commit's tree: this script and what it imports from
+# bench/, so both sides are measured by the same code.
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = ("orders.py", "host_speed.py", "load.py", "echo_server.py")
+
+
+async def measure_at(revision: str, args: argparse.Namespace, scratch: Path) -> Measurement:
+    """The same measurement of another commit's fleet: its tree checked out in a worktree,
+    set up by its own tools/bench, measured by this script, on a broker node this run starts
+    (so the broker's set-up is the same on both sides)."""
+    commit = await output("git", "-C", str(REPO), "rev-parse", "--verify", f"{revision}^{{commit}}")
+    tree = scratch / f"tree-{commit[:12]}"
+    await output("git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit)
+    try:
+        for name in SCRIPTS:
+            shutil.copy2(REPO / "bench" / name, tree / "bench" / name)
+        async with broker(args, scratch / "against") as (url, group):
+            result = scratch / "against.json"
+            command = [str(tree / "tools" / "bench"), "orders", *forwarded(args)]
+            command += ["--broker-url", url, "--report", str(result)]
+            if group is not None:
+                command += ["--broker-group", str(group)]
+            print(f"measuring {revision} ({commit[:12]}), its set-up first ...", flush=True)
+            child = await asyncio.create_subprocess_exec(*command)
+            if await child.wait() != 0:
+                raise SystemExit(
+                    f"the bench could not measure {revision}: it exited with "
+                    f"{child.returncode} (its output is above)"
+                )
+            return Measurement(**json.loads(result.read_text()))
+    finally:
+        await output("git", "-C", str(REPO), "worktree", "remove", "--force", str(tree))
+
+
+async def output(*command: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {err.decode().strip()}")
+    return out.decode().strip()
+
+
+def forwarded(args: argparse.Namespace) -> list[str]:
+    """The options that shape the measurement, for the other side's run."""
+    return [
+        f"--orders={args.orders}",
+        f"--warmup={args.warmup}",
+        f"--rounds={args.rounds}",
+        f"--concurrency={args.concurrency}",
+        f"--database={args.database}",
+        f"--within={args.within}",
+    ]
+
+
+def compare(theirs: Measurement, ours: Measurement, revision: str) -> None:
+    print(f"\nCPU ms per confirmed order, the median round: {revision} against this tree")
+    print(f"{'process':<16} {revision[:12]:>12} {'this tree':>12} {'less CPU':>9}")
+    for name in sorted(set(theirs.cpu_ms) | set(ours.cpu_ms), key=lambda n: -ours.cpu_ms.get(n, 0)):
+        before, after = theirs.cpu_ms.get(name, 0.0), ours.cpu_ms.get(name, 0.0)
+        ratio = f"{before / after:8.2f}x" if after >= 0.05 else f"{'-':>9}"
+        print(f"{name:<16} {before:12.2f} {after:12.2f} {ratio}")
+    print(
+        f"{'total':<16} {theirs.total:12.2f} {ours.total:12.2f} {theirs.total / ours.total:8.2f}x"
+    )
+    print(
+        f"confirmed orders/s {theirs.orders_per_second:.1f} -> {ours.orders_per_second:.1f}"
+        f" ({ours.orders_per_second / theirs.orders_per_second:.2f}x) · CreateOrder p50"
+        f" {theirs.p50_ms:.0f} -> {ours.p50_ms:.0f} ms · echo {theirs.echo_ms * 1000:.0f} and"
+        f" {ours.echo_ms * 1000:.0f} µs · host speed {theirs.speed_before:.2f}-"
+        f"{theirs.speed_after:.2f} s and {ours.speed_before:.2f}-{ours.speed_after:.2f} s"
+        " (the sides ran one after the other: a host that changed speed between them moves"
+        " the ratio)"
+    )
+
+
+async def bench(args: argparse.Namespace) -> Measurement:
+    theirs = None
+    if args.against:
+        with tempfile.TemporaryDirectory() as scratch:
+            theirs = await measure_at(args.against, args, Path(scratch))
+        print("measuring this tree ...", flush=True)
+    ours = await run(args)
+    if args.report:  # the figures go to the run that asked for them
+        return ours
+    if theirs is not None:
+        report(theirs, f"{args.against}: ")
+    report(ours, "this tree: " if theirs is not None else "")
+    if theirs is not None:
+        compare(theirs, ours, args.against)
+    return ours
 
 
 def main() -> None:
@@ -388,10 +538,24 @@ def main() -> None:
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--broker", choices=("private", "shared"), default="private")
     parser.add_argument("--within", type=float, default=300.0, help="s to wait for CONFIRMED")
+    parser.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="also measure this commit's fleet first, the same way, and print the ratios",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write the figures as JSON instead of printing them (for --against)",
+    )
+    parser.add_argument("--broker-url", help="a broker started by the caller (--against)")
+    parser.add_argument("--broker-group", type=int, help="its process group, to count its CPU")
     args = parser.parse_args()
     if args.orders < 1 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--orders, --concurrency and --rounds must be at least 1, --warmup >= 0")
-    asyncio.run(run(args))
+    measured = asyncio.run(bench(args))
+    if args.report:
+        Path(args.report).write_text(json.dumps(dataclasses.asdict(measured)))
 
 
 if __name__ == "__main__":
