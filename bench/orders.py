@@ -301,6 +301,8 @@ class Measurement:
     echo_ms: float
     speed_before: float
     speed_after: float
+    taken: str  # when the measurement ended, and the load average then
+    load_average: str
     shed: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -397,6 +399,8 @@ async def run(args: argparse.Namespace) -> Measurement:
         echo_ms=echo_ms,
         speed_before=speed_before,
         speed_after=speed_after,
+        taken=time.strftime("%Y-%m-%d %H:%M"),
+        load_average=", ".join(f"{value:.1f}" for value in os.getloadavg()),
         shed={
             name: str(reports[-1]["refused"])
             for name, process in running.items()
@@ -407,11 +411,10 @@ async def run(args: argparse.Namespace) -> Measurement:
 
 
 def report(m: Measurement, title: str = "") -> None:
-    load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
         f"\n{title}{platform.node()} · {platform.machine()} · {os.cpu_count()} cores · "
-        f"{time.strftime('%Y-%m-%d %H:%M')} · {m.database} · {len(m.totals)} rounds of "
-        f"{m.orders} orders at {m.concurrency} concurrent · load average {load_average}"
+        f"{m.taken} · {m.database} · {len(m.totals)} rounds of "
+        f"{m.orders} orders at {m.concurrency} concurrent · load average {m.load_average}"
     )
     print(host_speed.line(("before the rounds", m.speed_before), ("after them", m.speed_after)))
     print("total CPU ms per order by round: " + ", ".join(f"{total:.2f}" for total in m.totals))
