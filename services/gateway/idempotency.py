@@ -67,14 +67,19 @@ def _decode(raw: str | bytes, fingerprint: str) -> Begun:
 
 
 class LocalIdempotencyStore:
-    SWEEP_ABOVE = 100_000  # entries; expired ones are dropped once the store holds more
-
-    def __init__(self, ttl_seconds: float, lock_seconds: float, clock: Clock = monotonic) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        lock_seconds: float,
+        clock: Clock = monotonic,
+        *,
+        sweep_above: int = 100_000,  # entries; expired ones are dropped once it holds more
+    ) -> None:
         self._ttl = ttl_seconds
         self._lock_ttl = lock_seconds
         self._clock = clock
         self._entries: dict[str, tuple[float, str]] = {}  # key -> (expires, encoded)
-        self._sweep_above = self.SWEEP_ABOVE
+        self._least_sweep = self._sweep_above = sweep_above
 
     def __len__(self) -> int:
         """The keys held, the expired among them until a sweep drops them."""
@@ -89,7 +94,7 @@ class LocalIdempotencyStore:
             self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
             # Live keys stay for their ttl: the next sweep waits until the store has doubled,
             # or every request would copy a store that no longer shrinks.
-            self._sweep_above = max(self.SWEEP_ABOVE, 2 * len(self._entries))
+            self._sweep_above = max(self._least_sweep, 2 * len(self._entries))
         self._entries[key] = (now + self._lock_ttl, _encode(fingerprint, None))
         return Begun(Outcome.STARTED)
 

@@ -3,19 +3,14 @@ ones are swept."""
 
 from __future__ import annotations
 
-import pytest
-
 from services.gateway.idempotency import LocalIdempotencyStore, Outcome, StoredResponse
 
 DONE = StoredResponse(200, {"content-type": "application/json"}, b"{}")
 
 
-async def test_a_full_store_keeps_its_live_keys_and_drops_the_expired(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_full_store_keeps_its_live_keys_and_drops_the_expired() -> None:
     now = [1000.0]
-    monkeypatch.setattr(LocalIdempotencyStore, "SWEEP_ABOVE", 4)
-    store = LocalIdempotencyStore(ttl_seconds=60, lock_seconds=5, clock=lambda: now[0])
+    store = LocalIdempotencyStore(60, 5, clock=lambda: now[0], sweep_above=4)
     for key in ("old-1", "old-2"):
         assert (await store.begin(key, "f")).outcome is Outcome.STARTED
         await store.finish(key, "f", DONE)
